@@ -1,0 +1,38 @@
+# The whole setup on a fresh machine is `make demo` or `make test`: each creates .venv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint types pytest bench clean
+
+$(VENV)/.runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.runtime
+
+demo: $(VENV)/.runtime
+	rm -f jobs/example.jsonl.results.jsonl
+	$(VENV)/bin/xquik-disconnect run jobs/example.jsonl --sandbox --log-format console --no-progress; \
+	  code=$$?; echo "exit code $$code (1: the example holds invalid lines on purpose)"; \
+	  echo "results: jobs/example.jsonl.results.jsonl"; test $$code -le 1
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types: $(VENV)/.dev
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.dev
+	$(VENV)/bin/pytest --cov --cov-report=term-missing:skip-covered --cov-fail-under=90
+
+test: lint types pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage

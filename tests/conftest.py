@@ -1,0 +1,162 @@
+"""Shared fixtures: an in-process sandbox on loopback, settings for runs against it, a fake
+clock for the budget, and helpers that start real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from worker.logs import configure
+from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
+from worker.settings import Rate, RunSettings, Secret
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps on it: budget tests run in microseconds."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _json_logs() -> Iterator[None]:
+    configure("json")
+    yield
+    structlog.contextvars.clear_contextvars()
+
+
+SandboxFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
+    """Start sandboxes with any config; all are stopped at the end of the test."""
+    started: list[Sandbox] = []
+
+    async def start(**kwargs: Any) -> Sandbox:
+        faults = kwargs.pop("faults", None)
+        config = SandboxConfig(faults=FaultConfig(**faults) if faults else FaultConfig(), **kwargs)
+        sandbox = Sandbox(config)
+        await sandbox.start()
+        started.append(sandbox)
+        return sandbox
+
+    yield start
+    for sandbox in started:
+        await sandbox.stop()
+
+
+@pytest.fixture
+async def sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
+    """The default sandbox: 50 accounts, deletes unlimited so tests are not rate-bound."""
+    return await sandbox_factory(delete_limit=(None, 60.0), read_limit=(None, 1.0))  # type: ignore[no-any-return]
+
+
+def settings_for(sandbox: Sandbox, source: Path | str, tmp_path: Path, **overrides: Any) -> RunSettings:
+    base = RunSettings(
+        source=str(source),
+        results=tmp_path / "results.jsonl",
+        base_url=sandbox.base_url,
+        api_key=Secret(sandbox.api_key),
+        rate=Rate(None, 1.0),
+        read_rate=Rate(None, 1.0),
+        rate_margin=None,
+        concurrency=4,
+        max_attempts=5,
+        timeout=5.0,
+        max_cooldown=30.0,
+        grace=5.0,
+        state_dir=tmp_path / "state",
+        backoff_base=0.01,
+        backoff_cap=0.05,
+    )
+    return replace(base, **overrides)
+
+
+def write_jobs(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XQUIK_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True, text=True, env=env or cli_env(), cwd=cwd or ROOT,
+        timeout=timeout, input=stdin, check=False,
+    )
+
+
+class SandboxProcess:
+    """`xquik-disconnect sandbox` as a real process."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "sandbox", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        self.base_url: str = ready["base_url"]
+        self.api_key: str = ready["api_key"]
+        self.url = self.base_url.removesuffix("/api/v1")
+
+    def stats(self) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def sandbox_process() -> Iterator[Callable[..., SandboxProcess]]:
+    procs: list[SandboxProcess] = []
+
+    def start(*args: str) -> SandboxProcess:
+        proc = SandboxProcess(*args)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()

@@ -1,0 +1,157 @@
+"""Whole runs in-process against the sandbox: faults, 401, 429, dry run, canary batches."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from pathlib import Path
+
+from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
+from worker.logs import configure
+from worker.run import run_async
+from worker.sandbox import Sandbox
+from worker.settings import Rate, Secret
+
+SAFE_PATH = re.compile(r"/api/v1/x/accounts(/[A-Za-z0-9_-]{1,128})?")
+
+
+def mixed_jobs(path: Path) -> tuple[Path, set[str]]:
+    """Valid ids, unknown ids, duplicates, usernames, malformed and path-injection lines."""
+    lines = [f'{{"account_id": "{i}", "job_id": "j{i}"}}' for i in range(1, 41)]
+    lines += [f'{{"account_id": "{i}"}}' for i in (900, 901, 902)]  # never existed
+    lines += [f'{{"account_id": "{i}", "job_id": "again"}}' for i in (1, 2, 3)]  # duplicates
+    lines += [f'{{"username": "@User{i}"}}' for i in (41, 42, 43)]
+    lines += [
+        '{"account_id": "../monitors/7"}',
+        '{"account_id": "1 OR 1=1"}',
+        '{"account_id": "a/b"}',
+        "{broken",
+        '{"nothing": true}',
+        '"x' + "y" * 5000 + '"',
+    ]
+    existing = {str(i) for i in range(1, 44)}
+    return write_jobs(path, lines), existing
+
+
+async def test_faulty_api_every_line_one_record_every_account_deleted(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """With 503s, resets, lost answers and HTML 502s: one record per line, every existing
+    account deleted, lost answers end as already_gone, only safe paths requested, key hidden."""
+    sandbox: Sandbox = await sandbox_factory(
+        delete_limit=(None, 60.0),
+        read_limit=(None, 1.0),
+        faults={"fail_503": 0.10, "reset": 0.05, "lose": 0.03, "html_502": 0.03, "seed": 7},
+    )
+    jobs, existing = mixed_jobs(tmp_path / "jobs.jsonl")
+    logs = io.StringIO()
+    configure("json", stream=logs)
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=10))
+
+    records = read_results(tmp_path / "results.jsonl")
+    sources = Counter(r["source"] for r in records)
+    assert sorted(sources) == sorted(f"{jobs}:{n}" for n in range(1, 56))
+    assert set(sources.values()) == {1}
+    outcomes = Counter(r["outcome"] for r in records)
+    assert outcomes == {"disconnected": outcomes["disconnected"],
+                        "already_gone": outcomes["already_gone"], "duplicate": 3, "invalid": 6}
+    assert outcomes["disconnected"] + outcomes["already_gone"] == 46
+    assert not existing & set(sandbox.state.store.accounts)
+    stats = sandbox.state.stats
+    assert stats.faults["lose"] > 0 and stats.faults["reset"] > 0
+    gone_existing = [r for r in records if r["outcome"] == "already_gone"
+                     and r["account_id"] in existing]
+    # Only a lost answer turns an existing account into already_gone (the resend sees 404).
+    assert len(gone_existing) <= stats.faults["lose"]
+    assert all(SAFE_PATH.fullmatch(path) for _, _, path, _ in stats.log)
+    everything = (tmp_path / "results.jsonl").read_text() + logs.getvalue()
+    assert sandbox.api_key not in everything
+    assert summary.exit_code() == 1  # invalid lines
+    assert summary.records == 55
+
+
+async def test_401_stops_the_run_after_at_most_concurrency_requests(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A rejected key: no new requests, exit 3, the unsent jobs get no record."""
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 51)])
+    settings = settings_for(sandbox, jobs, tmp_path, concurrency=4,
+                            api_key=Secret("xq_" + "f" * 64))
+    summary = await run_async(settings)
+    assert summary.exit_code() == 3
+    assert 1 <= len(sandbox.state.stats.log) <= 4
+    records = read_results(tmp_path / "results.jsonl")
+    assert len(records) == len(sandbox.state.stats.log)
+    assert {(r["outcome"], r["http_status"]) for r in records} == {("failed", 401)}
+    assert len(sandbox.state.store.accounts) == 50
+
+
+async def test_429_holds_every_request_until_retry_after(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Another client spent the window: after the 429 nothing is sent before Retry-After."""
+    sandbox: Sandbox = await sandbox_factory(delete_limit=(5, 2.0))
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 13)])
+    sandbox.state.limits["delete"].consume(sandbox.state.clock(), 5)
+    settings = settings_for(sandbox, jobs, tmp_path, concurrency=1, rate=Rate(100, 1.0))
+    summary = await run_async(settings)
+    assert summary.exit_code() == 0
+    log = list(sandbox.state.stats.log)
+    rejected = [(t, i) for i, (t, _, _, status) in enumerate(log) if status == 429]
+    assert rejected
+    for t, i in rejected:
+        retry_after = 2.0  # the sandbox's window; Retry-After is its ceiling in seconds
+        later = [t2 for t2, *_ in log[i + 1 :]]
+        assert all(t2 >= t + retry_after - 1.0 for t2 in later[:1])
+        assert all(t2 - t >= 0.999 for t2 in later), "a request was sent during the cooldown"
+    assert len({r["account_id"] for r in read_results(tmp_path / "results.jsonl")
+                if r["outcome"] == "disconnected"}) == 12
+
+
+async def test_dry_run_sends_no_delete(sandbox: Sandbox, tmp_path: Path) -> None:
+    """--dry-run GETs each account: exists / missing, and the sandbox saw no DELETE."""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "404404", "@user3"])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, dry_run=True))
+    assert summary.exit_code() == 0
+    outcomes = {r["account_id"]: r["outcome"] for r in read_results(tmp_path / "results.jsonl")}
+    assert outcomes == {"1": "exists", "2": "exists", "404404": "missing", "3": "exists"}
+    assert not any(method == "DELETE" for _, method, _, _ in sandbox.state.stats.log)
+    assert len(sandbox.state.store.accounts) == 50
+
+
+async def test_limit_handles_only_the_first_n_jobs(sandbox: Sandbox, tmp_path: Path) -> None:
+    """--limit 3: a canary batch of three DELETEs, the rest untouched."""
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 11)])
+    await run_async(settings_for(sandbox, jobs, tmp_path, limit=3))
+    records = read_results(tmp_path / "results.jsonl")
+    assert sorted(r["account_id"] for r in records) == ["1", "2", "3"]
+    assert len(sandbox.state.store.accounts) == 47
+
+
+async def test_unknown_username_is_failed_not_dropped(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A handle that no connection has is recorded failed: unknown_username."""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["@nobody_here", "@user9"])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
+    records = {r["username"]: r for r in read_results(tmp_path / "results.jsonl")}
+    assert records["nobody_here"]["outcome"] == "failed"
+    assert records["nobody_here"]["error"] == "unknown_username"
+    assert records["user9"]["outcome"] == "disconnected"
+    assert records["user9"]["account_id"] == "9"
+    assert summary.exit_code() == 1
+
+
+async def test_permanent_error_fails_without_retry(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Retries exhausted: failed, with the attempts made and the last error named."""
+    sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0),
+                                             faults={"fail_500": 1.0})
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=3))
+    [record] = read_results(tmp_path / "results.jsonl")
+    assert record["outcome"] == "failed"
+    assert record["attempts"] == 3
+    assert record["http_status"] == 500
+    assert record["error"].startswith("retries_exhausted after 3 attempts: internal_error")
+    assert summary.exit_code() == 1

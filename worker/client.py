@@ -1,0 +1,158 @@
+"""The Xquik HTTP client: the one place where aiohttp is used and its errors are translated.
+
+Every real send passes through a client middleware that takes a slot from the budget of its tier
+(DELETE or read). That includes the request aiohttp re-sends on its own when a reused keep-alive
+connection turns out to be closed (aio-libs/aiohttp#10790): the budget counts what goes out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from worker import __version__
+from worker.classify import Decision, decide, error_body, parse_json, retry_after_seconds
+from worker.errors import (
+    ApiError,
+    AuthError,
+    NetworkError,
+    PermanentApiError,
+    RateLimited,
+    RequestTimeout,
+    TransientApiError,
+)
+from worker.limiter import Budget, Unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A success (2xx) or, for single resources, a 404."""
+
+    status: int
+    body: Any
+
+
+class XquikClient:
+    """One aiohttp session per run; use as an async context manager."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout: float = 30.0,
+        concurrency: int = 4,
+        delete_budget: Budget | None = None,
+        read_budget: Budget | None = None,
+        default_cooldown: float = 60.0,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = timeout
+        self._concurrency = concurrency
+        self.delete_budget: Budget = delete_budget or Unlimited()
+        self.read_budget: Budget = read_budget or Unlimited()
+        self._default_cooldown = default_cooldown
+        self._session: aiohttp.ClientSession | None = None
+        self.sent: Counter[str] = Counter()  # real sends by method, hidden resends included
+
+    async def __aenter__(self) -> XquikClient:
+        self._session = aiohttp.ClientSession(
+            headers={"x-api-key": self._api_key, "User-Agent": f"xquik-disconnect/{__version__}"},
+            connector=aiohttp.TCPConnector(limit=max(self._concurrency, 1) + 2),
+            # Per-request limits on connecting and on silence; the budget wait is not included.
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout, sock_read=self._timeout
+            ),
+            middlewares=(self._meter,),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def close_budgets(self) -> None:
+        self.delete_budget.close()
+        self.read_budget.close()
+
+    def _budget(self, method: str) -> Budget:
+        return self.delete_budget if method == "DELETE" else self.read_budget
+
+    async def _meter(
+        self, req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        await self._budget(req.method).acquire()
+        self.sent[req.method] += 1
+        return await handler(req)
+
+    def url(self, *segments: str) -> URL:
+        # Each id is one percent-encoded path segment: "../x" can never become another path.
+        path = "/".join(quote(s, safe="") for s in segments)
+        return URL(f"{self._base}/{path}", encoded=True)
+
+    async def request(self, method: str, *segments: str, allow_404: bool = True) -> Answer:
+        """Send one request; return 2xx (and 404 if allowed) answers, raise the rest."""
+        assert self._session is not None, "use the client as an async context manager"
+        try:
+            async with self._session.request(method, self.url(*segments)) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise RequestTimeout(f"no answer within {self._timeout:g} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise NetworkError(detail) from exc
+        body = parse_json(raw.decode("utf-8", "replace"))
+        decision = decide(status)
+        if decision is Decision.SUCCESS or (decision is Decision.GONE and allow_404):
+            return Answer(status, body)
+        err = error_body(status, body)
+        if decision is Decision.RATE_LIMITED:
+            wait = retry_after_seconds(headers, body)
+            if wait is None:
+                wait = self._default_cooldown
+            await self._budget(method).hold(wait, reason=err.code)
+            raise RateLimited(status, err.code, err.message, retry_after=wait)
+        raise _error_class(decision)(status, err.code, err.message)
+
+    # The endpoints this project uses.
+    async def delete_account(self, account_id: str) -> Answer:
+        return await self.request("DELETE", "x", "accounts", account_id)
+
+    async def get_account(self, account_id: str) -> Answer:
+        return await self.request("GET", "x", "accounts", account_id)
+
+    async def list_accounts(self) -> list[dict[str, Any]]:
+        answer = await self.request("GET", "x", "accounts", allow_404=False)
+        accounts = answer.body.get("accounts") if isinstance(answer.body, dict) else None
+        return [a for a in accounts or [] if isinstance(a, dict)]
+
+    async def list_monitors(self) -> list[dict[str, Any]]:
+        answer = await self.request("GET", "monitors", allow_404=False)
+        monitors = answer.body.get("monitors") if isinstance(answer.body, dict) else None
+        return [m for m in monitors or [] if isinstance(m, dict)]
+
+    async def delete_monitor(self, monitor_id: str) -> Answer:
+        return await self.request("DELETE", "monitors", monitor_id)
+
+
+def _error_class(decision: Decision) -> type[ApiError]:
+    if decision is Decision.AUTH:
+        return AuthError
+    if decision is Decision.RETRY:
+        return TransientApiError
+    return PermanentApiError
+
+
+__all__ = ["Answer", "XquikClient"]

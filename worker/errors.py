@@ -1,0 +1,67 @@
+"""The worker's exceptions. aiohttp errors are translated into these in `worker.client` only.
+
+XquikError
+├── ConfigError            bad flag, file or environment: exit 2, nothing sent
+├── TransportError         no HTTP answer: retried
+│   ├── NetworkError       connection refused, reset, dropped
+│   └── RequestTimeout     no answer within --timeout
+└── ApiError               an HTTP answer that is not a success (status, code, message)
+    ├── TransientApiError  408, 424, 425, 5xx: retried
+    │   └── RateLimited    429: the whole key cools down for `retry_after` seconds
+    ├── PermanentApiError  400, 402, 403, 409, 422, …: the job fails, no retry
+    └── AuthError          401: the run stops (exit 3)
+"""
+
+from __future__ import annotations
+
+
+class XquikError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+
+class ConfigError(XquikError):
+    """A usage or configuration problem, found before anything is sent."""
+
+
+class TransportError(XquikError):
+    """The request got no HTTP answer."""
+
+    code = "network_error"
+
+
+class NetworkError(TransportError):
+    code = "network_error"
+
+
+class RequestTimeout(TransportError):
+    code = "timeout"
+
+
+class ApiError(XquikError):
+    """The API answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"HTTP {status} {code}" + (f": {message}" if message else ""))
+
+
+class TransientApiError(ApiError):
+    pass
+
+
+class RateLimited(TransientApiError):
+    def __init__(
+        self, status: int, code: str, message: str | None = None, *, retry_after: float | None
+    ) -> None:
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+
+class PermanentApiError(ApiError):
+    pass
+
+
+class AuthError(ApiError):
+    pass

@@ -1,0 +1,187 @@
+"""The rate budget: a sliding-window log with a key-wide cooldown.
+
+Why a log and not a token bucket: the server counts requests in a fixed window that starts at
+the first request. A bucket with burst N can put N at the end of one server window and N more at
+the start of the next, or refill inside a window (15 at t=0, then one every 4 s): up to 2N-1 per
+window. Allowing at most N starts in any W + margin seconds is safe wherever the server's window
+begins, and the margin absorbs the latency between our start and the server's count.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+import anyio
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class BudgetClosed(Exception):
+    """The run is stopping: no more requests may start."""
+
+
+class Budget(Protocol):
+    """What the client asks before every real send."""
+
+    async def acquire(self) -> None: ...
+    async def hold(self, seconds: float, *, reason: str) -> float: ...
+    def close(self) -> None: ...
+    def cooldown_remaining(self) -> float: ...
+
+
+class Unlimited:
+    """`--rate unlimited`: costs one attribute check per send."""
+
+    __slots__ = ("_closed",)
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    async def acquire(self) -> None:
+        if self._closed:
+            raise BudgetClosed
+
+    async def hold(self, seconds: float, *, reason: str) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        self._closed = True
+
+    def cooldown_remaining(self) -> float:
+        return 0.0
+
+
+class SlidingWindowBudget:
+    """At most `limit` starts in any `window + margin` seconds; nothing at all during a cooldown."""
+
+    __slots__ = (
+        "_clock",
+        "_closed",
+        "_cooldown_until",
+        "_jitter",
+        "_lock",
+        "_max_cooldown",
+        "_on_change",
+        "_rng",
+        "_sends",
+        "_sleep",
+        "_sleepers",
+        "limit",
+        "span",
+        "window",
+    )
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        *,
+        margin: float = 0.0,
+        max_cooldown: float = 900.0,
+        jitter: float = 0.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        rng: random.Random | None = None,
+        on_change: Callable[[SlidingWindowBudget], None] | None = None,
+    ) -> None:
+        if limit < 1 or window <= 0 or margin < 0:
+            raise ValueError("limit must be >= 1, window > 0, margin >= 0")
+        self.limit = limit
+        self.window = window
+        self.span = window + margin
+        self._max_cooldown = max_cooldown
+        self._jitter = jitter
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._on_change = on_change
+        self._sends: deque[float] = deque()
+        self._cooldown_until = float("-inf")
+        self._lock = anyio.Lock()
+        self._closed = False
+        self._sleepers: set[anyio.CancelScope] = set()
+
+    def delay(self) -> float:
+        """Seconds until the next start is allowed (<= 0: now)."""
+        now = self._clock()
+        sends = self._sends
+        while sends and sends[0] <= now - self.span:
+            sends.popleft()
+        wait = self._cooldown_until - now
+        if len(sends) >= self.limit:
+            wait = max(wait, sends[-self.limit] + self.span - now)
+        return wait
+
+    async def acquire(self) -> None:
+        """Wait for a slot and take it. Waiters are served first come, first served."""
+        async with self._lock:
+            while True:
+                if self._closed:
+                    raise BudgetClosed
+                wait = self.delay()
+                if wait <= 0:
+                    break
+                with anyio.CancelScope() as scope:
+                    self._sleepers.add(scope)
+                    try:
+                        await self._sleep(wait)
+                    finally:
+                        self._sleepers.discard(scope)
+            self._sends.append(self._clock())
+        if self._on_change is not None:
+            self._on_change(self)
+
+    async def hold(self, seconds: float, *, reason: str) -> float:
+        """Close the budget for `seconds` (capped, plus jitter); returns the seconds applied."""
+        seconds = min(max(seconds, 0.0), self._max_cooldown)
+        seconds += self._rng.uniform(0, self._jitter)
+        self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
+        if self._on_change is not None:
+            self._on_change(self)
+        return seconds
+
+    def close(self) -> None:
+        """Refuse every waiting and future acquire; wakes sleeping waiters at once."""
+        self._closed = True
+        for scope in list(self._sleepers):
+            scope.cancel()
+
+    def cooldown_remaining(self) -> float:
+        return max(0.0, self._cooldown_until - self._clock())
+
+    def sends_in_span(self) -> int:
+        self.delay()
+        return len(self._sends)
+
+    def eta(self, jobs: int) -> float:
+        """Seconds needed to start `jobs` more requests from now, at best."""
+        if jobs <= 0:
+            return 0.0
+        now = self._clock()
+        first = max(self.delay(), 0.0)
+        free_now = max(self.limit - len(self._sends), 0)
+        if jobs <= free_now:
+            return first
+        windows = -(-(jobs - free_now) // self.limit)
+        start = self._sends[0] if self._sends else now
+        return max(first, start + windows * self.span - now)
+
+    # Persistence: send times as wall-clock seconds, so they survive a restart.
+    def snapshot(self) -> tuple[list[float], float | None]:
+        offset = time.time() - self._clock()
+        self.delay()
+        until = self._cooldown_until + offset if self.cooldown_remaining() > 0 else None
+        return [t + offset for t in self._sends], until
+
+    def restore(self, sends: Iterable[float], cooldown_until: float | None) -> None:
+        offset = time.time() - self._clock()
+        now = self._clock()
+        recent = sorted(t - offset for t in sends if now - self.span < t - offset <= now)
+        self._sends = deque(recent[-self.limit :])
+        if cooldown_until is not None:
+            self._cooldown_until = max(self._cooldown_until, cooldown_until - offset)

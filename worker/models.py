@@ -1,0 +1,112 @@
+"""Jobs in, results out: the data the runner moves between sources and sinks."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# X handles are 1-15 characters; older or future accounts may differ, so allow some slack.
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_]{1,50}")
+
+
+class Outcome(StrEnum):
+    DISCONNECTED = "disconnected"
+    ALREADY_GONE = "already_gone"
+    FAILED = "failed"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    EXISTS = "exists"
+    MISSING = "missing"
+
+
+class Op(StrEnum):
+    DISCONNECT = "disconnect"
+    DELETE_MONITOR = "delete_monitor"
+
+
+# 404 counts as done: the connection is gone, which is what the job asked for.
+DONE = frozenset({Outcome.DISCONNECTED, Outcome.ALREADY_GONE})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One disconnect request, as read from a source."""
+
+    source: str
+    account_id: str | None = None
+    username: str | None = None
+    job_id: str | None = None
+    delete_monitors: bool = False
+    # Opaque handle a queue source uses to acknowledge the job (e.g. a stream entry id).
+    receipt: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """The account this job targets, for de-duplication."""
+        if self.account_id is not None:
+            return self.account_id
+        return "@" + (self.username or "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """An input line that is not a job; it becomes an `invalid` record."""
+
+    source: str
+    error: str
+    job_id: str | None = None
+    receipt: Any = field(default=None, compare=False, repr=False)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One line of the result log."""
+
+    run_id: str
+    source: str
+    outcome: Outcome
+    job_id: str | None = None
+    account_id: str | None = None
+    username: str | None = None
+    op: Op = Op.DISCONNECT
+    http_status: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    elapsed_ms: int = 0
+    monitor_id: str | None = None
+    ts: str = field(default_factory=utc_now_iso)
+
+    @property
+    def done(self) -> bool:
+        return self.outcome in DONE
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "ts": self.ts,
+            "run_id": self.run_id,
+            "source": self.source,
+            "job_id": self.job_id,
+            "account_id": self.account_id,
+            "username": self.username,
+            "op": str(self.op),
+            "outcome": str(self.outcome),
+            "http_status": self.http_status,
+            "error": self.error,
+            "attempts": self.attempts,
+            "elapsed_ms": self.elapsed_ms,
+        }
+        if self.op is Op.DELETE_MONITOR:
+            record["monitor_id"] = self.monitor_id
+        return record
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)

@@ -1,0 +1,114 @@
+"""Pure parsers: one input line (or CSV row) to a Job or an Invalid. No I/O."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker.models import ID_PATTERN, USERNAME_PATTERN, Invalid, Job
+
+MAX_LINE = 4096  # characters; a job line is a few dozen
+
+
+def _show(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return repr(text[:60] + ("…" if len(text) > 60 else ""))
+
+
+def build_job(
+    source: str,
+    *,
+    account_id: Any = None,
+    username: Any = None,
+    job_id: Any = None,
+    delete_monitors: Any = False,
+) -> Job | Invalid:
+    """Validate the fields of one job, from any format."""
+    jid = None if job_id is None or job_id == "" else str(job_id)
+    if isinstance(account_id, str):
+        account_id = account_id.strip() or None
+    if account_id is not None and (
+        not isinstance(account_id, str) or not ID_PATTERN.fullmatch(account_id)
+    ):
+        return Invalid(
+            source,
+            f"invalid account_id {_show(account_id)}: must be a string of "
+            "1-128 characters from [A-Za-z0-9_-]",
+            jid,
+        )
+    if isinstance(username, str):
+        username = username.strip().removeprefix("@") or None
+    if username is not None and (
+        not isinstance(username, str) or not USERNAME_PATTERN.fullmatch(username)
+    ):
+        return Invalid(source, f"invalid username {_show(username)}", jid)
+    if account_id is None and username is None:
+        return Invalid(source, "no account_id or username", jid)
+    if not isinstance(delete_monitors, bool):
+        return Invalid(
+            source, f"delete_monitors must be true or false, not {_show(delete_monitors)}", jid
+        )
+    return Job(source, account_id, username, jid, delete_monitors)
+
+
+def parse_json_line(source: str, line: str) -> Job | Invalid:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Invalid(source, f"not JSON: {exc.msg} at column {exc.colno}")
+    except (ValueError, RecursionError) as exc:  # huge numbers, deep nesting
+        return Invalid(source, f"not JSON: {exc}")
+    if isinstance(data, str | int) and not isinstance(data, bool):
+        # A bare id is friendlier to accept than to reject; numbers become their decimal text.
+        return build_job(source, account_id=str(data))
+    if not isinstance(data, dict):
+        return Invalid(source, 'a job must be a JSON object like {"account_id": "42"}')
+    return build_job(
+        source,
+        account_id=data.get("account_id"),
+        username=data.get("username"),
+        job_id=data.get("job_id"),
+        delete_monitors=data.get("delete_monitors", False),
+    )
+
+
+def parse_text_line(source: str, line: str) -> Job | Invalid:
+    text = line.strip()
+    if text.startswith("@"):
+        return build_job(source, username=text)
+    return build_job(source, account_id=text)
+
+
+def is_skippable_text(line: str) -> bool:
+    """Blank lines and `#` comments carry no job."""
+    text = line.strip()
+    return not text or text.startswith("#")
+
+
+def csv_columns(header: list[str]) -> tuple[int | None, int | None, int | None, int | None]:
+    """Column positions of account_id, username, job_id, delete_monitors in a header row."""
+    names = [h.strip().lower().lstrip("\ufeff") for h in header]
+
+    def pos(name: str) -> int | None:
+        return names.index(name) if name in names else None
+
+    return pos("account_id"), pos("username"), pos("job_id"), pos("delete_monitors")
+
+
+def parse_csv_row(
+    source: str, row: list[str], columns: tuple[int | None, int | None, int | None, int | None]
+) -> Job | Invalid:
+    def cell(i: int | None) -> str | None:
+        return row[i].strip() if i is not None and i < len(row) and row[i].strip() else None
+
+    acc, user, jid, mon = (cell(i) for i in columns)
+    flag = (mon or "").lower()
+    if flag not in {"", "true", "false", "1", "0", "yes", "no"}:
+        return Invalid(source, f"delete_monitors must be true or false, not {_show(mon)}", jid)
+    return build_job(
+        source,
+        account_id=acc,
+        username=user,
+        job_id=jid,
+        delete_monitors=flag in {"true", "1", "yes"},
+    )

@@ -1,0 +1,200 @@
+"""`xquik-disconnect run`: settings from flags and environment, then one run, end to end."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+
+from worker.client import XquikClient
+from worker.errors import ConfigError
+from worker.limiter import Budget, SlidingWindowBudget, Unlimited
+from worker.logs import LogFormat, configure, get_logger
+from worker.operations import Operations
+from worker.redact import register
+from worker.results import FileSink, read_prior
+from worker.runner import Runner, Summary
+from worker.settings import (
+    DEFAULT_BASE_URL,
+    Rate,
+    RunSettings,
+    Secret,
+    check_base_url,
+    read_key_file,
+)
+from worker.sources import FileSource
+from worker.state import StateFile, default_state_dir
+
+log = get_logger()
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Validate everything that can be validated before a request is sent."""
+    source = args.source
+    if source != "-" and urlsplit(source).scheme in {"redis", "rediss"}:
+        raise ConfigError("queue mode (redis:// sources) is not available in this version")
+    if source != "-":
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"jobs file {source!r} not found")
+        FileSource(path).check()
+    results = Path(args.results) if args.results else _default_results(source)
+    if args.sandbox:
+        base_url, key = "http://127.0.0.1", ""
+    else:
+        try:
+            base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
+        except ValueError as exc:
+            raise ConfigError(f"--base-url: {exc}") from None
+        if args.api_key_file:
+            key = read_key_file(Path(args.api_key_file))
+        else:
+            key = os.environ.get("XQUIK_API_KEY", "").strip()
+        if not key:
+            raise ConfigError(
+                "no API key: set XQUIK_API_KEY or pass --api-key-file PATH "
+                "(or try --sandbox to run against the built-in sandbox)"
+            )
+        register(key)
+    is_tty = sys.stderr.isatty()
+    return RunSettings(
+        source=source,
+        results=results,
+        base_url=base_url,
+        api_key=Secret(key),
+        rate=args.rate,
+        read_rate=args.read_rate,
+        rate_margin=args.rate_margin,
+        concurrency=args.concurrency,
+        max_attempts=args.max_attempts,
+        timeout=args.timeout,
+        max_cooldown=args.max_cooldown,
+        grace=args.grace,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        fresh=args.fresh,
+        dry_run=args.dry_run,
+        limit=args.limit,
+        sandbox=args.sandbox,
+        progress=is_tty if args.progress is None else args.progress,
+    )
+
+
+def _default_results(source: str) -> Path:
+    return Path("results.jsonl") if source == "-" else Path(f"{source}.results.jsonl")
+
+
+def make_budget(settings: RunSettings, rate: Rate, tier: str) -> Budget:
+    if rate.limit is None:
+        return Unlimited()
+    state = None
+    if settings.state_dir is not None or not settings.sandbox:
+        state = StateFile(
+            settings.state_dir or default_state_dir(), settings.key_fingerprint(), tier
+        )
+    budget = SlidingWindowBudget(
+        rate.limit,
+        rate.period,
+        margin=settings.margin_for(rate),
+        max_cooldown=settings.max_cooldown,
+        jitter=min(1.0, rate.period * 0.02),
+        on_change=state.save if state else None,
+    )
+    if state is not None and (restored := state.load_into(budget)):
+        log.info("budget_restored", tier=tier, recent_sends=restored, state_file=str(state.path))
+    return budget
+
+
+def execute(settings: RunSettings, *, log_format: LogFormat | None = None) -> int:
+    configure(log_format)
+    try:
+        summary = anyio.run(run_async, settings)
+    except ConfigError as exc:
+        print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
+        return 2
+    return summary.exit_code()
+
+
+async def run_async(settings: RunSettings) -> Summary:
+    async with AsyncExitStack() as stack:
+        if settings.sandbox:
+            from worker.sandbox import Sandbox
+
+            sandbox = await stack.enter_async_context(Sandbox())
+            settings = _replace(settings, base_url=sandbox.base_url, key=sandbox.api_key)
+            log.info("sandbox_started", base_url=sandbox.base_url)
+        prior = None if settings.fresh else read_prior(settings.results)
+        if prior and prior.bad_lines:
+            log.warning(
+                "results_unreadable_lines",
+                file=str(settings.results),
+                lines=prior.bad_lines[:20],
+                count=len(prior.bad_lines),
+            )
+        client = await stack.enter_async_context(
+            XquikClient(
+                base_url=settings.base_url,
+                api_key=settings.api_key,
+                timeout=settings.timeout,
+                concurrency=settings.concurrency,
+                delete_budget=make_budget(settings, settings.rate, "delete"),
+                read_budget=make_budget(settings, settings.read_rate, "read"),
+                default_cooldown=settings.rate.period,
+            )
+        )
+        sink = FileSink(settings.results)
+        stack.callback(sink.close)
+        source = FileSource(None if settings.source == "-" else Path(settings.source))
+        runner = Runner(
+            Operations(
+                client,
+                run_id=Runner.new_run_id(),
+                max_attempts=settings.max_attempts,
+                on_auth_error=lambda exc: runner.auth_failed(exc),
+                backoff_base=settings.backoff_base,
+                backoff_cap=settings.backoff_cap,
+            ),
+            source=source,
+            sink=sink,
+            concurrency=settings.concurrency,
+            done_before=prior.done if prior else frozenset(),
+            dry_run=settings.dry_run,
+            limit=settings.limit,
+        )
+        log.info(
+            "run_started",
+            run_id=runner.summary.run_id,
+            source=source.name,
+            results=str(settings.results),
+            rate=str(settings.rate),
+            concurrency=settings.concurrency,
+            skipping_done=len(prior.done) if prior else 0,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, runner, settings.grace)
+            await runner.run()
+            tg.cancel_scope.cancel()
+    summary = runner.summary
+    log.info("run_summary", **summary.as_event())
+    return summary
+
+
+async def _stop_on_signals(runner: Runner, grace: float) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            first = runner.summary.stopped != "signal"
+            log.warning(
+                "stopping", signal=signal.Signals(signum).name, grace_s=grace if first else 0
+            )
+            runner.stop(grace if first else 0.0)
+
+
+def _replace(settings: RunSettings, *, base_url: str, key: str) -> RunSettings:
+    from dataclasses import replace
+
+    return replace(settings, base_url=base_url, api_key=Secret(key))

@@ -1,0 +1,241 @@
+"""The run: feed jobs from a source to a fixed pool of workers, record one result per job.
+
+Structure: a feeder task and `concurrency` workers in one task group, joined by an unbuffered
+channel (back-pressure keeps memory flat), plus a ticker that fsyncs the result log every second.
+A failing job becomes a record, never an exception that cancels its siblings.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from worker.errors import AuthError
+from worker.limiter import BudgetClosed
+from worker.logs import get_logger
+from worker.models import Invalid, Job, Op, Outcome, Result
+from worker.operations import Operations
+from worker.results import ResultSink
+from worker.sources import JobSource
+
+log = get_logger()
+
+EXIT_OK, EXIT_FAILED, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
+@dataclass(slots=True)
+class Summary:
+    run_id: str
+    outcomes: Counter[str] = field(default_factory=Counter)
+    ops: Counter[str] = field(default_factory=Counter)
+    skipped_done: int = 0
+    not_finished: int = 0
+    stopped: str | None = None  # "auth" or "signal"
+    elapsed_s: float = 0.0
+    sent: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+
+    @property
+    def records(self) -> int:
+        return sum(self.outcomes.values())
+
+    def exit_code(self) -> int:
+        if self.stopped == "auth":
+            return EXIT_AUTH
+        if self.stopped == "signal":
+            return EXIT_INTERRUPTED
+        if self.outcomes[Outcome.FAILED] or self.outcomes[Outcome.INVALID]:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def as_event(self) -> dict[str, object]:
+        deletes = self.sent.get("DELETE", 0)
+        return {
+            "run_id": self.run_id,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "records": self.records,
+            "skipped_done": self.skipped_done,
+            "not_finished": self.not_finished,
+            "stopped": self.stopped,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "requests": dict(sorted(self.sent.items())),
+            "retries": self.retries,
+            "delete_rate_per_min": round(60 * deletes / self.elapsed_s, 2) if self.elapsed_s else 0,
+            "exit_code": self.exit_code(),
+        }
+
+
+class Runner:
+    def __init__(
+        self,
+        ops: Operations,
+        *,
+        source: JobSource,
+        sink: ResultSink,
+        concurrency: int = 4,
+        done_before: set[str] | frozenset[str] = frozenset(),
+        dry_run: bool = False,
+        limit: int | None = None,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> None:
+        self.ops = ops
+        self.source = source
+        self.sink = sink
+        self.concurrency = concurrency
+        self.dry_run = dry_run
+        self.limit = limit
+        self.summary = Summary(ops.run_id)
+        self._done_before = done_before
+        self._seen: set[str] = set()
+        self._on_result = on_result
+        self._feed_scope = anyio.CancelScope()
+        self._work_scope: anyio.CancelScope | None = None
+
+    @staticmethod
+    def new_run_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+    # Stopping -----------------------------------------------------------------------------
+    def auth_failed(self, exc: AuthError) -> None:
+        """401: the key is bad; send nothing more, let in-flight requests finish."""
+        if self.summary.stopped is None:
+            log.error("api_key_rejected", http_status=exc.status, error=exc.code)
+            self.summary.stopped = "auth"
+        self._stop_sending()
+
+    def stop(self, grace: float) -> None:
+        """A signal: stop reading, give in-flight requests `grace` seconds, then cancel."""
+        if self.summary.stopped is None:
+            self.summary.stopped = "signal"
+        self._stop_sending()
+        if self._work_scope is not None:
+            deadline = anyio.current_time() + grace
+            self._work_scope.deadline = min(self._work_scope.deadline, deadline)
+
+    def _stop_sending(self) -> None:
+        self._feed_scope.cancel()
+        self.ops.client.close_budgets()
+
+    # Running ------------------------------------------------------------------------------
+    async def run(self) -> Summary:
+        started = time.monotonic()
+        send, receive = anyio.create_memory_object_stream[Job](0)
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._sync_every_second)
+                async with anyio.create_task_group() as work:
+                    self._work_scope = work.cancel_scope
+                    async with receive:
+                        for _ in range(self.concurrency):
+                            work.start_soon(self._work, receive.clone())
+                    await self._feed(send)
+                outer.cancel_scope.cancel()
+        finally:
+            self.sink.sync()
+            self.summary.elapsed_s = time.monotonic() - started
+            self.summary.sent = Counter(self.ops.client.sent)
+            self.summary.retries = self.ops.retries
+        return self.summary
+
+    async def _sync_every_second(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            self.sink.sync()
+
+    async def _feed(self, send: MemoryObjectSendStream[Job]) -> None:
+        handed = 0
+        async with send:
+            with self._feed_scope:
+                async for item in self.source:
+                    if isinstance(item, Invalid):
+                        await self._record(item, self._invalid(item))
+                        continue
+                    if self.limit is not None and handed >= self.limit:
+                        break
+                    if item.key in self._done_before:
+                        self.summary.skipped_done += 1
+                        await self.source.settle(item, None)
+                        continue
+                    if item.key in self._seen:
+                        await self._record(item, self._duplicate(item))
+                        continue
+                    self._seen.add(item.key)
+                    handed += 1
+                    await send.send(item)
+
+    async def _work(self, receive: MemoryObjectReceiveStream[Job]) -> None:
+        async with receive:
+            async for job in receive:
+                with structlog.contextvars.bound_contextvars(
+                    source=job.source, account_id=job.account_id, username=job.username
+                ):
+                    try:
+                        result = await self._handle(job)
+                    except BudgetClosed:
+                        self.summary.not_finished += 1  # stopped before it could be sent
+                        continue
+                    if result is None:
+                        await self.source.settle(job, None)
+                        continue
+                    await self._record(job, result)
+
+    async def _handle(self, job: Job) -> Result | None:
+        """The job's record; None when a username resolves to an account already done."""
+        started = time.monotonic()
+        account_id = job.account_id
+        if account_id is None:
+            resolved = await self.ops.resolve(job, started)
+            if isinstance(resolved, Result):
+                return resolved
+            account_id = resolved
+            if account_id in self._done_before:
+                self.summary.skipped_done += 1
+                return None
+            if account_id in self._seen:
+                return self._duplicate(job, account_id=account_id)
+            self._seen.add(account_id)
+        if self.dry_run:
+            return await self.ops.check(job, account_id, started)
+        return await self.ops.disconnect(job, account_id, started)
+
+    async def _record(self, item: Job | Invalid, result: Result) -> None:
+        self.sink.write(result)
+        self.summary.outcomes[result.outcome] += 1
+        self.summary.ops[result.op] += 1
+        if result.outcome is Outcome.FAILED:
+            log.warning("job_failed", error=result.error, http_status=result.http_status)
+        if self._on_result is not None:
+            self._on_result(result)
+        await self.source.settle(item, result)
+
+    def _invalid(self, item: Invalid) -> Result:
+        log.warning("invalid_job", source=item.source, error=item.error)
+        return Result(
+            run_id=self.ops.run_id,
+            source=item.source,
+            job_id=item.job_id,
+            outcome=Outcome.INVALID,
+            error=item.error,
+        )
+
+    def _duplicate(self, job: Job, account_id: str | None = None) -> Result:
+        return Result(
+            run_id=self.ops.run_id,
+            source=job.source,
+            job_id=job.job_id,
+            account_id=account_id or job.account_id,
+            username=job.username,
+            op=Op.DISCONNECT,
+            outcome=Outcome.DUPLICATE,
+            error="the same account appears earlier in this run",
+        )
+
+
+__all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "Runner", "Summary"]

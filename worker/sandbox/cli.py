@@ -1,0 +1,68 @@
+"""`xquik-disconnect sandbox`: serve the sandbox until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+import anyio
+
+from worker.sandbox.faults import FaultConfig
+from worker.sandbox.server import Sandbox, SandboxConfig
+from worker.settings import is_loopback
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    faults = FaultConfig(
+        fail_500=args.fail_500,
+        fail_502=args.fail_502,
+        fail_503=args.fail_503,
+        html_502=args.html_502,
+        reset=args.reset,
+        slow=args.slow,
+        lose=args.lose,
+        slow_seconds=args.slow_seconds,
+        seed=args.seed,
+    )
+    key = os.environ.get("XQUIK_API_KEY", "").strip()
+    return SandboxConfig(
+        accounts=args.accounts,
+        seed=args.seed,
+        delete_limit=(args.delete_limit.limit, args.delete_limit.period),
+        read_limit=(args.read_limit.limit, args.read_limit.period),
+        faults=faults,
+        keys={key} if key else set(),
+        host=args.host,
+        port=args.port,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host):
+        print("xquik-disconnect sandbox: error: --host must be a loopback address", file=sys.stderr)
+        return 2
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"xquik-disconnect sandbox: error: {exc}", file=sys.stderr)
+        return 2
+    anyio.run(_serve, config)
+    return 0
+
+
+async def _serve(config: SandboxConfig) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Sandbox(config) as sandbox:
+            # The sandbox key is a throwaway, printed so scripts and tests can use it.
+            ready = {
+                "event": "sandbox_ready",
+                "base_url": sandbox.base_url,
+                "api_key": sandbox.api_key,
+                "accounts": config.accounts,
+            }
+            print(json.dumps(ready), flush=True)
+            async for _ in signals:
+                break

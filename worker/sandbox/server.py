@@ -1,0 +1,86 @@
+"""Running the sandbox: in-process on a loopback port (`run --sandbox`, tests) or standalone."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.base_events
+import secrets
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from aiohttp import web
+
+from worker.sandbox.app import API_PREFIX, SandboxState, make_app
+from worker.sandbox.faults import FaultConfig, FaultPlan
+from worker.sandbox.limits import FixedWindow
+from worker.sandbox.store import Store
+
+
+def new_key() -> str:
+    return "xq_" + secrets.token_hex(32)
+
+
+@dataclass
+class SandboxConfig:
+    accounts: int = 50
+    seed: int = 0
+    delete_limit: tuple[int | None, float] = (15, 60.0)
+    read_limit: tuple[int | None, float] = (60, 1.0)
+    write_limit: tuple[int | None, float] = (30, 60.0)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    keys: set[str] = field(default_factory=set)
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class Sandbox:
+    """`async with Sandbox(config) as sb:` serves on `sb.base_url` with key `sb.api_key`."""
+
+    def __init__(self, config: SandboxConfig | None = None, *, store: Store | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.api_key = next(iter(self.config.keys), None) or new_key()
+        self.state = SandboxState(
+            store=store or Store.generate(self.config.accounts, seed=self.config.seed),
+            keys=self.config.keys | {self.api_key},
+            limits={
+                "delete": FixedWindow(*self.config.delete_limit),
+                "read": FixedWindow(*self.config.read_limit),
+                "write": FixedWindow(*self.config.write_limit),
+            },
+            faults=FaultPlan(self.config.faults),
+            clock=time.monotonic,
+        )
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + API_PREFIX
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
