@@ -78,7 +78,9 @@ async def sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
     return await sandbox_factory(delete_limit=(None, 60.0), read_limit=(None, 1.0))  # type: ignore[no-any-return]
 
 
-def settings_for(sandbox: Sandbox, source: Path | str, tmp_path: Path, **overrides: Any) -> RunSettings:
+def settings_for(
+    sandbox: Sandbox, source: Path | str, tmp_path: Path, **overrides: Any
+) -> RunSettings:
     base = RunSettings(
         source=str(source),
         results=tmp_path / "results.jsonl",
@@ -114,12 +116,22 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
-        capture_output=True, text=True, env=env or cli_env(), cwd=cwd or ROOT,
-        timeout=timeout, input=stdin, check=False,
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        input=stdin,
+        check=False,
     )
 
 
@@ -129,7 +141,11 @@ class SandboxProcess:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "sandbox", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
         )
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())

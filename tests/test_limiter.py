@@ -15,7 +15,9 @@ from worker.limiter import BudgetClosed, SlidingWindowBudget, Unlimited
 from worker.state import StateFile
 
 
-def budget(clock: FakeClock, limit: int = 3, window: float = 10.0, **kw: float) -> SlidingWindowBudget:
+def budget(
+    clock: FakeClock, limit: int = 3, window: float = 10.0, **kw: float
+) -> SlidingWindowBudget:
     return SlidingWindowBudget(limit, window, clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
 
 

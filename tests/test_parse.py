@@ -40,7 +40,8 @@ def test_text_parser_only_yields_safe_ids(line: str) -> None:
     item = parse_text_line("f:1", line)
     if isinstance(item, Job) and item.account_id is not None:
         assert ID_PATTERN.fullmatch(item.account_id)
-        assert "/" not in item.account_id and "." not in item.account_id
+        assert "/" not in item.account_id
+        assert "." not in item.account_id
 
 
 @pytest.mark.parametrize(
@@ -125,7 +126,8 @@ def test_over_long_line_is_invalid_and_skipped_whole() -> None:
     text = "1\n" + "9" * (MAX_LINE * 3) + "\n3\n"
     got = items(text, "text")
     assert got[0] == Job("jobs:1", "1")
-    assert isinstance(got[1], Invalid) and got[1].source == "jobs:2"
+    assert isinstance(got[1], Invalid)
+    assert got[1].source == "jobs:2"
     assert "longer than" in got[1].error
     assert got[2] == Job("jobs:3", "3")
 

@@ -54,14 +54,20 @@ async def test_faulty_api_every_line_one_record_every_account_deleted(
     assert sorted(sources) == sorted(f"{jobs}:{n}" for n in range(1, 56))
     assert set(sources.values()) == {1}
     outcomes = Counter(r["outcome"] for r in records)
-    assert outcomes == {"disconnected": outcomes["disconnected"],
-                        "already_gone": outcomes["already_gone"], "duplicate": 3, "invalid": 6}
+    assert outcomes == {
+        "disconnected": outcomes["disconnected"],
+        "already_gone": outcomes["already_gone"],
+        "duplicate": 3,
+        "invalid": 6,
+    }
     assert outcomes["disconnected"] + outcomes["already_gone"] == 46
     assert not existing & set(sandbox.state.store.accounts)
     stats = sandbox.state.stats
-    assert stats.faults["lose"] > 0 and stats.faults["reset"] > 0
-    gone_existing = [r for r in records if r["outcome"] == "already_gone"
-                     and r["account_id"] in existing]
+    assert stats.faults["lose"] > 0
+    assert stats.faults["reset"] > 0
+    gone_existing = [
+        r for r in records if r["outcome"] == "already_gone" and r["account_id"] in existing
+    ]
     # Only a lost answer turns an existing account into already_gone (the resend sees 404).
     assert len(gone_existing) <= stats.faults["lose"]
     assert all(SAFE_PATH.fullmatch(path) for _, _, path, _ in stats.log)
@@ -76,8 +82,9 @@ async def test_401_stops_the_run_after_at_most_concurrency_requests(
 ) -> None:
     """A rejected key: no new requests, exit 3, the unsent jobs get no record."""
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 51)])
-    settings = settings_for(sandbox, jobs, tmp_path, concurrency=4,
-                            api_key=Secret("xq_" + "f" * 64))
+    settings = settings_for(
+        sandbox, jobs, tmp_path, concurrency=4, api_key=Secret("xq_" + "f" * 64)
+    )
     summary = await run_async(settings)
     assert summary.exit_code() == 3
     assert 1 <= len(sandbox.state.stats.log) <= 4
@@ -105,8 +112,16 @@ async def test_429_holds_every_request_until_retry_after(
         later = [t2 for t2, *_ in log[i + 1 :]]
         assert all(t2 >= t + retry_after - 1.0 for t2 in later[:1])
         assert all(t2 - t >= 0.999 for t2 in later), "a request was sent during the cooldown"
-    assert len({r["account_id"] for r in read_results(tmp_path / "results.jsonl")
-                if r["outcome"] == "disconnected"}) == 12
+    assert (
+        len(
+            {
+                r["account_id"]
+                for r in read_results(tmp_path / "results.jsonl")
+                if r["outcome"] == "disconnected"
+            }
+        )
+        == 12
+    )
 
 
 async def test_dry_run_sends_no_delete(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -145,8 +160,7 @@ async def test_permanent_error_fails_without_retry(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     """Retries exhausted: failed, with the attempts made and the last error named."""
-    sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0),
-                                             faults={"fail_500": 1.0})
+    sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0), faults={"fail_500": 1.0})
     jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
     summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=3))
     [record] = read_results(tmp_path / "results.jsonl")

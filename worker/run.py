@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from worker.settings import (
 )
 from worker.sources import FileSource
 from worker.state import StateFile, default_state_dir
+from worker.ui import print_summary, watch
 
 log = get_logger()
 
@@ -175,12 +177,20 @@ async def run_async(settings: RunSettings) -> Summary:
             concurrency=settings.concurrency,
             skipping_done=len(prior.done) if prior else 0,
         )
+        budget = client.read_budget if settings.dry_run else client.delete_budget
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, runner, settings.grace)
+            tg.start_soon(
+                partial(
+                    watch, runner, total=source.count_lines(), budget=budget, tty=settings.progress
+                )
+            )
             await runner.run()
             tg.cancel_scope.cancel()
     summary = runner.summary
     log.info("run_summary", **summary.as_event())
+    if settings.progress or sys.stderr.isatty():
+        print_summary(summary, str(settings.results))
     return summary
 
 

@@ -51,7 +51,7 @@ class Summary:
             return EXIT_AUTH
         if self.stopped == "signal":
             return EXIT_INTERRUPTED
-        if self.outcomes[Outcome.FAILED] or self.outcomes[Outcome.INVALID]:
+        if self.outcomes[str(Outcome.FAILED)] or self.outcomes[str(Outcome.INVALID)]:
             return EXIT_FAILED
         return EXIT_OK
 
@@ -67,7 +67,7 @@ class Summary:
             "elapsed_s": round(self.elapsed_s, 3),
             "requests": dict(sorted(self.sent.items())),
             "retries": self.retries,
-            "delete_rate_per_min": round(60 * deletes / self.elapsed_s, 2) if self.elapsed_s else 0,
+            "deletes_per_min": round(60 * deletes / self.elapsed_s, 1) if self.elapsed_s else 0.0,
             "exit_code": self.exit_code(),
         }
 
@@ -207,8 +207,8 @@ class Runner:
 
     async def _record(self, item: Job | Invalid, result: Result) -> None:
         self.sink.write(result)
-        self.summary.outcomes[result.outcome] += 1
-        self.summary.ops[result.op] += 1
+        self.summary.outcomes[str(result.outcome)] += 1
+        self.summary.ops[str(result.op)] += 1
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
         if self._on_result is not None:

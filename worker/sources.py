@@ -52,7 +52,7 @@ def sniff(first_line: str) -> Format:
     text = first_line.strip().lstrip("\ufeff")
     if text.startswith(("{", '"')):
         return "jsonl"
-    if "," in text and any(c is not None for c in csv_columns(next(csv.reader([text])))[:2]):
+    if any(c is not None for c in csv_columns(next(csv.reader([text])))[:2]):
         return "csv"
     return "text"
 

@@ -1,0 +1,181 @@
+"""The command line as users meet it: real processes, exit codes, messages that name the
+problem, nothing sent on a usage error, and the key kept out of every output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SandboxProcess, cli_env, read_results, run_cli, write_jobs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "0/5s"], "--rate"),
+        (["--rate", "fast"], "--rate"),
+        (["--read-rate", "10/0s"], "--read-rate"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--max-attempts", "zero"], "--max-attempts"),
+        (["--timeout", "-1"], "--timeout"),
+        (["--base-url", "http://example.com/api/v1"], "--base-url"),
+        (["--base-url", "ftp://127.0.0.1/"], "--base-url"),
+        (["--api-key-file", "/nonexistent/key"], "--api-key-file"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags_exit_2_and_send_nothing(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Each bad flag exits 2 naming the flag, and the API sees no request at all."""
+    sb = sandbox_process()
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2"])
+    env = cli_env(XQUIK_API_KEY=sb.api_key, XQUIK_BASE_URL=sb.base_url)
+    proc = run_cli("run", str(jobs), *args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert sb.stats()["requests"] == 0
+    assert not (tmp_path / "jobs.txt.results.jsonl").exists()
+
+
+def test_missing_jobs_file_and_missing_key(tmp_path: Path) -> None:
+    """A missing file and a missing key are usage errors with a clear message."""
+    proc = run_cli("run", str(tmp_path / "nope.jsonl"), env=cli_env(XQUIK_API_KEY="xq_1234567890"))
+    assert proc.returncode == 2
+    assert "nope.jsonl" in proc.stderr
+    assert "not found" in proc.stderr
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    proc = run_cli("run", str(jobs))
+    assert proc.returncode == 2
+    assert "XQUIK_API_KEY" in proc.stderr
+
+
+def test_bad_environment_value_is_a_usage_error(tmp_path: Path) -> None:
+    """Environment variables are validated like the flags they mirror."""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    proc = run_cli("run", str(jobs), "--sandbox", env=cli_env(XQUIK_RATE="lots"))
+    assert proc.returncode == 2
+    assert "--rate" in proc.stderr
+
+
+def test_sandbox_run_of_the_example(tmp_path: Path) -> None:
+    """`run --sandbox` over jobs/example.jsonl: one record per line, exit 1 for its bad lines."""
+    results = tmp_path / "r.jsonl"
+    proc = run_cli("run", "jobs/example.jsonl", "--sandbox", "--results", str(results))
+    assert proc.returncode == 1, proc.stderr
+    records = read_results(results)
+    lines = (ROOT / "jobs/example.jsonl").read_text().splitlines()
+    assert len(records) == len(lines)
+    summary = [json.loads(line) for line in proc.stderr.splitlines() if "run_summary" in line]
+    assert summary[0]["records"] == len(lines)
+    assert summary[0]["outcomes"]["invalid"] == 2
+
+
+@pytest.mark.parametrize("name", ["example.csv", "example.txt"])
+def test_every_example_format_runs(tmp_path: Path, name: str) -> None:
+    """The CSV and text examples run clean against the sandbox."""
+    proc = run_cli("run", f"jobs/{name}", "--sandbox", "--results", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert {r["outcome"] for r in read_results(tmp_path / "r.jsonl")} == {"disconnected"}
+
+
+def test_stdin_source(tmp_path: Path) -> None:
+    """`run -` reads stdin; the format is sniffed; results default to ./results.jsonl."""
+    proc = run_cli("run", "-", "--sandbox", stdin="account_id\n1\n2\n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = read_results(tmp_path / "results.jsonl")
+    assert [(r["source"], r["account_id"]) for r in records] in (
+        [("stdin:2", "1"), ("stdin:3", "2")],
+        [("stdin:3", "2"), ("stdin:2", "1")],
+    )
+
+
+def test_key_is_never_in_output_or_ps(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """The key comes from a file; it shows up in no log, no result and no process listing."""
+    sb = sandbox_process("--delete-limit", "2/2s")
+    key_file = tmp_path / "key"
+    key_file.write_text(sb.api_key + "\n")
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3", "404", "../x"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(jobs),
+            "--api-key-file",
+            str(key_file),
+            "--base-url",
+            sb.base_url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--rate",
+            "50/1s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    time.sleep(0.5)
+    cmdline = (Path("/proc") / str(proc.pid) / "cmdline").read_bytes().decode()
+    environ = (Path("/proc") / str(proc.pid) / "environ").read_bytes().decode()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    for text in (cmdline, environ, out, err, (tmp_path / "jobs.txt.results.jsonl").read_text()):
+        assert sb.api_key not in text
+    assert sb.stats()["rate_limited"] >= 1  # the sandbox's window was hit, and survived
+
+
+def test_help_lists_every_documented_run_option() -> None:
+    """--help documents the contract's options."""
+    proc = run_cli("run", "--help")
+    assert proc.returncode == 0
+    for flag in (
+        "--results",
+        "--fresh",
+        "--concurrency",
+        "--rate",
+        "--read-rate",
+        "--rate-margin",
+        "--max-cooldown",
+        "--state-dir",
+        "--grace",
+        "--max-attempts",
+        "--timeout",
+        "--base-url",
+        "--api-key-file",
+        "--dry-run",
+        "--limit",
+        "--sandbox",
+        "--log-format",
+        "--progress",
+    ):
+        assert flag in proc.stdout
+
+
+def test_version() -> None:
+    """--version prints the package version."""
+    from worker import __version__
+
+    proc = run_cli("--version")
+    assert proc.stdout.strip() == f"xquik-disconnect {__version__}"
+
+
+def test_sandbox_command_stops_on_sigterm() -> None:
+    """The standalone sandbox serves until SIGTERM and exits 0."""
+    sb = SandboxProcess()
+    assert sb.stats()["accounts"] == 50
+    sb.proc.send_signal(signal.SIGTERM)
+    sb.proc.communicate(timeout=10)
+    assert sb.proc.returncode == 0

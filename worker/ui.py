@@ -1,0 +1,122 @@
+"""What a person watching sees: a rich progress bar on a TTY, periodic `progress` log events off
+one, and a summary table at the end. Both read the runner's summary on a timer, so the job path
+pays nothing for them; rich is imported only when a TTY is there to draw on."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from worker.limiter import Budget, SlidingWindowBudget
+from worker.logs import get_logger
+from worker.runner import Summary
+
+if TYPE_CHECKING:
+    from worker.runner import Runner
+
+log = get_logger()
+
+
+def handled(summary: Summary) -> int:
+    return summary.records + summary.skipped_done + summary.not_finished
+
+
+def eta_seconds(
+    summary: Summary, total: int | None, budget: Budget, elapsed: float
+) -> float | None:
+    """Time left: from the budget when it is the bottleneck, else from the pace so far."""
+    if total is None:
+        return None
+    remaining = max(total - handled(summary), 0)
+    if isinstance(budget, SlidingWindowBudget):
+        return budget.eta(remaining)
+    done = handled(summary)
+    return elapsed / done * remaining if done else None
+
+
+def _status_line(summary: Summary, budget: Budget) -> str:
+    parts = [f"{k} {v}" for k, v in sorted(summary.outcomes.items())]
+    if summary.skipped_done:
+        parts.append(f"skipped {summary.skipped_done}")
+    cooling = budget.cooldown_remaining()
+    if cooling > 0:
+        parts.append(f"cooldown {cooling:.0f}s")
+    return ", ".join(parts)
+
+
+async def watch(runner: Runner, *, total: int | None, budget: Budget, tty: bool) -> None:
+    """Runs until cancelled: a progress bar on a TTY, else a `progress` event every 10 s."""
+    started = time.monotonic()
+    if not tty:
+        while True:
+            await anyio.sleep(10.0)
+            s = runner.summary
+            eta = eta_seconds(s, total, budget, time.monotonic() - started)
+            log.info(
+                "progress",
+                handled=handled(s),
+                total=total,
+                outcomes=dict(s.outcomes),
+                cooldown_s=round(budget.cooldown_remaining(), 1),
+                eta_s=None if eta is None else round(eta),
+            )
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("disconnecting", total=total, status="", eta="?")
+        try:
+            while True:
+                s = runner.summary
+                eta = eta_seconds(s, total, budget, time.monotonic() - started)
+                bar.update(
+                    task,
+                    completed=handled(s),
+                    status=_status_line(s, budget),
+                    eta="?" if eta is None else _clock(eta),
+                )
+                await anyio.sleep(0.25)
+        finally:
+            bar.update(
+                task,
+                completed=handled(runner.summary),
+                status=_status_line(runner.summary, budget),
+                eta="0:00:00",
+            )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def print_summary(summary: Summary, results: str) -> None:
+    """A short table on stderr, for a person at a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {summary.run_id}", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for outcome, count in sorted(summary.outcomes.items()):
+        table.add_row(outcome, str(count))
+    table.add_row("[dim]skipped (done earlier)", f"[dim]{summary.skipped_done}")
+    if summary.not_finished:
+        table.add_row("[yellow]not finished (rerun)", f"[yellow]{summary.not_finished}")
+    event: dict[str, Any] = summary.as_event()
+    console = Console(file=sys.stderr)
+    console.print(table)
+    console.print(
+        f"{event['records']} records in {event['elapsed_s']} s, requests {event['requests']}, "
+        f"retries {event['retries']}, exit {event['exit_code']}; results: {results}"
+    )
