@@ -107,7 +107,7 @@ def write_jobs(path: Path, lines: list[str]) -> Path:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

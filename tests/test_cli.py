@@ -4,6 +4,7 @@ problem, nothing sent on a usage error, and the key kept out of every output."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -179,3 +180,48 @@ def test_sandbox_command_stops_on_sigterm() -> None:
     sb.proc.send_signal(signal.SIGTERM)
     sb.proc.communicate(timeout=10)
     assert sb.proc.returncode == 0
+
+
+def test_progress_bar_and_summary_table_on_a_tty(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """On a terminal: a progress bar with counts and ETA, then the summary table."""
+    import pty
+
+    sb = sandbox_process("--delete-limit", "10/1s")
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 31)])
+    env = cli_env(
+        COLUMNS="120",
+        TERM="xterm",
+        XQUIK_API_KEY=sb.api_key,
+        XQUIK_BASE_URL=sb.base_url,
+        XQUIK_STATE_DIR=str(tmp_path),
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the worker, with the pty as its terminal
+        os.chdir(ROOT)
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "worker", "run", str(jobs), "--rate", "10/1s"],
+            env,
+        )
+    chunks = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "disconnecting" in screen
+    assert "30/30" in screen
+    assert "ETA" in screen
+    assert "run " in screen
+    assert "disconnected" in screen
+    assert "skipped (done earlier)" in screen

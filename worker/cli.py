@@ -224,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         "on loopback. Prints one JSON line with base_url and api_key.",
     )
     _sandbox_options(sandbox)
+    report = sub.add_parser(
+        "report",
+        help="summarise a result log",
+        description="Summarise a result log: outcomes, runs, failures not "
+        "done since (grouped by error). Exit 1 if any are outstanding.",
+    )
+    report.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -232,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _run,
         "sandbox": _sandbox,
+        "report": _report,
     }
     return commands[args.command](args)
 
@@ -246,6 +255,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return execute(settings, log_format=args.log_format)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from worker.report import main as report
+
+    return report(args.results, as_json=args.json)
 
 
 def _sandbox(args: argparse.Namespace) -> int:

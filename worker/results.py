@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,12 @@ class PriorResults:
     bad_lines: list[int] = field(default_factory=list)
 
 
-_MARKERS = tuple(f'"{o}"'.encode() for o in DONE)
+# The fast path: substring tests, then a regex per field. A `"key": "value"` pair cannot be
+# forged from inside a JSON string (its quotes would be escaped), and ids are [A-Za-z0-9_-], so
+# they hold no escapes. Lines in any other shape fall back to json.loads.
+_ACCOUNT = re.compile(rb'"account_id": "([A-Za-z0-9_-]{1,128})"')
+_OUTCOME = re.compile(rb'"outcome": "(disconnected|already_gone)"')
+_OP = re.compile(rb'"op": "([a-z_]+)"')
 
 
 def read_prior(path: Path) -> PriorResults:
@@ -95,7 +101,12 @@ def read_prior(path: Path) -> PriorResults:
             if not line.rstrip(b"\r\n").endswith(b"}"):
                 prior.bad_lines.append(number)  # torn by a crash mid-write
                 continue
-            if not any(m in line for m in _MARKERS):
+            if b'"disconnected"' not in line and b'"already_gone"' not in line:
+                continue
+            account, outcome, op = _ACCOUNT.search(line), _OUTCOME.search(line), _OP.search(line)
+            if account and outcome and op:
+                if op.group(1) == b"disconnect":
+                    prior.done.add(account.group(1).decode())
                 continue
             try:
                 record = json.loads(line)

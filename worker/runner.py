@@ -173,18 +173,22 @@ class Runner:
     async def _work(self, receive: MemoryObjectReceiveStream[Job]) -> None:
         async with receive:
             async for job in receive:
-                with structlog.contextvars.bound_contextvars(
-                    source=job.source, account_id=job.account_id, username=job.username
-                ):
-                    try:
+                finished = False
+                try:
+                    with structlog.contextvars.bound_contextvars(
+                        source=job.source, account_id=job.account_id, username=job.username
+                    ):
                         result = await self._handle(job)
-                    except BudgetClosed:
-                        self.summary.not_finished += 1  # stopped before it could be sent
-                        continue
-                    if result is None:
-                        await self.source.settle(job, None)
-                        continue
-                    await self._record(job, result)
+                        if result is None:
+                            await self.source.settle(job, None)
+                        else:
+                            await self._record(job, result)
+                        finished = True
+                except BudgetClosed:
+                    pass  # the run is stopping; this job was not sent (again)
+                finally:
+                    # Stopped or cancelled before its record: no record, a rerun picks it up.
+                    self.summary.not_finished += not finished
 
     async def _handle(self, job: Job) -> Result | None:
         """The job's record; None when a username resolves to an account already done."""

@@ -25,6 +25,7 @@ HTML_502 = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</
 
 @dataclass
 class Stats:
+    received: int = 0  # counted on arrival, before any answer
     by_status: Counter[str] = field(default_factory=Counter)  # "DELETE 200"
     rate_limited: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -33,6 +34,7 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "received": self.received,
             "by_status": dict(self.by_status),
             "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
@@ -75,6 +77,7 @@ async def gateway(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         return response
     status = 0
+    state.stats.received += 1
     try:
         response = await _gate(request, handler, state)
         status = response.status
@@ -173,6 +176,12 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def requests(request: web.Request) -> web.Response:
+    """Every request received so far: [method, raw path, status]."""
+    log = request.app[STATE].stats.log
+    return web.json_response([[method, path, status] for _, method, path, status in log])
+
+
 async def consume(request: web.Request) -> web.Response:
     """Spend `n` of a tier's window as another client of the same Xquik account would."""
     state = request.app[STATE]
@@ -196,6 +205,7 @@ def make_app(state: SandboxState) -> web.Application:
     api.router.add_delete("/monitors/{id}", delete_monitor)
     app.add_subapp(API_PREFIX, api)
     app.router.add_get("/_sandbox/stats", stats)
+    app.router.add_get("/_sandbox/requests", requests)
     app.router.add_post("/_sandbox/consume", consume)
     return app
 

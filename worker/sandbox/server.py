@@ -63,7 +63,10 @@ class Sandbox:
         return self.url + API_PREFIX
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
+        # Slow handlers (fault injection) must not hold up a stop for long.
+        self._runner = web.AppRunner(
+            make_app(self.state), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()

@@ -1,0 +1,140 @@
+"""`xquik-disconnect report RESULTS`: what a result log says, across all the runs it holds.
+
+An account counts as done once any record says so; a failure counts as outstanding only while
+no later run has done the account. Exit 1 when something is outstanding, for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from worker.models import DONE
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    first_ts: str
+    last_ts: str
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def deletes_per_min(self) -> float | None:
+        sent = sum(n for o, n in self.outcomes.items() if o in DONE or o == "failed")
+        seconds = (_parse_ts(self.last_ts) - _parse_ts(self.first_ts)).total_seconds()
+        return round(sent / seconds * 60, 2) if seconds > 0 else None
+
+
+@dataclass
+class Report:
+    records: int = 0
+    unreadable_lines: list[int] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    runs: dict[str, RunInfo] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    last_failure: dict[str, str] = field(default_factory=dict)  # account -> error
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # (source, error)
+
+    def outstanding(self) -> dict[str, list[str]]:
+        """Accounts whose latest failure no later record has made done, grouped by error."""
+        groups: dict[str, list[str]] = defaultdict(list)
+        for account, error in self.last_failure.items():
+            if account not in self.done:
+                groups[error].append(account)
+        return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "accounts_done": len(self.done),
+            "failed_outstanding": self.outstanding(),
+            "invalid_lines": [{"source": s, "error": e} for s, e in self.invalid],
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "first_ts": r.first_ts,
+                    "last_ts": r.last_ts,
+                    "outcomes": dict(sorted(r.outcomes.items())),
+                    "deletes_per_min": r.deletes_per_min(),
+                }
+                for r in self.runs.values()
+            ],
+            "unreadable_lines": self.unreadable_lines,
+        }
+
+
+def _parse_ts(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def build(path: Path) -> Report:
+    report = Report()
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                outcome, run_id, ts = record["outcome"], record["run_id"], record["ts"]
+            except (ValueError, KeyError, TypeError):
+                report.unreadable_lines.append(number)
+                continue
+            report.records += 1
+            report.outcomes[outcome] += 1
+            run = report.runs.setdefault(run_id, RunInfo(run_id, ts, ts))
+            run.last_ts = max(run.last_ts, ts)
+            run.outcomes[outcome] += 1
+            if record.get("op", "disconnect") != "disconnect":
+                continue
+            account = record.get("account_id") or ("@" + str(record.get("username")))
+            if outcome in DONE:
+                report.done.add(account)
+            elif outcome == "failed":
+                report.last_failure[account] = str(record.get("error"))
+            elif outcome == "invalid":
+                report.invalid.append((record.get("source", "?"), str(record.get("error"))))
+    return report
+
+
+def render(report: Report, out: TextIO) -> None:
+    w = out.write
+    w(f"{report.records} records, {len(report.done)} accounts done\n\noutcomes:\n")
+    for outcome, count in sorted(report.outcomes.items()):
+        w(f"  {outcome:<14} {count}\n")
+    w(f"\nruns ({len(report.runs)}):\n")
+    for run in report.runs.values():
+        rate = run.deletes_per_min()
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(run.outcomes.items()))
+        w(
+            f"  {run.run_id}  {run.first_ts} .. {run.last_ts}  {counts}"
+            f"{f'  ({rate} DELETE/min)' if rate else ''}\n"
+        )
+    outstanding = report.outstanding()
+    if outstanding:
+        w("\nfailed, not done since:\n")
+        for error, accounts in outstanding.items():
+            shown = ", ".join(accounts[:20]) + (" …" if len(accounts) > 20 else "")
+            w(f"  {len(accounts)} x {error}\n      {shown}\n")
+    if report.invalid:
+        w(f"\ninvalid lines ({len(report.invalid)}):\n")
+        for source, error in report.invalid[:50]:
+            w(f"  {source}: {error}\n")
+    if report.unreadable_lines:
+        w(f"\nunreadable lines (torn by a crash?): {report.unreadable_lines[:20]}\n")
+
+
+def main(path: str, *, as_json: bool) -> int:
+    try:
+        report = build(Path(path))
+    except OSError as exc:
+        print(f"xquik-disconnect report: error: {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if as_json:
+        json.dump(report.as_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(report, sys.stdout)
+    return 1 if report.outstanding() else 0
