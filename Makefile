@@ -34,5 +34,12 @@ pytest: $(VENV)/.dev
 
 test: lint types pytest
 
+BENCHES ?= budget resume
+bench: $(VENV)/.dev
+	{ echo "# Benchmark results"; echo; echo "\`make bench\` on $$(nproc) cores, $$(date -u +%F)."; \
+	  for b in $(BENCHES); do echo; $(PY) bench/$$b.py || exit 1; done; } > bench/RESULTS.md.tmp
+	mv bench/RESULTS.md.tmp bench/RESULTS.md
+	cat bench/RESULTS.md
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -1,0 +1,109 @@
+"""The budget against the sandbox's fixed window: the whole budget used, never tripped, not
+even by back-to-back runs, and a foreign client's spending handled with one cooldown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import (
+    ROOT,
+    SandboxFactory,
+    SandboxProcess,
+    cli_env,
+    read_results,
+    settings_for,
+    write_jobs,
+)
+from worker.run import run_async
+from worker.sandbox import Sandbox
+from worker.settings import Rate
+
+
+async def test_short_window_200_jobs_zero_429_and_near_ideal_time(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """20 per 2 s, 200 jobs: no 429, and the DELETEs span within 5% of the ideal 9 windows."""
+    sandbox: Sandbox = await sandbox_factory(accounts=200, delete_limit=(20, 2.0))
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 201)])
+    settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(20, 2.0), concurrency=8)
+    summary = await run_async(settings)
+    assert summary.exit_code() == 0
+    log = [t for t, method, _, _ in sandbox.state.stats.log if method == "DELETE"]
+    assert sandbox.state.stats.rate_limited == 0
+    assert len(log) == 200
+    ideal = (200 // 20 - 1) * 2.0
+    span = max(log) - min(log)
+    assert ideal <= span <= ideal * 1.05, span
+    assert sandbox.state.store.accounts == {}
+
+
+def run_process(sb: SandboxProcess, jobs: Path, tmp_path: Path, *args: str) -> int:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(jobs),
+            "--base-url",
+            sb.base_url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            *args,
+        ],
+        env=cli_env(XQUIK_API_KEY=sb.api_key),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    ).returncode
+
+
+def test_back_to_back_runs_within_one_window_cause_no_429(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Run 1 spends the window; run 2 (a new process) starts at once and still waits for it,
+    because the send times persist in the state directory."""
+    sb = sandbox_process("--accounts", "20", "--delete-limit", "10/3s")
+    first = write_jobs(tmp_path / "a.txt", [str(i) for i in range(1, 11)])
+    second = write_jobs(tmp_path / "b.txt", [str(i) for i in range(11, 21)])
+    assert run_process(sb, first, tmp_path, "--rate", "10/3s") == 0
+    assert run_process(sb, second, tmp_path, "--rate", "10/3s") == 0
+    stats = sb.stats()
+    assert stats["rate_limited"] == 0
+    assert stats["accounts"] == 0
+
+
+def test_without_state_back_to_back_runs_would_trip(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """The control: with a fresh state dir per run, the second run bursts into a 429."""
+    sb = sandbox_process("--accounts", "20", "--delete-limit", "10/3s")
+    first = write_jobs(tmp_path / "a.txt", [str(i) for i in range(1, 11)])
+    second = write_jobs(tmp_path / "b.txt", [str(i) for i in range(11, 21)])
+    assert run_process(sb, first, tmp_path / "one", "--rate", "10/3s") == 0
+    assert run_process(sb, second, tmp_path / "two", "--rate", "10/3s") == 0
+    assert sb.stats()["rate_limited"] >= 1
+    assert sb.stats()["accounts"] == 0  # and still finishes, through the cooldown
+
+
+async def test_foreign_spending_one_cooldown_at_most_concurrency_429s(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Another client spends the window: we get 429s only from what was already in flight
+    (at most --concurrency per cooldown), pause everything, and finish every job."""
+    sandbox: Sandbox = await sandbox_factory(accounts=40, delete_limit=(10, 2.0))
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 41)])
+    sandbox.state.limits["delete"].consume(sandbox.state.clock(), 10)
+    settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(10, 2.0), concurrency=4)
+    summary = await run_async(settings)
+    assert summary.exit_code() == 0
+    log = list(sandbox.state.stats.log)
+    rejected = [t for t, _, _, status in log if status == 429]
+    assert 1 <= len(rejected) <= 4
+    assert max(rejected) - min(rejected) < 0.5  # one burst, one cooldown
+    outcomes = {r["outcome"] for r in read_results(tmp_path / "results.jsonl")}
+    assert outcomes == {"disconnected"}
