@@ -159,6 +159,14 @@ class SandboxProcess:
         with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
+    def get(self, path: str) -> Any:
+        """GET an API path with the sandbox's key, e.g. "/x/accounts"."""
+        import urllib.request
+
+        request = urllib.request.Request(self.base_url + path, headers={"x-api-key": self.api_key})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.communicate(timeout=10)

@@ -89,13 +89,6 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="DELETE budget for the key: 15/60s, 60/1m, 200/1s or unlimited (default 15/60s)",
     )
     p.add_argument(
-        "--read-rate",
-        type=rate,
-        default=_env("READ_RATE", "60/1s"),
-        metavar="N/PERIOD",
-        help="budget for GETs (default 60/1s)",
-    )
-    p.add_argument(
         "--rate-margin",
         type=seconds,
         default=_env("RATE_MARGIN"),
@@ -124,19 +117,22 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="on SIGINT/SIGTERM, seconds given to in-flight requests (default 30)",
     )
     p.add_argument(
-        "--max-attempts",
-        type=positive_int,
-        default=_env("MAX_ATTEMPTS", "5"),
-        metavar="N",
-        help="attempts per job, the first included (default 5)",
+        "--delete-monitors",
+        action="store_true",
+        help="also delete the account monitors that track each disconnected user",
     )
+    p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="handle at most N jobs")
     p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=_env("TIMEOUT", "30"),
-        metavar="S",
-        help="per request (default 30)",
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on for a TTY)",
     )
+
+
+def _api_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that talks to the API."""
     p.add_argument(
         "--base-url",
         default=_env("BASE_URL"),
@@ -149,8 +145,27 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="file holding the API key (default: env XQUIK_API_KEY)",
     )
-    p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
-    p.add_argument("--limit", type=positive_int, metavar="N", help="handle at most N jobs")
+    p.add_argument(
+        "--read-rate",
+        type=rate,
+        default=_env("READ_RATE", "60/1s"),
+        metavar="N/PERIOD",
+        help="budget for GETs (default 60/1s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=_env("TIMEOUT", "30"),
+        metavar="S",
+        help="per request (default 30)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=_env("MAX_ATTEMPTS", "5"),
+        metavar="N",
+        help="attempts per request, the first included (default 5)",
+    )
     p.add_argument(
         "--sandbox",
         action="store_true",
@@ -162,12 +177,32 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         default=_env("LOG_FORMAT"),
         help="logs on stderr (default: console on a TTY, else json)",
     )
+
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on for a TTY)",
+        "--usernames",
+        metavar="FILE",
+        help="handles to disconnect, one per line, @ optional, any case",
     )
+    p.add_argument(
+        "--health", metavar="LIST", help="comma-separated health states, e.g. needsReauth,suspended"
+    )
+    p.add_argument("--status", metavar="LIST", help="comma-separated statuses, e.g. active")
+    p.add_argument("--created-before", metavar="DATE", help="connected before this ISO date")
+    p.add_argument("--all", action="store_true", help="every connected account (explicitly)")
+    p.add_argument(
+        "--with-monitors",
+        action="store_true",
+        help="jobs also delete the account monitors tracking each user; lists them",
+    )
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "table"),
+        default="jsonl",
+        help="jsonl jobs for `run -` (default), or a table for a person",
+    )
+    p.add_argument("--out", metavar="FILE", help="write the jobs here instead of stdout")
 
 
 def _sandbox_options(p: argparse.ArgumentParser) -> None:
@@ -217,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Disconnect the accounts listed in SOURCE.",
     )
     _run_options(run)
+    _api_options(run)
+    plan = sub.add_parser(
+        "plan",
+        help="list connected accounts and write jobs (JSONL) to stdout",
+        description="Select connected accounts by filters (all must match) "
+        "and write them as jobs. Scheduled cleanup: plan ... | run -",
+    )
+    _plan_options(plan)
+    _api_options(plan)
     sandbox = sub.add_parser(
         "sandbox",
         help="serve a local stand-in for the Xquik API",
@@ -241,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "sandbox": _sandbox,
         "report": _report,
+        "plan": _plan,
     }
     return commands[args.command](args)
 
@@ -255,6 +300,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return execute(settings, log_format=args.log_format)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from worker.plan_cmd import main as plan
+
+    return plan(args)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from worker.calls import Caller
 from worker.client import XquikClient
 from worker.errors import ConfigError
 from worker.limiter import Budget, SlidingWindowBudget, Unlimited
@@ -47,23 +48,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             raise ConfigError(f"jobs file {source!r} not found")
         FileSource(path).check()
     results = Path(args.results) if args.results else _default_results(source)
-    if args.sandbox:
-        base_url, key = "http://127.0.0.1", ""
-    else:
-        try:
-            base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
-        except ValueError as exc:
-            raise ConfigError(f"--base-url: {exc}") from None
-        if args.api_key_file:
-            key = read_key_file(Path(args.api_key_file))
-        else:
-            key = os.environ.get("XQUIK_API_KEY", "").strip()
-        if not key:
-            raise ConfigError(
-                "no API key: set XQUIK_API_KEY or pass --api-key-file PATH "
-                "(or try --sandbox to run against the built-in sandbox)"
-            )
-        register(key)
+    base_url, key = api_access(args)
     is_tty = sys.stderr.isatty()
     return RunSettings(
         source=source,
@@ -81,10 +66,32 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         fresh=args.fresh,
         dry_run=args.dry_run,
+        delete_monitors=args.delete_monitors,
         limit=args.limit,
         sandbox=args.sandbox,
         progress=is_tty if args.progress is None else args.progress,
     )
+
+
+def api_access(args: argparse.Namespace) -> tuple[str, str]:
+    """Base URL and API key from flags and environment; ("", "") stands for --sandbox."""
+    if args.sandbox:
+        return "http://127.0.0.1", ""
+    try:
+        base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
+    except ValueError as exc:
+        raise ConfigError(f"--base-url: {exc}") from None
+    if args.api_key_file:
+        key = read_key_file(Path(args.api_key_file))
+    else:
+        key = os.environ.get("XQUIK_API_KEY", "").strip()
+    if not key:
+        raise ConfigError(
+            "no API key: set XQUIK_API_KEY or pass --api-key-file PATH "
+            "(or try --sandbox to run against the built-in sandbox)"
+        )
+    register(key)
+    return base_url, key
 
 
 def _default_results(source: str) -> Path:
@@ -156,16 +163,19 @@ async def run_async(settings: RunSettings) -> Summary:
             Operations(
                 client,
                 run_id=Runner.new_run_id(),
-                max_attempts=settings.max_attempts,
-                on_auth_error=lambda exc: runner.auth_failed(exc),
-                backoff_base=settings.backoff_base,
-                backoff_cap=settings.backoff_cap,
+                caller=Caller(
+                    max_attempts=settings.max_attempts,
+                    on_auth_error=lambda exc: runner.auth_failed(exc),
+                    backoff_base=settings.backoff_base,
+                    backoff_cap=settings.backoff_cap,
+                ),
             ),
             source=source,
             sink=sink,
             concurrency=settings.concurrency,
             done_before=prior.done if prior else frozenset(),
             dry_run=settings.dry_run,
+            delete_monitors=settings.delete_monitors,
             limit=settings.limit,
         )
         log.info(

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
@@ -33,8 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 130
 @dataclass(slots=True)
 class Summary:
     run_id: str
-    outcomes: Counter[str] = field(default_factory=Counter)
-    ops: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)  # of the jobs' disconnects
+    monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
     skipped_done: int = 0
     not_finished: int = 0
     stopped: str | None = None  # "auth" or "signal"
@@ -44,14 +45,15 @@ class Summary:
 
     @property
     def records(self) -> int:
-        return sum(self.outcomes.values())
+        return sum(self.outcomes.values()) + sum(self.monitors.values())
 
     def exit_code(self) -> int:
         if self.stopped == "auth":
             return EXIT_AUTH
         if self.stopped == "signal":
             return EXIT_INTERRUPTED
-        if self.outcomes[str(Outcome.FAILED)] or self.outcomes[str(Outcome.INVALID)]:
+        failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]
+        if failed or self.outcomes[Outcome.INVALID]:
             return EXIT_FAILED
         return EXIT_OK
 
@@ -60,6 +62,7 @@ class Summary:
         return {
             "run_id": self.run_id,
             "outcomes": dict(sorted(self.outcomes.items())),
+            "monitors": dict(sorted(self.monitors.items())),
             "records": self.records,
             "skipped_done": self.skipped_done,
             "not_finished": self.not_finished,
@@ -82,6 +85,7 @@ class Runner:
         concurrency: int = 4,
         done_before: set[str] | frozenset[str] = frozenset(),
         dry_run: bool = False,
+        delete_monitors: bool = False,
         limit: int | None = None,
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
@@ -90,6 +94,7 @@ class Runner:
         self.sink = sink
         self.concurrency = concurrency
         self.dry_run = dry_run
+        self.delete_monitors = delete_monitors
         self.limit = limit
         self.summary = Summary(ops.run_id)
         self._done_before = done_before
@@ -141,7 +146,7 @@ class Runner:
             self.sink.sync()
             self.summary.elapsed_s = time.monotonic() - started
             self.summary.sent = Counter(self.ops.client.sent)
-            self.summary.retries = self.ops.retries
+            self.summary.retries = self.ops.call.retries
         return self.summary
 
     async def _sync_every_second(self) -> None:
@@ -155,7 +160,7 @@ class Runner:
             with self._feed_scope:
                 async for item in self.source:
                     if isinstance(item, Invalid):
-                        await self._record(item, self._invalid(item))
+                        await self._settle(item, self._invalid(item))
                         continue
                     if self.limit is not None and handed >= self.limit:
                         break
@@ -164,7 +169,7 @@ class Runner:
                         await self.source.settle(item, None)
                         continue
                     if item.key in self._seen:
-                        await self._record(item, self._duplicate(item))
+                        await self._settle(item, self._duplicate(item))
                         continue
                     self._seen.add(item.key)
                     handed += 1
@@ -178,11 +183,10 @@ class Runner:
                     with structlog.contextvars.bound_contextvars(
                         source=job.source, account_id=job.account_id, username=job.username
                     ):
-                        result = await self._handle(job)
-                        if result is None:
-                            await self.source.settle(job, None)
-                        else:
-                            await self._record(job, result)
+                        results = await self._handle(job)
+                        for result in results:
+                            self._record(result)
+                        await self.source.settle(job, results[0] if results else None)
                         finished = True
                 except BudgetClosed:
                     pass  # the run is stopping; this job was not sent (again)
@@ -190,34 +194,47 @@ class Runner:
                     # Stopped or cancelled before its record: no record, a rerun picks it up.
                     self.summary.not_finished += not finished
 
-    async def _handle(self, job: Job) -> Result | None:
-        """The job's record; None when a username resolves to an account already done."""
+    async def _handle(self, job: Job) -> list[Result]:
+        """The job's records: its disconnect first, then any monitor deletions. None at all
+        when its username resolves to an account an earlier run already did."""
         started = time.monotonic()
+        account: dict[str, Any] | None = None
         account_id = job.account_id
+        monitors = (job.delete_monitors or self.delete_monitors) and not self.dry_run
         if account_id is None:
             resolved = await self.ops.resolve(job, started)
             if isinstance(resolved, Result):
-                return resolved
-            account_id = resolved
+                return [resolved]
+            account, account_id = resolved, str(resolved["id"])
             if account_id in self._done_before:
                 self.summary.skipped_done += 1
-                return None
+                return []
             if account_id in self._seen:
-                return self._duplicate(job, account_id=account_id)
+                return [self._duplicate(job, account_id=account_id)]
             self._seen.add(account_id)
+        elif monitors:
+            # Learn the account's X user id before it is gone, to match its monitors.
+            found = await self.ops.directory.find(account_id=account_id)
+            account = found if isinstance(found, dict) else None
         if self.dry_run:
-            return await self.ops.check(job, account_id, started)
-        return await self.ops.disconnect(job, account_id, started)
+            return [await self.ops.check(job, account_id, started)]
+        result = await self.ops.disconnect(job, account_id, started)
+        if not monitors:
+            return [result]
+        return [result, *await self.ops.delete_monitors(job, account, result)]
 
-    async def _record(self, item: Job | Invalid, result: Result) -> None:
+    async def _settle(self, item: Job | Invalid, result: Result) -> None:
+        self._record(result)
+        await self.source.settle(item, result)
+
+    def _record(self, result: Result) -> None:
         self.sink.write(result)
-        self.summary.outcomes[str(result.outcome)] += 1
-        self.summary.ops[str(result.op)] += 1
+        counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
+        counts[str(result.outcome)] += 1
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
         if self._on_result is not None:
             self._on_result(result)
-        await self.source.settle(item, result)
 
     def _invalid(self, item: Invalid) -> Result:
         log.warning("invalid_job", source=item.source, error=item.error)

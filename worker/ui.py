@@ -110,6 +110,8 @@ def print_summary(summary: Summary, results: str) -> None:
     table.add_column("count", justify="right")
     for outcome, count in sorted(summary.outcomes.items()):
         table.add_row(outcome, str(count))
+    for outcome, count in sorted(summary.monitors.items()):
+        table.add_row(f"monitor {outcome}", str(count))
     table.add_row("[dim]skipped (done earlier)", f"[dim]{summary.skipped_done}")
     if summary.not_finished:
         table.add_row("[yellow]not finished (rerun)", f"[yellow]{summary.not_finished}")
