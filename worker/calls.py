@@ -12,7 +12,7 @@ from tenacity import RetryCallState
 from worker.client import Answer
 from worker.errors import ApiError, AuthError, TransientApiError, TransportError
 from worker.logs import get_logger
-from worker.retry import Sleep, retrying
+from worker.retry import TRANSIENT, Sleep, retrying
 
 log = get_logger()
 Op = Callable[[], Awaitable[Answer]]
@@ -55,6 +55,20 @@ class Caller:
         self.retries = 0
 
     async def __call__(self, op: Op) -> Call:
+        # The first attempt runs bare: most calls succeed at once, and building the retry
+        # state machine for each of them costs more CPU than the request itself. Only a
+        # transient failure enters tenacity, which replays it as attempt 1 and takes over.
+        try:
+            return Call(await op(), None, 1)
+        except AuthError as exc:
+            self._on_auth_error(exc)
+            return Call(None, exc, 1)
+        except TRANSIENT as exc:
+            if self._max_attempts == 1:
+                return Call(None, exc, 1)
+            first: BaseException | None = exc
+        except (ApiError, TransportError) as exc:
+            return Call(None, exc, 1)
         attempts = 0
         policy = retrying(
             max_attempts=self._max_attempts,
@@ -67,6 +81,9 @@ class Caller:
             async for attempt in policy:
                 with attempt:
                     attempts += 1
+                    if first is not None:
+                        replay, first = first, None
+                        raise replay
                     answer = await op()
         except AuthError as exc:
             self._on_auth_error(exc)

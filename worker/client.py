@@ -7,6 +7,7 @@ connection turns out to be closed (aio-libs/aiohttp#10790): the budget counts wh
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,6 +37,9 @@ class Answer:
 
     status: int
     body: Any
+
+
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # nothing to encode
 
 
 class XquikClient:
@@ -98,7 +102,7 @@ class XquikClient:
 
     def url(self, *segments: str) -> URL:
         # Each id is one percent-encoded path segment: "../x" can never become another path.
-        path = "/".join(quote(s, safe="") for s in segments)
+        path = "/".join(s if _SAFE_SEGMENT.fullmatch(s) else quote(s, safe="") for s in segments)
         return URL(f"{self._base}/{path}", encoded=True)
 
     async def request(self, method: str, *segments: str, allow_404: bool = True) -> Answer:

@@ -109,4 +109,8 @@ class Result:
         return record
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        return _ENCODER.encode(self.to_dict())
+
+
+# json.dumps with any option builds a new encoder per call; one shared encoder is cheaper.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)

@@ -1,22 +1,22 @@
-"""The run: feed jobs from a source to a fixed pool of workers, record one result per job.
+"""The run: a fixed pool of workers pulls jobs from a source and records one result per job.
 
-Structure: a feeder task and `concurrency` workers in one task group, joined by an unbuffered
-channel (back-pressure keeps memory flat), plus a ticker that fsyncs the result log every second.
-A failing job becomes a record, never an exception that cancels its siblings.
+Structure: `concurrency` workers in one task group take turns reading the source under a lock
+(back-pressure: nothing is read ahead of a free worker, so memory stays flat), plus a ticker
+that fsyncs the result log every second. A failing job becomes a record, never an exception
+that cancels its siblings.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from worker.errors import AuthError
 from worker.limiter import BudgetClosed
@@ -24,7 +24,7 @@ from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
 from worker.operations import Operations
 from worker.results import ResultSink
-from worker.sources import JobSource
+from worker.sources import Item, JobSource
 
 log = get_logger()
 
@@ -100,7 +100,12 @@ class Runner:
         self._done_before = done_before
         self._seen: set[str] = set()
         self._on_result = on_result
-        self._feed_scope = anyio.CancelScope()
+        self._batches: AsyncIterator[Sequence[Item]] | None = None
+        self._ready: deque[Item] = deque()
+        self._pull_lock = anyio.Lock(fast_acquire=True)
+        self._pull_scope: anyio.CancelScope | None = None
+        self._reading = True
+        self._handed = 0
         self._work_scope: anyio.CancelScope | None = None
 
     @staticmethod
@@ -125,22 +130,22 @@ class Runner:
             self._work_scope.deadline = min(self._work_scope.deadline, deadline)
 
     def _stop_sending(self) -> None:
-        self._feed_scope.cancel()
+        self._reading = False
+        if self._pull_scope is not None:
+            self._pull_scope.cancel()  # e.g. a worker waiting on a silent stdin
         self.ops.client.close_budgets()
 
     # Running ------------------------------------------------------------------------------
     async def run(self) -> Summary:
         started = time.monotonic()
-        send, receive = anyio.create_memory_object_stream[Job](0)
+        self._batches = self.source.batches()
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._sync_every_second)
                 async with anyio.create_task_group() as work:
                     self._work_scope = work.cancel_scope
-                    async with receive:
-                        for _ in range(self.concurrency):
-                            work.start_soon(self._work, receive.clone())
-                    await self._feed(send)
+                    for _ in range(self.concurrency):
+                        work.start_soon(self._work)
                 outer.cancel_scope.cancel()
         finally:
             self.sink.sync()
@@ -154,45 +159,66 @@ class Runner:
             await anyio.sleep(1.0)
             self.sink.sync()
 
-    async def _feed(self, send: MemoryObjectSendStream[Job]) -> None:
-        handed = 0
-        async with send:
-            with self._feed_scope:
-                async for item in self.source:
-                    if isinstance(item, Invalid):
-                        await self._settle(item, self._invalid(item))
-                        continue
-                    if self.limit is not None and handed >= self.limit:
-                        break
-                    if item.key in self._done_before:
-                        self.summary.skipped_done += 1
-                        await self.source.settle(item, None)
-                        continue
-                    if item.key in self._seen:
-                        await self._settle(item, self._duplicate(item))
-                        continue
+    async def _next_job(self) -> Job | None:
+        """The next job to send, or None when there is none. Workers take items in turn from
+        the current batch (no await between taking and handling, so no lock is needed) and
+        only one at a time reads the next batch. Invalid lines, duplicates and accounts done in
+        earlier runs are settled on the way."""
+        while self._reading:
+            if not self._ready and not await self._read_batch():
+                break
+            if self._ready:
+                item = self._ready.popleft()
+                if isinstance(item, Invalid):
+                    await self._settle(item, self._invalid(item))
+                elif self.limit is not None and self._handed >= self.limit:
+                    break
+                elif item.key in self._done_before:
+                    self.summary.skipped_done += 1
+                    await self.source.settle(item, None)
+                elif item.key in self._seen:
+                    await self._settle(item, self._duplicate(item))
+                else:
                     self._seen.add(item.key)
-                    handed += 1
-                    await send.send(item)
+                    self._handed += 1
+                    return item
+        self._reading = False
+        return None
 
-    async def _work(self, receive: MemoryObjectReceiveStream[Job]) -> None:
-        async with receive:
-            async for job in receive:
-                finished = False
-                try:
-                    with structlog.contextvars.bound_contextvars(
-                        source=job.source, account_id=job.account_id, username=job.username
-                    ):
-                        results = await self._handle(job)
-                        for result in results:
-                            self._record(result)
-                        await self.source.settle(job, results[0] if results else None)
-                        finished = True
-                except BudgetClosed:
-                    pass  # the run is stopping; this job was not sent (again)
-                finally:
-                    # Stopped or cancelled before its record: no record, a rerun picks it up.
-                    self.summary.not_finished += not finished
+    async def _read_batch(self) -> bool:
+        """Read the next batch into the queue; False when the source is exhausted or the run
+        is stopping. Whoever waits on the lock finds the batch another worker read."""
+        assert self._batches is not None
+        async with self._pull_lock:
+            if self._ready or not self._reading:
+                return self._reading
+            with anyio.CancelScope() as scope:
+                self._pull_scope = scope
+                batch = await anext(self._batches, None)
+            self._pull_scope = None
+            if scope.cancelled_caught or batch is None:
+                return False
+            self._ready.extend(batch)
+            return True
+
+    async def _work(self) -> None:
+        while (job := await self._next_job()) is not None:
+            finished = False
+            tokens = bind_contextvars(
+                source=job.source, account_id=job.account_id, username=job.username
+            )
+            try:
+                results = await self._handle(job)
+                for result in results:
+                    self._record(result)
+                await self.source.settle(job, results[0] if results else None)
+                finished = True
+            except BudgetClosed:
+                pass  # the run is stopping; this job was not sent (again)
+            finally:
+                reset_contextvars(**tokens)
+                # Stopped or cancelled before its record: no record, a rerun picks it up.
+                self.summary.not_finished += not finished
 
     async def _handle(self, job: Job) -> list[Result]:
         """The job's records: its disconnect first, then any monitor deletions. None at all

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Literal, Protocol, TextIO
@@ -33,7 +33,10 @@ class JobSource(Protocol):
 
     name: str
 
-    def __aiter__(self) -> AsyncIterator[Item]: ...
+    def batches(self) -> AsyncIterator[Sequence[Item]]:
+        """Items in order, a batch at a time (a batch is bounded: it is all that is read
+        ahead of the workers)."""
+        ...
 
     async def settle(self, item: Item, result: Result | None) -> None:
         """Called once the item's record is durably written (None: skipped as already done)."""
@@ -145,7 +148,7 @@ class FileSource:
         # Only \n ends a line, so line numbers match `sed -n Np` and `wc -l`.
         return self.path.open(encoding="utf-8-sig", errors="replace", newline="\n")
 
-    async def __aiter__(self) -> AsyncIterator[Item]:
+    async def batches(self) -> AsyncIterator[Sequence[Item]]:
         stream = self._open()
         try:
             items = parse_stream(stream, self.name, self._fmt)
@@ -153,8 +156,7 @@ class FileSource:
             while batch := await anyio.to_thread.run_sync(
                 lambda: list(islice(items, BATCH)), abandon_on_cancel=self.path is None
             ):
-                for item in batch:
-                    yield item
+                yield batch
         finally:
             if self.path is not None:
                 stream.close()
