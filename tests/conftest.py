@@ -184,3 +184,16 @@ def sandbox_process() -> Iterator[Callable[..., SandboxProcess]]:
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A fresh redis-server on a free loopback port, persistence off."""
+    from tests.redis_server import RedisServer
+
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    yield server
+    server.stop()

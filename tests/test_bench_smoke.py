@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("script", ["resume", "budget"])
+@pytest.mark.parametrize("script", ["resume", "budget", "overhead", "memory", "startup"])
 def test_benchmark_smoke(script: str) -> None:
     """The benchmark finishes and prints its table."""
     proc = subprocess.run(

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from worker import __version__
@@ -205,6 +206,43 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="write the jobs here instead of stdout")
 
 
+def _queue_options(p: argparse.ArgumentParser) -> None:
+    q = p.add_argument_group("queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)")
+    q.add_argument(
+        "--stream",
+        default=_env("STREAM", "xquik:disconnect"),
+        help="stream of jobs (default xquik:disconnect); results go to "
+        "<stream>:results, dead letters to <stream>:dead",
+    )
+    q.add_argument(
+        "--group",
+        default=_env("GROUP", "xquik-disconnect"),
+        help="consumer group, created if missing (default xquik-disconnect)",
+    )
+    q.add_argument(
+        "--consumer", default=_env("CONSUMER"), help="consumer name (default: host name and pid)"
+    )
+    q.add_argument(
+        "--claim-idle",
+        type=seconds,
+        default=_env("CLAIM_IDLE", "60"),
+        metavar="S",
+        help="take over messages another consumer left pending this long (default 60)",
+    )
+    q.add_argument(
+        "--max-deliveries",
+        type=positive_int,
+        default=_env("MAX_DELIVERIES", "5"),
+        metavar="N",
+        help="dead-letter a message delivered more often (default 5)",
+    )
+    q.add_argument(
+        "--drain",
+        action="store_true",
+        help="exit once the stream and this consumer's pending entries are empty",
+    )
+
+
 def _sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8787, help="0 picks a free port (default 8787)")
@@ -253,6 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_options(run)
     _api_options(run)
+    _queue_options(run)
+    enqueue = sub.add_parser(
+        "enqueue",
+        help="push a jobs file onto a Redis stream",
+        description="Validate a jobs file and XADD each valid job to the "
+        "stream; invalid lines are reported, not enqueued (exit 1).",
+    )
+    enqueue.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -")
+    enqueue.add_argument(
+        "--redis",
+        required=True,
+        metavar="URL",
+        default=_env("REDIS_URL"),
+        help="redis://HOST:PORT/DB or rediss://…",
+    )
+    enqueue.add_argument(
+        "--stream",
+        default=_env("STREAM", "xquik:disconnect"),
+        help="stream name (default xquik:disconnect)",
+    )
     plan = sub.add_parser(
         "plan",
         help="list connected accounts and write jobs (JSONL) to stdout",
@@ -286,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sandbox": _sandbox,
         "report": _report,
         "plan": _plan,
+        "enqueue": _enqueue,
     }
     return commands[args.command](args)
 
@@ -300,6 +359,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return execute(settings, log_format=args.log_format)
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    import anyio
+
+    from worker.queue import enqueue
+
+    if urlsplit(args.redis).scheme not in {"redis", "rediss", "unix"}:
+        print(
+            f"xquik-disconnect enqueue: error: --redis {args.redis!r} is not a redis:// URL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.jobs != "-" and not os.path.isfile(args.jobs):
+        print(
+            f"xquik-disconnect enqueue: error: jobs file {args.jobs!r} not found", file=sys.stderr
+        )
+        return EXIT_USAGE
+    added, invalid = anyio.run(partial(enqueue, args.jobs, url=args.redis, stream=args.stream))
+    for item in invalid:
+        print(f"{item.source}: {item.error}", file=sys.stderr)
+    print(
+        f"enqueued {added} jobs to {args.stream}"
+        + (f"; {len(invalid)} invalid lines not enqueued" if invalid else "")
+    )
+    return 1 if invalid else 0
 
 
 def _plan(args: argparse.Namespace) -> int:

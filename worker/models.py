@@ -61,6 +61,9 @@ class Invalid:
     error: str
     job_id: str | None = None
     receipt: Any = field(default=None, compare=False, repr=False)
+    # A queue message delivered too often is refused the same way, but it was a job: failed.
+    outcome: Outcome = Outcome.INVALID
+    account_id: str | None = None
 
 
 def utc_now_iso() -> str:

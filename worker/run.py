@@ -19,18 +19,20 @@ from worker.errors import ConfigError
 from worker.limiter import Budget, SlidingWindowBudget, Unlimited
 from worker.logs import LogFormat, configure, get_logger
 from worker.operations import Operations
+from worker.queue import RedisSource
 from worker.redact import register
 from worker.results import FileSink, read_prior
 from worker.runner import Runner, Summary
 from worker.settings import (
     DEFAULT_BASE_URL,
+    QueueConfig,
     Rate,
     RunSettings,
     Secret,
     check_base_url,
     read_key_file,
 )
-from worker.sources import FileSource
+from worker.sources import FileSource, JobSource
 from worker.state import StateFile, default_state_dir
 from worker.ui import print_summary, watch
 
@@ -40,9 +42,18 @@ log = get_logger()
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """Validate everything that can be validated before a request is sent."""
     source = args.source
-    if source != "-" and urlsplit(source).scheme in {"redis", "rediss"}:
-        raise ConfigError("queue mode (redis:// sources) is not available in this version")
-    if source != "-":
+    queue = None
+    if urlsplit(source).scheme in {"redis", "rediss"}:
+        queue = QueueConfig(
+            url=source,
+            stream=args.stream,
+            group=args.group,
+            consumer=args.consumer or "",
+            claim_idle=args.claim_idle,
+            max_deliveries=args.max_deliveries,
+            drain=args.drain,
+        )
+    elif source != "-":
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"jobs file {source!r} not found")
@@ -70,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         limit=args.limit,
         sandbox=args.sandbox,
         progress=is_tty if args.progress is None else args.progress,
+        queue=queue,
     )
 
 
@@ -95,7 +107,9 @@ def api_access(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _default_results(source: str) -> Path:
-    return Path("results.jsonl") if source == "-" else Path(f"{source}.results.jsonl")
+    if source == "-" or "://" in source:
+        return Path("results.jsonl")
+    return Path(f"{source}.results.jsonl")
 
 
 def make_budget(settings: RunSettings, rate: Rate, tier: str) -> Budget:
@@ -117,6 +131,28 @@ def make_budget(settings: RunSettings, rate: Rate, tier: str) -> Budget:
     if state is not None and (restored := state.load_into(budget)):
         log.info("budget_restored", tier=tier, recent_sends=restored, state_file=str(state.path))
     return budget
+
+
+def _total(source: JobSource) -> int | None:
+    return source.count_lines() if isinstance(source, FileSource) else None
+
+
+def shared_budget(settings: RunSettings, queue: RedisSource) -> Budget:
+    """Queue mode: one DELETE budget and cooldown for every worker using this key, in Redis."""
+    rate = settings.rate
+    if rate.limit is None:
+        return Unlimited()
+    from worker.redis_budget import RedisBudget
+
+    return RedisBudget(
+        queue.redis,
+        f"xquik:budget:{settings.key_fingerprint()}:delete",
+        rate.limit,
+        rate.period,
+        margin=settings.margin_for(rate),
+        max_cooldown=settings.max_cooldown,
+        jitter=min(1.0, rate.period * 0.02),
+    )
 
 
 def execute(settings: RunSettings, *, log_format: LogFormat | None = None) -> int:
@@ -145,20 +181,32 @@ async def run_async(settings: RunSettings) -> Summary:
                 lines=prior.bad_lines[:20],
                 count=len(prior.bad_lines),
             )
+        source: JobSource
+        if settings.queue is not None:
+            queue = await stack.enter_async_context(RedisSource(settings.queue))
+            source, delete_budget = queue, shared_budget(settings, queue)
+            log.info(
+                "queue_consumer",
+                stream=queue.config.stream,
+                group=queue.config.group,
+                consumer=queue.consumer,
+            )
+        else:
+            source = FileSource(None if settings.source == "-" else Path(settings.source))
+            delete_budget = make_budget(settings, settings.rate, "delete")
         client = await stack.enter_async_context(
             XquikClient(
                 base_url=settings.base_url,
                 api_key=settings.api_key,
                 timeout=settings.timeout,
                 concurrency=settings.concurrency,
-                delete_budget=make_budget(settings, settings.rate, "delete"),
+                delete_budget=delete_budget,
                 read_budget=make_budget(settings, settings.read_rate, "read"),
                 default_cooldown=settings.rate.period,
             )
         )
         sink = FileSink(settings.results)
         stack.callback(sink.close)
-        source = FileSource(None if settings.source == "-" else Path(settings.source))
         runner = Runner(
             Operations(
                 client,
@@ -177,7 +225,9 @@ async def run_async(settings: RunSettings) -> Summary:
             dry_run=settings.dry_run,
             delete_monitors=settings.delete_monitors,
             limit=settings.limit,
+            sync_before_settle=settings.queue is not None,
         )
+        runner.summary.consumer = settings.queue is not None and not settings.queue.drain
         log.info(
             "run_started",
             run_id=runner.summary.run_id,
@@ -190,10 +240,10 @@ async def run_async(settings: RunSettings) -> Summary:
         budget = client.read_budget if settings.dry_run else client.delete_budget
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, runner, settings.grace)
+            if isinstance(source, RedisSource):
+                tg.start_soon(source.keep_alive)
             tg.start_soon(
-                partial(
-                    watch, runner, total=source.count_lines(), budget=budget, tty=settings.progress
-                )
+                partial(watch, runner, total=_total(source), budget=budget, tty=settings.progress)
             )
             await runner.run()
             tg.cancel_scope.cancel()

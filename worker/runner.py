@@ -24,6 +24,7 @@ from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
 from worker.operations import Operations
 from worker.results import ResultSink
+from worker.seen import SeenSet
 from worker.sources import Item, JobSource
 
 log = get_logger()
@@ -39,6 +40,7 @@ class Summary:
     skipped_done: int = 0
     not_finished: int = 0
     stopped: str | None = None  # "auth" or "signal"
+    consumer: bool = False  # queue mode: a signal is the normal way to stop
     elapsed_s: float = 0.0
     sent: Counter[str] = field(default_factory=Counter)
     retries: int = 0
@@ -51,7 +53,7 @@ class Summary:
         if self.stopped == "auth":
             return EXIT_AUTH
         if self.stopped == "signal":
-            return EXIT_INTERRUPTED
+            return EXIT_OK if self.consumer else EXIT_INTERRUPTED
         failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]
         if failed or self.outcomes[Outcome.INVALID]:
             return EXIT_FAILED
@@ -88,6 +90,7 @@ class Runner:
         delete_monitors: bool = False,
         limit: int | None = None,
         on_result: Callable[[Result], None] | None = None,
+        sync_before_settle: bool = False,
     ) -> None:
         self.ops = ops
         self.source = source
@@ -96,9 +99,11 @@ class Runner:
         self.dry_run = dry_run
         self.delete_monitors = delete_monitors
         self.limit = limit
+        # Queue mode: a message is acknowledged only once its record is on disk.
+        self._sync_before_settle = sync_before_settle
         self.summary = Summary(ops.run_id)
         self._done_before = done_before
-        self._seen: set[str] = set()
+        self._seen = SeenSet()
         self._on_result = on_result
         self._batches: AsyncIterator[Sequence[Item]] | None = None
         self._ready: deque[Item] = deque()
@@ -176,10 +181,9 @@ class Runner:
                 elif item.key in self._done_before:
                     self.summary.skipped_done += 1
                     await self.source.settle(item, None)
-                elif item.key in self._seen:
+                elif not self._seen.add(item.key):
                     await self._settle(item, self._duplicate(item))
                 else:
-                    self._seen.add(item.key)
                     self._handed += 1
                     return item
         self._reading = False
@@ -211,6 +215,8 @@ class Runner:
                 results = await self._handle(job)
                 for result in results:
                     self._record(result)
+                if results and self._sync_before_settle:
+                    self.sink.sync()
                 await self.source.settle(job, results[0] if results else None)
                 finished = True
             except BudgetClosed:
@@ -235,9 +241,8 @@ class Runner:
             if account_id in self._done_before:
                 self.summary.skipped_done += 1
                 return []
-            if account_id in self._seen:
+            if not self._seen.add(account_id):
                 return [self._duplicate(job, account_id=account_id)]
-            self._seen.add(account_id)
         elif monitors:
             # Learn the account's X user id before it is gone, to match its monitors.
             found = await self.ops.directory.find(account_id=account_id)
@@ -251,6 +256,8 @@ class Runner:
 
     async def _settle(self, item: Job | Invalid, result: Result) -> None:
         self._record(result)
+        if self._sync_before_settle:
+            self.sink.sync()
         await self.source.settle(item, result)
 
     def _record(self, result: Result) -> None:
@@ -268,7 +275,8 @@ class Runner:
             run_id=self.ops.run_id,
             source=item.source,
             job_id=item.job_id,
-            outcome=Outcome.INVALID,
+            account_id=item.account_id,
+            outcome=item.outcome,
             error=item.error,
         )
 

@@ -86,6 +86,19 @@ class Secret(str):
 
 
 @dataclass(frozen=True, slots=True)
+class QueueConfig:
+    url: str
+    stream: str = "xquik:disconnect"
+    group: str = "xquik-disconnect"
+    consumer: str = ""
+    claim_idle: float = 60.0
+    max_deliveries: int = 5
+    drain: bool = False
+    batch: int = 16
+    block_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class RunSettings:
     source: str
     results: Path
@@ -107,6 +120,7 @@ class RunSettings:
     sandbox: bool = False
     progress: bool = False
     metrics_port: int | None = None
+    queue: QueueConfig | None = None  # set when SOURCE is a redis:// URL
     # Backoff between retries (full jitter, exponential); not flags, tests shorten them.
     backoff_base: float = 0.5
     backoff_cap: float = 30.0

@@ -1,0 +1,317 @@
+"""Queue mode on a real redis-server: at-least-once delivery, reclaiming a dead consumer's
+jobs, dead letters, one budget shared by processes, clean stops and Redis restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import redis
+
+from tests.conftest import ROOT, SandboxProcess, cli_env, run_cli, write_jobs
+from tests.redis_server import RedisServer
+from worker.redis_budget import RedisBudget
+
+STREAM = "xquik:disconnect"
+
+
+def client(server: RedisServer) -> Any:  # redis-py's sync types are unions of awaitables
+    return redis.Redis(port=server.port, decode_responses=True)
+
+
+def enqueue_ids(server: RedisServer, ids: list[str], stream: str = STREAM) -> None:
+    r = client(server)
+    for i in ids:
+        r.xadd(stream, {"account_id": i})
+    r.close()
+
+
+def worker(
+    server: RedisServer,
+    sb: SandboxProcess,
+    tmp: Path,
+    name: str,
+    *args: str,
+    log: Path | None = None,
+) -> subprocess.Popen[str]:
+    with (log or tmp / f"{name}.log").open("a") as err:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "run",
+                server.url,
+                "--base-url",
+                sb.base_url,
+                "--consumer",
+                name,
+                "--results",
+                str(tmp / f"{name}.results.jsonl"),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+            env=cli_env(XQUIK_API_KEY=sb.api_key),
+        )
+
+
+def results_stream(server: RedisServer) -> list[dict[str, Any]]:
+    r = client(server)
+    entries = r.xrange(f"{STREAM}:results")
+    r.close()
+    return [json.loads(fields["record"]) for _, fields in entries]
+
+
+def pending(server: RedisServer) -> int:
+    r = client(server)
+    info = r.xpending(STREAM, "xquik-disconnect")
+    r.close()
+    return int(info["pending"])
+
+
+def test_enqueue_validates_and_reports(redis_server: RedisServer, tmp_path: Path) -> None:
+    """enqueue adds the valid jobs only; invalid lines are named on stderr; exit 1."""
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        ['{"account_id": "1"}', '{"username": "@bob"}', '{"account_id": "../x"}', "nope"],
+    )
+    proc = run_cli("enqueue", str(jobs), "--redis", redis_server.url)
+    assert proc.returncode == 1
+    assert "enqueued 2 jobs" in proc.stdout
+    assert "jobs.jsonl:3" in proc.stderr
+    assert "jobs.jsonl:4" in proc.stderr
+    r = client(redis_server)
+    assert [f for _, f in r.xrange(STREAM)] == [
+        {"account_id": "1", "delete_monitors": "false"},
+        {"username": "bob", "delete_monitors": "false"},
+    ]
+    r.close()
+    assert run_cli("enqueue", str(jobs), "--redis", "http://x").returncode == 2
+
+
+def test_drain_consumer_acks_everything_and_dead_letters_invalid(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """--drain: every message gets one record in <stream>:results, is acked, and the invalid
+    one lands in <stream>:dead with its reason; the consumer exits when the stream is empty."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    enqueue_ids(redis_server, [str(i) for i in range(1, 31)] + ["a/b"])
+    proc = worker(
+        redis_server,
+        sb,
+        tmp_path,
+        "w1",
+        "--drain",
+        "--rate",
+        "unlimited",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert proc.wait(timeout=60) == 1  # the invalid message
+    records = results_stream(redis_server)
+    assert Counter(r["outcome"] for r in records) == {"disconnected": 30, "invalid": 1}
+    assert pending(redis_server) == 0
+    r = client(redis_server)
+    [(_, dead)] = r.xrange(f"{STREAM}:dead")
+    r.close()
+    assert dead["account_id"] == "a/b"
+    assert "invalid account_id" in dead["reason"]
+    assert sb.stats()["accounts"] == 20
+
+
+def test_three_workers_share_one_budget_and_one_kill_loses_nothing(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Three processes, 300 jobs, a fixed window of 20 per 1 s: zero 429s, near-ideal time,
+    one done record per job; one worker is killed with SIGKILL and its jobs are reclaimed."""
+    sb = sandbox_process("--accounts", "300", "--delete-limit", "20/1s")
+    enqueue_ids(redis_server, [str(i) for i in range(1, 301)])
+    args = ("--rate", "20/1s", "--concurrency", "4", "--claim-idle", "1", "--drain")
+    started = time.monotonic()
+    procs = [worker(redis_server, sb, tmp_path, f"w{i}", *args) for i in range(3)]
+    deadline = time.monotonic() + 30
+    while len(results_stream(redis_server)) < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs[0].kill()
+    assert procs[0].wait(timeout=10) == -signal.SIGKILL
+    for proc in procs[1:]:
+        assert proc.wait(timeout=90) == 0
+    elapsed = time.monotonic() - started
+    records = results_stream(redis_server)
+    done = Counter(
+        r["account_id"] for r in records if r["outcome"] in {"disconnected", "already_gone"}
+    )
+    assert done == Counter({str(i): 1 for i in range(1, 301)})
+    assert sb.stats()["rate_limited"] == 0
+    assert sb.stats()["accounts"] == 0
+    assert pending(redis_server) == 0
+    r = client(redis_server)
+    assert r.xlen(f"{STREAM}:dead") == 0
+    r.close()
+    ideal = (300 // 20 - 1) * 1.0
+    assert elapsed < ideal * 1.1 + 5  # + process start-up and the reclaim wait
+
+
+def test_sigterm_acks_what_finished_and_leaves_the_rest_pending(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """SIGTERM: stop reading, finish in-flight jobs, ack them, exit 0; nothing unacked is lost."""
+    sb = sandbox_process(
+        "--accounts", "40", "--delete-limit", "unlimited", "--slow", "1", "--slow-seconds", "0.2"
+    )
+    enqueue_ids(redis_server, [str(i) for i in range(1, 41)])
+    proc = worker(
+        redis_server,
+        sb,
+        tmp_path,
+        "w1",
+        "--rate",
+        "unlimited",
+        "--concurrency",
+        "2",
+        "--state-dir",
+        str(tmp_path),
+    )
+    deadline = time.monotonic() + 20
+    while len(results_stream(redis_server)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    records = results_stream(redis_server)
+    assert set(sb.stats()["deleted_accounts"]) == {r["account_id"] for r in records}
+    r = client(redis_server)
+    last = r.xinfo_groups(STREAM)[0]["last-delivered-id"]
+    delivered = len(r.xrange(STREAM, "-", last))
+    r.close()
+    assert pending(redis_server) == delivered - len(records)
+    assert pending(redis_server) > 0
+    # Another consumer takes over what was left and finishes.
+    rest = worker(
+        redis_server,
+        sb,
+        tmp_path,
+        "w2",
+        "--rate",
+        "unlimited",
+        "--claim-idle",
+        "0",
+        "--drain",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert rest.wait(timeout=60) == 0
+    assert sb.stats()["accounts"] == 0
+    assert pending(redis_server) == 0
+
+
+def test_over_delivered_message_goes_to_dead_letters(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """A message delivered more than --max-deliveries times is dead-lettered, recorded
+    failed and acked, and no DELETE is sent for it."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    r = client(redis_server)
+    r.xgroup_create(STREAM, "xquik-disconnect", id="0", mkstream=True)
+    mid = r.xadd(STREAM, {"account_id": "7"})
+    r.xreadgroup("xquik-disconnect", "ghost", {STREAM: ">"})
+    for _ in range(3):
+        r.xclaim(STREAM, "xquik-disconnect", "ghost", 0, [mid])
+    proc = worker(
+        redis_server,
+        sb,
+        tmp_path,
+        "w1",
+        "--max-deliveries",
+        "3",
+        "--claim-idle",
+        "0",
+        "--drain",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert proc.wait(timeout=30) == 1
+    [(_, dead)] = r.xrange(f"{STREAM}:dead")
+    assert dead["message_id"] == str(mid)
+    assert "delivered 5 times" in dead["reason"]
+    r.close()
+    [record] = results_stream(redis_server)
+    assert (record["outcome"], record["account_id"]) == ("failed", "7")
+    assert sb.stats()["requests"] == 0
+    assert pending(redis_server) == 0
+
+
+def test_redis_restart_mid_run_workers_reconnect_and_finish(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Redis (with persistence) restarts mid-run: the worker waits it out and finishes."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory, persist=True)
+    server.start()
+    try:
+        sb = sandbox_process("--accounts", "60", "--delete-limit", "20/1s")
+        enqueue_ids(server, [str(i) for i in range(1, 61)])
+        proc = worker(server, sb, tmp_path, "w1", "--rate", "20/1s", "--drain")
+        deadline = time.monotonic() + 20
+        while len(results_stream(server)) < 15 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        assert proc.wait(timeout=60) == 0
+        done = {
+            r["account_id"]
+            for r in results_stream(server)
+            if r["outcome"] in {"disconnected", "already_gone"}
+        }
+        assert done == {str(i) for i in range(1, 61)}
+        assert sb.stats()["accounts"] == 0
+        assert "redis_unavailable" in (tmp_path / "w1.log").read_text()
+    finally:
+        server.stop()
+
+
+def test_shared_budget_ignores_skewed_local_clocks(redis_server: RedisServer) -> None:
+    """Two budgets whose local clocks are 1000 s apart still admit at most N per window,
+    because the window is decided on the Redis server's clock."""
+
+    async def scenario() -> list[float]:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+        starts: list[float] = []
+
+        def skewed(offset: float) -> Callable[[], float]:
+            return lambda: time.monotonic() + offset
+
+        budgets = [
+            RedisBudget(r, "xquik:budget:test", 5, 0.5, margin=0.05, clock=skewed(offset))
+            for offset in (-1000.0, 1000.0)
+        ]
+
+        async def take(budget: RedisBudget) -> None:
+            for _ in range(10):
+                await budget.acquire()
+                starts.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            for budget in budgets:
+                tg.start_soon(take, budget)
+        await r.aclose()
+        return sorted(starts)
+
+    starts = anyio.run(scenario)
+    assert len(starts) == 20
+    for i in range(len(starts) - 5):
+        assert starts[i + 5] - starts[i] >= 0.55 - 0.01  # local timing jitter only

@@ -1,0 +1,308 @@
+"""Queue mode: jobs from a Redis stream through a consumer group, at least once.
+
+A message is acknowledged only after its record is durably written: fsynced in the result log
+and added to `<stream>:results`, in one MULTI with the XACK (and, for a job that failed for
+good or was invalid, with its XADD to `<stream>:dead`). Messages a dead consumer left pending
+longer than --claim-idle are taken over with XAUTOCLAIM; one delivered more than
+--max-deliveries times goes to the dead-letter stream instead of being tried again. A job we
+could not finish (stopped, cancelled, key rejected) stays pending for another consumer.
+The job stream is never trimmed here: trimming by MAXLEN would delete pending payloads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
+
+from worker.logs import get_logger
+from worker.models import DONE, Invalid, Job, Outcome, Result
+from worker.parse import build_job
+from worker.settings import QueueConfig
+from worker.sources import Item
+
+log = get_logger()
+FIELDS = ("account_id", "username", "job_id", "delete_monitors")
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def connect(url: str) -> Any:
+    import redis.asyncio
+
+    return redis.asyncio.from_url(
+        url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=15
+    )
+
+
+def redis_retrying() -> AsyncRetrying:
+    """Redis going away is waited out (capped exponential backoff), never fatal."""
+    import redis.exceptions
+
+    def warn(state: Any) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("redis_unavailable", error=str(exc), attempt=state.attempt_number)
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type((redis.exceptions.ConnectionError, OSError)),
+        wait=wait_exponential(multiplier=0.2, max=5.0),
+        stop=stop_never,
+        before_sleep=warn,
+        reraise=True,
+    )
+
+
+def parse_message(stream: str, message_id: str, fields: dict[str, str]) -> Item:
+    where = f"{stream}#{message_id}"
+    unknown = set(fields) - set(FIELDS)
+    if unknown and not set(fields) & {"account_id", "username"}:
+        return Invalid(
+            where, f"no account_id or username (fields: {sorted(fields)})", receipt=message_id
+        )
+    flag = fields.get("delete_monitors", "false").strip().lower()
+    if flag not in {"true", "false", "1", "0", ""}:
+        return Invalid(
+            where,
+            f"delete_monitors must be true or false, not {flag!r}",
+            fields.get("job_id"),
+            receipt=message_id,
+        )
+    item = build_job(
+        where,
+        account_id=fields.get("account_id"),
+        username=fields.get("username"),
+        job_id=fields.get("job_id"),
+        delete_monitors=flag in {"true", "1"},
+    )
+    if isinstance(item, Invalid):
+        return Invalid(item.source, item.error, item.job_id, receipt=message_id)
+    return Job(
+        item.source,
+        item.account_id,
+        item.username,
+        item.job_id,
+        item.delete_monitors,
+        receipt=message_id,
+    )
+
+
+class RedisSource:
+    """A JobSource over a consumer group; use as an async context manager."""
+
+    def __init__(self, config: QueueConfig, *, redis: Any | None = None) -> None:
+        self.config = config
+        self.name = config.stream
+        self.consumer = config.consumer or default_consumer()
+        self.redis = redis or connect(config.url)
+        self.acked = 0
+        self.pending_fields: dict[str, dict[str, str]] = {}
+
+    async def __aenter__(self) -> RedisSource:
+        import redis.exceptions
+
+        async for attempt in redis_retrying():
+            with attempt:
+                try:
+                    await self.redis.xgroup_create(
+                        self.config.stream, self.config.group, id="0", mkstream=True
+                    )
+                except redis.exceptions.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.redis.aclose()
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        async for attempt in redis_retrying():
+            with attempt:
+                return await getattr(self.redis, name)(*args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def batches(self) -> AsyncIterator[Sequence[Item]]:
+        cfg = self.config
+        history = True  # first, what this consumer name already holds (a restart)
+        next_claim = anyio.current_time()
+        while True:
+            items: list[Item] = []
+            if anyio.current_time() >= next_claim:
+                items += await self._claim()
+                next_claim = anyio.current_time() + max(cfg.claim_idle / 2, 0.5)
+            if not items:
+                start = "0" if history else ">"
+                block = None if history or cfg.drain else cfg.block_ms
+                answer = await self._call(
+                    "xreadgroup",
+                    cfg.group,
+                    self.consumer,
+                    {cfg.stream: start},
+                    count=cfg.batch,
+                    block=block,
+                )
+                messages = answer[0][1] if answer else []
+                if history and not messages:
+                    history = False
+                    continue
+                items += [self._item(mid, fields) for mid, fields in messages]
+            if items:
+                yield items
+            elif cfg.drain:
+                log.info("queue_drained", stream=cfg.stream)
+                return
+
+    def _item(self, message_id: bytes | str, fields: dict[Any, Any]) -> Item:
+        mid = _text(message_id)
+        decoded = {_text(k): _text(v) for k, v in fields.items()}
+        self.pending_fields[mid] = decoded
+        return parse_message(self.config.stream, mid, decoded)
+
+    async def _claim(self) -> list[Item]:
+        """Take over messages idle longer than --claim-idle; dead-letter the over-delivered."""
+        cfg = self.config
+        answer = await self._call(
+            "xautoclaim",
+            cfg.stream,
+            cfg.group,
+            self.consumer,
+            int(cfg.claim_idle * 1000),
+            "0-0",
+            count=cfg.batch,
+        )
+        claimed = [(mid, fields) for mid, fields in answer[1] if fields is not None]
+        if not claimed:
+            return []
+        ids = [_text(mid) for mid, _ in claimed]
+        info = await self._call(
+            "xpending_range",
+            cfg.stream,
+            cfg.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 4,
+            consumername=self.consumer,
+        )
+        deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in info}
+        items: list[Item] = []
+        for mid, fields in claimed:
+            item = self._item(mid, fields)
+            times = deliveries.get(_text(mid), 1)
+            if times > cfg.max_deliveries:
+                item = Invalid(
+                    item.source,
+                    f"delivered {times} times (more than --max-deliveries {cfg.max_deliveries})",
+                    item.job_id,
+                    receipt=item.receipt,
+                    outcome=Outcome.FAILED,
+                    account_id=getattr(item, "account_id", None),
+                )
+            log.info("job_reclaimed", message_id=_text(mid), deliveries=times)
+            items.append(item)
+        return items
+
+    async def keep_alive(self) -> None:
+        """Runs until cancelled: every claim_idle/3, reset the idle time of the messages this
+        consumer still holds (read ahead, waiting for the budget, in flight), so that live
+        work is never taken over as if its consumer had died. XPENDING first, so a message
+        another consumer already took is never taken back; JUSTID keeps delivery counts."""
+        cfg = self.config
+        while True:
+            await anyio.sleep(max(cfg.claim_idle / 3, 0.1))
+            if not self.pending_fields:
+                continue
+            mine = await self._call(
+                "xpending_range",
+                cfg.stream,
+                cfg.group,
+                min="-",
+                max="+",
+                count=len(self.pending_fields) + 100,
+                consumername=self.consumer,
+            )
+            ids = [_text(p["message_id"]) for p in mine]
+            ids = [i for i in ids if i in self.pending_fields]
+            for start in range(0, len(ids), 200):
+                await self._call(
+                    "xclaim",
+                    cfg.stream,
+                    cfg.group,
+                    self.consumer,
+                    0,
+                    ids[start : start + 200],
+                    justid=True,
+                )
+
+    async def settle(self, item: Item, result: Result | None) -> None:
+        """Record to `<stream>:results` (and `:dead` for permanent failures), then XACK, in one
+        transaction. Not acked: a job whose key was rejected (another consumer may do it)."""
+        mid = item.receipt
+        if result is not None and result.http_status == 401:
+            self.pending_fields.pop(mid, None)
+            return
+        cfg = self.config
+        fields = self.pending_fields.pop(mid, {})
+        async for attempt in redis_retrying():
+            with attempt:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    if result is not None:
+                        pipe.xadd(
+                            f"{cfg.stream}:results", {"message_id": mid, "record": result.to_json()}
+                        )
+                        if result.outcome not in DONE:
+                            pipe.xadd(
+                                f"{cfg.stream}:dead",
+                                {**fields, "message_id": mid, "reason": result.error or ""},
+                            )
+                    pipe.xack(cfg.stream, cfg.group, mid)
+                    await pipe.execute()
+        self.acked += 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def enqueue(path: str, *, url: str, stream: str) -> tuple[int, list[Invalid]]:
+    """XADD every valid job of a jobs file; the invalid ones are returned, not enqueued."""
+    from pathlib import Path
+
+    from worker.sources import FileSource
+
+    source = FileSource(None if path == "-" else Path(path))
+    redis = connect(url)
+    added, invalid = 0, []
+    try:
+        async for batch in source.batches():
+            pipe = redis.pipeline(transaction=False)
+            for item in batch:
+                if isinstance(item, Invalid):
+                    invalid.append(item)
+                    continue
+                fields = {
+                    k: v
+                    for k, v in (
+                        ("account_id", item.account_id),
+                        ("username", item.username),
+                        ("job_id", item.job_id),
+                    )
+                    if v is not None
+                }
+                fields["delete_monitors"] = "true" if item.delete_monitors else "false"
+                pipe.xadd(stream, fields)
+                added += 1
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    return added, invalid
+
+
+__all__ = ["QueueConfig", "RedisSource", "enqueue"]

@@ -1,0 +1,128 @@
+"""The DELETE budget shared by every worker on every machine: the sliding-window log and the
+429 cooldown live in Redis, decided atomically by a Lua script on the Redis server's clock
+(TIME), so workers whose clocks disagree still never exceed N per window."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import anyio
+
+from worker.limiter import BudgetClosed, Clock, Sleep
+
+# KEYS: log (zset of send times, ms), cooldown (ms, until). ARGV: span ms, limit, member.
+# Returns 0 when a slot was taken, else the ms to wait.
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local span, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cooldown = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cooldown > now then return tostring(cooldown - now) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(span) + 1000)
+  return '0'
+end
+local oldest = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
+return tostring(tonumber(oldest[2]) + span - now)
+"""
+
+# KEYS: cooldown. ARGV: seconds. Extends, never shortens. Returns the ms left.
+HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local untilms = now + tonumber(ARGV[1]) * 1000
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untilms > current then
+  redis.call('SET', KEYS[1], tostring(untilms), 'PX', math.ceil(untilms - now) + 1000)
+  current = untilms
+end
+return tostring(current - now)
+"""
+
+
+class RedisBudget:
+    """Same contract as SlidingWindowBudget, with its state in Redis under `prefix`."""
+
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        limit: int,
+        window: float,
+        *,
+        margin: float = 0.0,
+        max_cooldown: float = 900.0,
+        jitter: float = 0.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self._redis = redis
+        self._keys = [f"{prefix}:log", f"{prefix}:cooldown"]
+        self.limit = limit
+        self.span = window + margin
+        self._max_cooldown = max_cooldown
+        self._jitter = jitter
+        self._clock = clock  # local, used only to know when our own cached view expires
+        self._sleep = sleep
+        self._acquire = redis.register_script(ACQUIRE)
+        self._hold = redis.register_script(HOLD)
+        self._lock = anyio.Lock()
+        self._closed = False
+        self._sleepers: set[anyio.CancelScope] = set()
+        self._cooldown_until = float("-inf")
+        self._ids = itertools.count()
+        self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+
+    async def acquire(self) -> None:
+        async with self._lock:  # one poller per process; the script arbitrates between them
+            while True:
+                if self._closed:
+                    raise BudgetClosed
+                member = f"{self._me}:{next(self._ids)}"
+                wait_ms = float(
+                    await self._script(
+                        self._acquire, keys=self._keys, args=[self.span * 1000, self.limit, member]
+                    )
+                )
+                if wait_ms <= 0:
+                    return
+                if wait_ms > self.span * 1000:  # only a cooldown is that long
+                    self._cooldown_until = self._clock() + wait_ms / 1000
+                with anyio.CancelScope() as scope:
+                    self._sleepers.add(scope)
+                    try:
+                        await self._sleep(wait_ms / 1000)
+                    finally:
+                        self._sleepers.discard(scope)
+
+    async def hold(self, seconds: float, *, reason: str) -> float:
+        seconds = min(max(seconds, 0.0), self._max_cooldown) + random.uniform(0, self._jitter)
+        left_ms = float(await self._script(self._hold, keys=self._keys[1:], args=[seconds]))
+        self._cooldown_until = self._clock() + left_ms / 1000
+        return seconds
+
+    async def _script(self, script: Any, **kwargs: Any) -> Any:
+        """Redis going away holds the budget closed (nothing is sent) until it is back."""
+        from worker.queue import redis_retrying
+
+        async for attempt in redis_retrying():
+            with attempt:
+                return await script(**kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self._closed = True
+        for scope in list(self._sleepers):
+            scope.cancel()
+
+    def cooldown_remaining(self) -> float:
+        """The cooldown as last seen from this process (the shared one may be longer)."""
+        return max(0.0, self._cooldown_until - self._clock())
