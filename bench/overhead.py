@@ -225,7 +225,7 @@ def main() -> None:
     cpu_ratio = (ours[1] / ours[2]) / (minimal[1] / minimal[2])
     speed_ratio = (ours[2] / ours[0]) / (minimal[2] / minimal[0])
     print(
-        f"\nours / minimal loop: CPU per job {cpu_ratio:.2f}x (target <= 1.5), "
+        f"\nratios, ours / minimal loop: CPU per job {cpu_ratio:.2f}x (target <= 1.5), "
         f"throughput {speed_ratio:.2f}x (target >= 0.7)"
     )
     if curl is not None:

@@ -10,7 +10,9 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("script", ["resume", "budget", "overhead", "memory", "startup"])
+@pytest.mark.parametrize(
+    "script", ["resume", "budget", "overhead", "memory", "startup", "queue_mode"]
+)
 def test_benchmark_smoke(script: str) -> None:
     """The benchmark finishes and prints its table."""
     proc = subprocess.run(

@@ -93,7 +93,7 @@ def _delete_paths(sb: SandboxProcess) -> Counter[str]:
 
     with urllib.request.urlopen(f"{sb.url}/_sandbox/requests", timeout=10) as resp:
         log = json.loads(resp.read())
-    return Counter(path for method, path, _ in log if method == "DELETE")
+    return Counter(path for method, path, _, _ in log if method == "DELETE")
 
 
 def _summary(tmp_path: Path) -> dict[str, Any]:

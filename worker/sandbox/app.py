@@ -177,9 +177,9 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def requests(request: web.Request) -> web.Response:
-    """Every request received so far: [method, raw path, status]."""
+    """Every request answered so far: [method, raw path, status, monotonic seconds]."""
     log = request.app[STATE].stats.log
-    return web.json_response([[method, path, status] for _, method, path, status in log])
+    return web.json_response([[method, path, status, t] for t, method, path, status in log])
 
 
 async def consume(request: web.Request) -> web.Response:
