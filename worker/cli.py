@@ -207,6 +207,13 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("METRICS_PORT"),
+        metavar="N",
+        help="serve Prometheus metrics on /metrics and health on /healthz",
+    )
     q = p.add_argument_group("queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)")
     q.add_argument(
         "--stream",

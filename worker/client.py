@@ -8,8 +8,10 @@ connection turns out to be closed (aio-libs/aiohttp#10790): the budget counts wh
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +31,9 @@ from worker.errors import (
     TransientApiError,
 )
 from worker.limiter import Budget, Unlimited
+from worker.logs import get_logger
+
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,11 @@ class XquikClient:
         self._default_cooldown = default_cooldown
         self._session: aiohttp.ClientSession | None = None
         self.sent: Counter[str] = Counter()  # real sends by method, hidden resends included
+        # For metrics and the summary: plain numbers, cheap to keep.
+        self.in_flight = 0
+        self.rate_limited = 0
+        self.cooldown_s = 0.0
+        self.budget_wait_s = 0.0
 
     async def __aenter__(self) -> XquikClient:
         self._session = aiohttp.ClientSession(
@@ -96,7 +106,9 @@ class XquikClient:
     async def _meter(
         self, req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
+        started = time.monotonic()
         await self._budget(req.method).acquire()
+        self.budget_wait_s += time.monotonic() - started
         self.sent[req.method] += 1
         return await handler(req)
 
@@ -108,6 +120,7 @@ class XquikClient:
     async def request(self, method: str, *segments: str, allow_404: bool = True) -> Answer:
         """Send one request; return 2xx (and 404 if allowed) answers, raise the rest."""
         assert self._session is not None, "use the client as an async context manager"
+        self.in_flight += 1
         try:
             async with self._session.request(method, self.url(*segments)) as resp:
                 raw = await resp.read()
@@ -117,6 +130,8 @@ class XquikClient:
         except (aiohttp.ClientError, OSError) as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise NetworkError(detail) from exc
+        finally:
+            self.in_flight -= 1
         body = parse_json(raw.decode("utf-8", "replace"))
         decision = decide(status)
         if decision is Decision.SUCCESS or (decision is Decision.GONE and allow_404):
@@ -126,7 +141,18 @@ class XquikClient:
             wait = retry_after_seconds(headers, body)
             if wait is None:
                 wait = self._default_cooldown
-            await self._budget(method).hold(wait, reason=err.code)
+            self.rate_limited += 1
+            applied = await self._budget(method).hold(wait, reason=err.code)
+            self.cooldown_s += applied
+            until = datetime.now(UTC) + timedelta(seconds=applied)
+            log.warning(
+                "cooldown",
+                tier="delete" if method == "DELETE" else "read",
+                until=until.isoformat(timespec="seconds"),
+                seconds=round(applied, 3),
+                retry_after=wait,
+                reason=err.code,
+            )
             raise RateLimited(status, err.code, err.message, retry_after=wait)
         raise _error_class(decision)(status, err.code, err.message)
 

@@ -209,6 +209,19 @@ class RedisSource:
             items.append(item)
         return items
 
+    async def stats(self) -> dict[str, float]:
+        """For metrics: stream length, the group's pending count and (Redis 7+) its lag."""
+        cfg = self.config
+        length = await self.redis.xlen(cfg.stream)
+        groups = await self.redis.xinfo_groups(cfg.stream)
+        out = {"length": float(length)}
+        for group in groups:
+            if _text(group["name"]) == cfg.group:
+                out["pending"] = float(group["pending"])
+                if group.get("lag") is not None:
+                    out["lag"] = float(group["lag"])
+        return out
+
     async def keep_alive(self) -> None:
         """Runs until cancelled: every claim_idle/3, reset the idle time of the messages this
         consumer still holds (read ahead, waiting for the budget, in flight), so that live

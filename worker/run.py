@@ -82,6 +82,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         sandbox=args.sandbox,
         progress=is_tty if args.progress is None else args.progress,
         queue=queue,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -228,6 +229,18 @@ async def run_async(settings: RunSettings) -> Summary:
             sync_before_settle=settings.queue is not None,
         )
         runner.summary.consumer = settings.queue is not None and not settings.queue.drain
+        if settings.metrics_port is not None:
+            from worker.metrics import MetricsServer
+
+            await stack.enter_async_context(
+                MetricsServer(
+                    runner,
+                    client,
+                    port=settings.metrics_port,
+                    queue=source if isinstance(source, RedisSource) else None,
+                )
+            )
+            log.info("metrics_listening", port=settings.metrics_port)
         log.info(
             "run_started",
             run_id=runner.summary.run_id,

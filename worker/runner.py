@@ -44,6 +44,7 @@ class Summary:
     elapsed_s: float = 0.0
     sent: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    attempts: int = 0
 
     @property
     def records(self) -> int:
@@ -264,6 +265,7 @@ class Runner:
         self.sink.write(result)
         counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
         counts[str(result.outcome)] += 1
+        self.summary.attempts += result.attempts
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
         if self._on_result is not None:

@@ -1,0 +1,120 @@
+"""--metrics-port: Prometheus counters that match the result log, and /healthz."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from tests.conftest import SandboxFactory, SandboxProcess, read_results, settings_for, write_jobs
+from tests.redis_server import RedisServer, free_port
+from tests.test_queue import enqueue_ids, results_stream, worker
+from worker.run import run_async
+from worker.sandbox import Sandbox
+from worker.settings import Rate
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == (f"{name}{{{want}}}" if want else name):
+            return float(value)
+    return 0.0
+
+
+def test_consumer_metrics_match_results_and_healthz_follows_redis(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Scraped while a consumer idles after 25 jobs: counters equal the result stream;
+    /healthz is 200, and 503 once Redis is gone."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    enqueue_ids(redis_server, [str(i) for i in range(1, 21)] + ["404", "405", "1", "x/y", "22"])
+    port = free_port()
+    proc = worker(
+        redis_server,
+        sb,
+        tmp_path,
+        "w1",
+        "--rate",
+        "unlimited",
+        "--metrics-port",
+        str(port),
+        "--state-dir",
+        str(tmp_path),
+    )
+    deadline = time.monotonic() + 30
+    while len(results_stream(redis_server)) < 25 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, text = scrape(port)
+    assert status == 200
+    records = results_stream(redis_server)
+    outcomes = Counter(r["outcome"] for r in records)
+    assert outcomes == {"disconnected": 21, "already_gone": 2, "duplicate": 1, "invalid": 1}
+    for outcome, n in outcomes.items():
+        assert metric(text, "xquik_jobs_total", op="disconnect", outcome=outcome) == n
+    assert metric(text, "xquik_requests_total", method="DELETE") == 23
+    assert metric(text, "xquik_attempts_total") == sum(r["attempts"] for r in records)
+    assert metric(text, "xquik_stream_pending") == 0
+    assert metric(text, "xquik_stream_length") == 25
+    assert metric(text, "xquik_requests_in_flight") == 0
+    assert scrape(port, "/healthz")[0] == 200
+    redis_server.stop()
+    assert scrape(port, "/healthz")[0] == 503
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+
+
+async def test_file_run_metrics_track_the_log_while_running(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """A file run with the flag: mid-run scrapes never count more than the log holds, and
+    429s and cooldown seconds show up."""
+    sandbox: Sandbox = await sandbox_factory(accounts=30, delete_limit=(10, 1.0))
+    sandbox.state.limits["delete"].consume(sandbox.state.clock(), 10)
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 31)])
+    port = free_port()
+    settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(10, 1.0), metrics_port=port)
+    seen: list[tuple[float, int, float, float]] = []
+
+    async def watch() -> None:
+        while True:
+            await anyio.sleep(0.3)
+            try:
+                _, text = await anyio.to_thread.run_sync(scrape, port)
+            except OSError:
+                continue
+            logged = len(read_results(tmp_path / "results.jsonl"))
+            done = metric(text, "xquik_jobs_total", op="disconnect", outcome="disconnected")
+            seen.append(
+                (
+                    done,
+                    logged,
+                    metric(text, "xquik_rate_limited_total"),
+                    metric(text, "xquik_cooldown_seconds_total"),
+                )
+            )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        summary = await run_async(settings)
+        tg.cancel_scope.cancel()
+    assert summary.exit_code() == 0
+    assert len(seen) >= 3
+    assert all(done <= logged for done, logged, _, _ in seen)
+    assert max(s[2] for s in seen) >= 1
+    assert max(s[3] for s in seen) >= 0.5

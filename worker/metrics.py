@@ -1,0 +1,117 @@
+"""`--metrics-port`: Prometheus metrics and /healthz, served from the run's own event loop.
+
+The numbers are read at scrape time from counters the run keeps anyway (summary, client), so
+the job path pays a few integer increments, nothing more. prometheus-client is imported only
+when the flag is given. /healthz answers 200 while the loop is alive (it is answering) and,
+in queue mode, Redis answers PING; else 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from worker.client import XquikClient
+from worker.runner import Runner
+
+
+class _Collector:
+    def __init__(self, runner: Runner, client: XquikClient) -> None:
+        self.runner, self.client = runner, client
+        self.queue: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s, c = self.runner.summary, self.client
+        jobs = CounterMetricFamily(
+            "xquik_jobs", "Result records by op and outcome", labels=["op", "outcome"]
+        )
+        for outcome, n in s.outcomes.items():
+            jobs.add_metric(["disconnect", outcome], n)
+        for outcome, n in s.monitors.items():
+            jobs.add_metric(["delete_monitor", outcome], n)
+        yield jobs
+        requests = CounterMetricFamily(
+            "xquik_requests", "HTTP requests sent, resends included", labels=["method"]
+        )
+        for method, n in c.sent.items():
+            requests.add_metric([method], n)
+        yield requests
+        for name, doc, value in (
+            ("xquik_attempts", "Attempts made by recorded jobs", s.attempts),
+            ("xquik_retries", "Retries after transient errors", self.runner.ops.call.retries),
+            ("xquik_rate_limited", "429 answers received", c.rate_limited),
+            ("xquik_cooldown_seconds", "Seconds of key-wide cooldown applied", c.cooldown_s),
+            (
+                "xquik_budget_wait_seconds",
+                "Seconds requests waited for the rate budget",
+                c.budget_wait_s,
+            ),
+            ("xquik_skipped_done", "Jobs skipped as done in an earlier run", s.skipped_done),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("xquik_requests_in_flight", "Requests in flight", value=c.in_flight)
+        yield GaugeMetricFamily(
+            "xquik_not_finished", "Jobs stopped before their record", value=s.not_finished
+        )
+        for name, value in self.queue.items():
+            yield GaugeMetricFamily(f"xquik_stream_{name}", f"Stream {name}", value=value)
+
+
+class MetricsServer:
+    def __init__(
+        self,
+        runner: Runner,
+        client: XquikClient,
+        *,
+        port: int,
+        host: str = "0.0.0.0",
+        queue: Any = None,
+    ) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self._collector = _Collector(runner, client)
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self._collector)
+        self._queue = queue
+        self._host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if self._queue is not None:
+            try:
+                self._collector.queue = await self._queue.stats()
+            except Exception:
+                self._collector.queue = {}
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        if self._queue is not None:
+            try:
+                await self._queue.redis.ping()
+            except Exception as exc:
+                return web.json_response({"ok": False, "redis": str(exc)}, status=503)
+        return web.json_response({"ok": True})
+
+    async def __aenter__(self) -> MetricsServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self.port)
+        await site.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
