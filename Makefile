@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint types pytest bench clean
+.PHONY: demo test lint types pytest bench lock container-check clean
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,7 @@ demo: $(VENV)/.runtime
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 types: $(VENV)/.dev
 	$(VENV)/bin/mypy
@@ -40,6 +41,19 @@ bench: $(VENV)/.dev
 	  for b in $(BENCHES); do echo; $(PY) bench/$$b.py || exit 1; done; } > bench/RESULTS.md.tmp
 	mv bench/RESULTS.md.tmp bench/RESULTS.md
 	cat bench/RESULTS.md
+
+# Pinned runtime dependencies for the image, from a clean venv.
+lock:
+	rm -rf /tmp/xquik-lock && $(PYTHON) -m venv /tmp/xquik-lock
+	/tmp/xquik-lock/bin/pip install -q .
+	{ echo "# Pinned runtime dependencies for the container image (regenerate: make lock)."; \
+	  /tmp/xquik-lock/bin/pip freeze --exclude xquik-disconnect-worker; \
+	  echo "# redis needs it on Python < 3.11.3 (Debian bookworm has 3.11.2); harmless elsewhere."; \
+	  echo "async-timeout==5.0.1"; } > requirements.lock
+
+# Build the image with podman and run it (root; installs podman if missing). CI runs it.
+container-check:
+	bash scripts/container-check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
