@@ -135,6 +135,11 @@ def run_cli(
     )
 
 
+def run_argv(source: str | Path, sb: SandboxProcess, *args: str) -> list[str]:
+    """`python -m worker run SOURCE` against a sandbox process, plus `args`."""
+    return [sys.executable, "-m", "worker", "run", str(source), "--base-url", sb.base_url, *args]
+
+
 class SandboxProcess:
     """`xquik-disconnect sandbox` as a real process."""
 

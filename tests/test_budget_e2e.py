@@ -4,7 +4,6 @@ even by back-to-back runs, and a foreign client's spending handled with one cool
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tests.conftest import (
     SandboxProcess,
     cli_env,
     read_results,
+    run_argv,
     settings_for,
     write_jobs,
 )
@@ -42,18 +42,7 @@ async def test_short_window_200_jobs_zero_429_and_near_ideal_time(
 
 def run_process(sb: SandboxProcess, jobs: Path, tmp_path: Path, *args: str) -> int:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "run",
-            str(jobs),
-            "--base-url",
-            sb.base_url,
-            "--state-dir",
-            str(tmp_path / "state"),
-            *args,
-        ],
+        run_argv(jobs, sb, "--state-dir", str(tmp_path / "state"), *args),
         env=cli_env(XQUIK_API_KEY=sb.api_key),
         cwd=ROOT,
         capture_output=True,

@@ -6,33 +6,29 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, SandboxProcess, cli_env, read_results, run_cli, write_jobs
+from tests.conftest import (
+    ROOT,
+    SandboxProcess,
+    cli_env,
+    read_results,
+    run_argv,
+    run_cli,
+    write_jobs,
+)
 
 
 def start_run(jobs: Path, sb: SandboxProcess, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     with (tmp_path / "stderr.log").open("a") as err:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "run",
-                str(jobs),
-                "--base-url",
-                sb.base_url,
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--rate",
-                "unlimited",
-                *args,
-            ],
+            run_argv(
+                jobs, sb, "--state-dir", str(tmp_path / "state"), "--rate", "unlimited", *args
+            ),
             stdout=subprocess.DEVNULL,
             stderr=err,
             text=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 import anyio
 import redis
 
-from tests.conftest import ROOT, SandboxProcess, cli_env, run_cli, write_jobs
+from tests.conftest import ROOT, SandboxProcess, cli_env, run_argv, run_cli, write_jobs
 from tests.redis_server import RedisServer
 from worker.redis_budget import RedisBudget
 
@@ -44,20 +43,15 @@ def worker(
 ) -> subprocess.Popen[str]:
     with (log or tmp / f"{name}.log").open("a") as err:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "run",
+            run_argv(
                 server.url,
-                "--base-url",
-                sb.base_url,
+                sb,
                 "--consumer",
                 name,
                 "--results",
                 str(tmp / f"{name}.results.jsonl"),
                 *args,
-            ],
+            ),
             stdout=subprocess.DEVNULL,
             stderr=err,
             text=True,

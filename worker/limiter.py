@@ -25,6 +25,28 @@ class BudgetClosed(Exception):
     """The run is stopping: no more requests may start."""
 
 
+class Naps:
+    """Sleeps that `wake_all` cuts short: closing a budget must not wait out a 60 s window."""
+
+    __slots__ = ("_scopes", "_sleep")
+
+    def __init__(self, sleep: Sleep) -> None:
+        self._sleep = sleep
+        self._scopes: set[anyio.CancelScope] = set()
+
+    async def __call__(self, seconds: float) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await self._sleep(seconds)
+            finally:
+                self._scopes.discard(scope)
+
+    def wake_all(self) -> None:
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
 class Budget(Protocol):
     """What the client asks before every real send."""
 
@@ -66,11 +88,10 @@ class SlidingWindowBudget:
         "_jitter",
         "_lock",
         "_max_cooldown",
+        "_naps",
         "_on_change",
         "_rng",
         "_sends",
-        "_sleep",
-        "_sleepers",
         "limit",
         "span",
         "window",
@@ -97,14 +118,13 @@ class SlidingWindowBudget:
         self._max_cooldown = max_cooldown
         self._jitter = jitter
         self._clock = clock
-        self._sleep = sleep
+        self._naps = Naps(sleep)
         self._rng = rng or random.Random()
         self._on_change = on_change
         self._sends: deque[float] = deque()
         self._cooldown_until = float("-inf")
         self._lock = anyio.Lock()
         self._closed = False
-        self._sleepers: set[anyio.CancelScope] = set()
 
     def delay(self) -> float:
         """Seconds until the next start is allowed (<= 0: now)."""
@@ -126,12 +146,7 @@ class SlidingWindowBudget:
                 wait = self.delay()
                 if wait <= 0:
                     break
-                with anyio.CancelScope() as scope:
-                    self._sleepers.add(scope)
-                    try:
-                        await self._sleep(wait)
-                    finally:
-                        self._sleepers.discard(scope)
+                await self._naps(wait)
             self._sends.append(self._clock())
         if self._on_change is not None:
             self._on_change(self)
@@ -148,8 +163,7 @@ class SlidingWindowBudget:
     def close(self) -> None:
         """Refuse every waiting and future acquire; wakes sleeping waiters at once."""
         self._closed = True
-        for scope in list(self._sleepers):
-            scope.cancel()
+        self._naps.wake_all()
 
     def cooldown_remaining(self) -> float:
         return max(0.0, self._cooldown_until - self._clock())

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from worker.limiter import BudgetClosed, Clock, Sleep
+from worker.limiter import BudgetClosed, Clock, Naps, Sleep
 
 # KEYS: log (zset of send times, ms), cooldown (ms, until). ARGV: span ms, limit, member.
 # Returns 0 when a slot was taken, else the ms to wait.
@@ -71,12 +71,11 @@ class RedisBudget:
         self._max_cooldown = max_cooldown
         self._jitter = jitter
         self._clock = clock  # local, used only to know when our own cached view expires
-        self._sleep = sleep
+        self._naps = Naps(sleep)
         self._acquire = redis.register_script(ACQUIRE)
         self._hold = redis.register_script(HOLD)
         self._lock = anyio.Lock()
         self._closed = False
-        self._sleepers: set[anyio.CancelScope] = set()
         self._cooldown_until = float("-inf")
         self._ids = itertools.count()
         self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
@@ -96,12 +95,7 @@ class RedisBudget:
                     return
                 if wait_ms > self.span * 1000:  # only a cooldown is that long
                     self._cooldown_until = self._clock() + wait_ms / 1000
-                with anyio.CancelScope() as scope:
-                    self._sleepers.add(scope)
-                    try:
-                        await self._sleep(wait_ms / 1000)
-                    finally:
-                        self._sleepers.discard(scope)
+                await self._naps(wait_ms / 1000)
 
     async def hold(self, seconds: float, *, reason: str) -> float:
         seconds = min(max(seconds, 0.0), self._max_cooldown) + random.uniform(0, self._jitter)
@@ -120,8 +114,7 @@ class RedisBudget:
 
     def close(self) -> None:
         self._closed = True
-        for scope in list(self._sleepers):
-            scope.cancel()
+        self._naps.wake_all()
 
     def cooldown_remaining(self) -> float:
         """The cooldown as last seen from this process (the shared one may be longer)."""
