@@ -309,3 +309,62 @@ def test_shared_budget_ignores_skewed_local_clocks(redis_server: RedisServer) ->
     assert len(starts) == 20
     for i in range(len(starts) - 5):
         assert starts[i + 5] - starts[i] >= 0.55 - 0.01  # local timing jitter only
+
+
+def test_rejected_key_stops_the_consumer_and_leaves_jobs_pending(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """401 in queue mode: exit 3, nothing acked, nothing in results or dead letters."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    enqueue_ids(redis_server, [str(i) for i in range(1, 11)])
+    with (tmp_path / "w.log").open("a") as err:
+        proc = subprocess.Popen(
+            run_argv(
+                redis_server.url,
+                sb,
+                "--results",
+                str(tmp_path / "r.jsonl"),
+                "--drain",
+                "--state-dir",
+                str(tmp_path),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=ROOT,
+            env=cli_env(XQUIK_API_KEY="xq_" + "e" * 64),
+        )
+    assert proc.wait(timeout=30) == 3
+    r = client(redis_server)
+    assert r.xlen(f"{STREAM}:results") == 0
+    assert r.xlen(f"{STREAM}:dead") == 0
+    r.close()
+    assert pending(redis_server) >= 1
+    assert sb.stats()["accounts"] == 50
+
+
+def test_redelivered_message_gets_its_record_even_if_the_local_log_has_one(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """A consumer's local log says account 3 is done (written before a crash stopped the
+    ack); the redelivered message still gets a record in <stream>:results."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    enqueue_ids(redis_server, ["3"])
+    local = tmp_path / "w1.results.jsonl"
+    local.write_text(
+        json.dumps(
+            {
+                "ts": "2026-11-28T17:00:00.000Z",
+                "run_id": "old",
+                "source": "s",
+                "account_id": "3",
+                "op": "disconnect",
+                "outcome": "disconnected",
+            }
+        )
+        + "\n"
+    )
+    proc = worker(redis_server, sb, tmp_path, "w1", "--drain", "--state-dir", str(tmp_path))
+    assert proc.wait(timeout=30) == 0
+    [record] = results_stream(redis_server)
+    assert (record["account_id"], record["outcome"]) == ("3", "disconnected")
+    assert pending(redis_server) == 0

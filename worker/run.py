@@ -174,7 +174,10 @@ async def run_async(settings: RunSettings) -> Summary:
             sandbox = await stack.enter_async_context(Sandbox())
             settings = _replace(settings, base_url=sandbox.base_url, key=sandbox.api_key)
             log.info("sandbox_started", base_url=sandbox.base_url)
-        prior = None if settings.fresh else read_prior(settings.results)
+        # Queue mode never skips by the local log: a message is acked in the same MULTI as its
+        # record in <stream>:results, so a redelivered one has no record there yet, and must
+        # get one (a resent DELETE answers 404: already_gone).
+        prior = None if settings.fresh or settings.queue else read_prior(settings.results)
         if prior and prior.bad_lines:
             log.warning(
                 "results_unreadable_lines",
