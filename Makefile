@@ -19,8 +19,9 @@ $(VENV)/.dev: pyproject.toml
 demo: $(VENV)/.runtime
 	rm -f jobs/example.jsonl.results.jsonl
 	$(VENV)/bin/xquik-disconnect run jobs/example.jsonl --sandbox --log-format console --no-progress; \
-	  code=$$?; echo "exit code $$code (1: the example holds invalid lines on purpose)"; \
-	  echo "results: jobs/example.jsonl.results.jsonl"; test $$code -le 1
+	  code=$$?; echo; echo "exit code $$code (1: the example holds invalid lines on purpose)"; \
+	  echo "results: jobs/example.jsonl.results.jsonl"; echo; \
+	  $(VENV)/bin/xquik-disconnect report jobs/example.jsonl.results.jsonl; test $$code -le 1
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
