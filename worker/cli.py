@@ -62,7 +62,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE", help="jobs file (.jsonl, .csv, .txt) or - for stdin")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="jobs file (.jsonl, .csv, .txt), - for stdin, or redis://… (queue mode)",
+    )
     p.add_argument(
         "--results",
         metavar="PATH",

@@ -154,6 +154,10 @@ class Runner:
                         work.start_soon(self._work)
                 outer.cancel_scope.cancel()
         finally:
+            aclose = getattr(self._batches, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()  # closes the jobs file now, not at garbage collection
             self.sink.sync()
             self.summary.elapsed_s = time.monotonic() - started
             self.summary.sent = Counter(self.ops.client.sent)
