@@ -12,6 +12,7 @@ import anyio
 
 from worker.calls import Call, Caller, describe
 from worker.client import XquikClient
+from worker.config import api_access
 from worker.directory import listing
 from worker.errors import AuthError, ConfigError
 from worker.limiter import SlidingWindowBudget, Unlimited
@@ -25,7 +26,6 @@ from worker.plan import (
     write_jobs,
 )
 from worker.plan import select as select_accounts
-from worker.run import api_access
 
 log = get_logger()
 

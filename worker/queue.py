@@ -18,11 +18,11 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result
 from worker.parse import build_job
+from worker.redis_conn import connect, redis_retrying
 from worker.settings import QueueConfig
 from worker.sources import Item
 
@@ -32,31 +32,6 @@ FIELDS = ("account_id", "username", "job_id", "delete_monitors")
 
 def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def connect(url: str) -> Any:
-    import redis.asyncio
-
-    return redis.asyncio.from_url(
-        url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=15
-    )
-
-
-def redis_retrying() -> AsyncRetrying:
-    """Redis going away is waited out (capped exponential backoff), never fatal."""
-    import redis.exceptions
-
-    def warn(state: Any) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("redis_unavailable", error=str(exc), attempt=state.attempt_number)
-
-    return AsyncRetrying(
-        retry=retry_if_exception_type((redis.exceptions.ConnectionError, OSError)),
-        wait=wait_exponential(multiplier=0.2, max=5.0),
-        stop=stop_never,
-        before_sleep=warn,
-        reraise=True,
-    )
 
 
 def parse_message(stream: str, message_id: str, fields: dict[str, str]) -> Item:
@@ -284,38 +259,4 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def enqueue(path: str, *, url: str, stream: str) -> tuple[int, list[Invalid]]:
-    """XADD every valid job of a jobs file; the invalid ones are returned, not enqueued."""
-    from pathlib import Path
-
-    from worker.sources import FileSource
-
-    source = FileSource(None if path == "-" else Path(path))
-    redis = connect(url)
-    added, invalid = 0, []
-    try:
-        async for batch in source.batches():
-            pipe = redis.pipeline(transaction=False)
-            for item in batch:
-                if isinstance(item, Invalid):
-                    invalid.append(item)
-                    continue
-                fields = {
-                    k: v
-                    for k, v in (
-                        ("account_id", item.account_id),
-                        ("username", item.username),
-                        ("job_id", item.job_id),
-                    )
-                    if v is not None
-                }
-                fields["delete_monitors"] = "true" if item.delete_monitors else "false"
-                pipe.xadd(stream, fields)
-                added += 1
-            await pipe.execute()
-    finally:
-        await redis.aclose()
-    return added, invalid
-
-
-__all__ = ["QueueConfig", "RedisSource", "enqueue"]
+__all__ = ["QueueConfig", "RedisSource", "parse_message"]

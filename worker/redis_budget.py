@@ -105,7 +105,7 @@ class RedisBudget:
 
     async def _script(self, script: Any, **kwargs: Any) -> Any:
         """Redis going away holds the budget closed (nothing is sent) until it is back."""
-        from worker.queue import redis_retrying
+        from worker.redis_conn import redis_retrying
 
         async for attempt in redis_retrying():
             with attempt:

@@ -2,158 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import signal
 import sys
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 
+from worker.budgets import make_budget, shared_budget
 from worker.calls import Caller
 from worker.client import XquikClient
 from worker.errors import ConfigError
-from worker.limiter import Budget, SlidingWindowBudget, Unlimited
 from worker.logs import LogFormat, configure, get_logger
 from worker.operations import Operations
 from worker.queue import RedisSource
-from worker.redact import register
 from worker.results import FileSink, read_prior
-from worker.runner import Runner, Summary
+from worker.runner import Runner
 from worker.settings import (
-    DEFAULT_BASE_URL,
-    QueueConfig,
-    Rate,
     RunSettings,
     Secret,
-    check_base_url,
-    read_key_file,
 )
 from worker.sources import FileSource, JobSource
-from worker.state import StateFile, default_state_dir
+from worker.summary import Summary
 from worker.ui import print_summary, watch
 
 log = get_logger()
 
 
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    """Validate everything that can be validated before a request is sent."""
-    source = args.source
-    queue = None
-    if urlsplit(source).scheme in {"redis", "rediss"}:
-        queue = QueueConfig(
-            url=source,
-            stream=args.stream,
-            group=args.group,
-            consumer=args.consumer or "",
-            claim_idle=args.claim_idle,
-            max_deliveries=args.max_deliveries,
-            drain=args.drain,
-        )
-    elif source != "-":
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"jobs file {source!r} not found")
-        FileSource(path).check()
-    results = Path(args.results) if args.results else _default_results(source)
-    base_url, key = api_access(args)
-    is_tty = sys.stderr.isatty()
-    return RunSettings(
-        source=source,
-        results=results,
-        base_url=base_url,
-        api_key=Secret(key),
-        rate=args.rate,
-        read_rate=args.read_rate,
-        rate_margin=args.rate_margin,
-        concurrency=args.concurrency,
-        max_attempts=args.max_attempts,
-        timeout=args.timeout,
-        max_cooldown=args.max_cooldown,
-        grace=args.grace,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
-        fresh=args.fresh,
-        dry_run=args.dry_run,
-        delete_monitors=args.delete_monitors,
-        limit=args.limit,
-        sandbox=args.sandbox,
-        progress=is_tty if args.progress is None else args.progress,
-        queue=queue,
-        metrics_port=args.metrics_port,
-    )
-
-
-def api_access(args: argparse.Namespace) -> tuple[str, str]:
-    """Base URL and API key from flags and environment; ("", "") stands for --sandbox."""
-    if args.sandbox:
-        return "http://127.0.0.1", ""
-    try:
-        base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
-    except ValueError as exc:
-        raise ConfigError(f"--base-url: {exc}") from None
-    if args.api_key_file:
-        key = read_key_file(Path(args.api_key_file))
-    else:
-        key = os.environ.get("XQUIK_API_KEY", "").strip()
-    if not key:
-        raise ConfigError(
-            "no API key: set XQUIK_API_KEY or pass --api-key-file PATH "
-            "(or try --sandbox to run against the built-in sandbox)"
-        )
-    register(key)
-    return base_url, key
-
-
-def _default_results(source: str) -> Path:
-    if source == "-" or "://" in source:
-        return Path("results.jsonl")
-    return Path(f"{source}.results.jsonl")
-
-
-def make_budget(settings: RunSettings, rate: Rate, tier: str) -> Budget:
-    if rate.limit is None:
-        return Unlimited()
-    state = None
-    if settings.state_dir is not None or not settings.sandbox:
-        state = StateFile(
-            settings.state_dir or default_state_dir(), settings.key_fingerprint(), tier
-        )
-    budget = SlidingWindowBudget(
-        rate.limit,
-        rate.period,
-        margin=settings.margin_for(rate),
-        max_cooldown=settings.max_cooldown,
-        jitter=min(1.0, rate.period * 0.02),
-        on_change=state.save if state else None,
-    )
-    if state is not None and (restored := state.load_into(budget)):
-        log.info("budget_restored", tier=tier, recent_sends=restored, state_file=str(state.path))
-    return budget
-
-
 def _total(source: JobSource) -> int | None:
     return source.count_lines() if isinstance(source, FileSource) else None
-
-
-def shared_budget(settings: RunSettings, queue: RedisSource) -> Budget:
-    """Queue mode: one DELETE budget and cooldown for every worker using this key, in Redis."""
-    rate = settings.rate
-    if rate.limit is None:
-        return Unlimited()
-    from worker.redis_budget import RedisBudget
-
-    return RedisBudget(
-        queue.redis,
-        f"xquik:budget:{settings.key_fingerprint()}:delete",
-        rate.limit,
-        rate.period,
-        margin=settings.margin_for(rate),
-        max_cooldown=settings.max_cooldown,
-        jitter=min(1.0, rate.period * 0.02),
-    )
 
 
 def execute(settings: RunSettings, *, log_format: LogFormat | None = None) -> int:

@@ -12,7 +12,7 @@ import anyio
 
 from worker.limiter import Budget, SlidingWindowBudget
 from worker.logs import get_logger
-from worker.runner import Summary
+from worker.summary import Summary
 
 if TYPE_CHECKING:
     from worker.runner import Runner

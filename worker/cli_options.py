@@ -1,0 +1,273 @@
+"""The command line's options and value types: each value is checked where it is parsed, so a
+bad flag or environment value exits 2 naming the flag, before anything is sent."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"XQUIK_{name}", default)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def rate(text: str) -> Any:
+    from worker.settings import Rate
+
+    try:
+        return Rate.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def probability(text: str) -> float:
+    value = seconds(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is a probability: 0 to 1")
+    return value
+
+
+def run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="jobs file (.jsonl, .csv, .txt), - for stdin, or redis://… (queue mode)",
+    )
+    p.add_argument(
+        "--results",
+        metavar="PATH",
+        default=env("RESULTS"),
+        help="result log, appended (default: <jobs file>.results.jsonl, "
+        "or results.jsonl for stdin)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore earlier records; by default accounts already done are skipped",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=env("CONCURRENCY", "4"),
+        metavar="N",
+        help="requests in flight at most (default 4)",
+    )
+    p.add_argument(
+        "--rate",
+        type=rate,
+        default=env("RATE", "15/60s"),
+        metavar="N/PERIOD",
+        help="DELETE budget for the key: 15/60s, 60/1m, 200/1s or unlimited (default 15/60s)",
+    )
+    p.add_argument(
+        "--rate-margin",
+        type=seconds,
+        default=env("RATE_MARGIN"),
+        metavar="S",
+        help="seconds added to each window for latency jitter "
+        "(default: window/120, between 0.05 and 1)",
+    )
+    p.add_argument(
+        "--max-cooldown",
+        type=seconds,
+        default=env("MAX_COOLDOWN", "900"),
+        metavar="S",
+        help="cap on a single Retry-After wait (default 900)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=env("STATE_DIR"),
+        metavar="DIR",
+        help="where the budget's recent send times persist (default: user cache dir)",
+    )
+    p.add_argument(
+        "--grace",
+        type=seconds,
+        default=env("GRACE", "30"),
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds given to in-flight requests (default 30)",
+    )
+    p.add_argument(
+        "--delete-monitors",
+        action="store_true",
+        help="also delete the account monitors that track each disconnected user",
+    )
+    p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="handle at most N jobs")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on for a TTY)",
+    )
+
+
+def api_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that talks to the API."""
+    p.add_argument(
+        "--base-url",
+        default=env("BASE_URL"),
+        metavar="URL",
+        help="API base URL (default https://xquik.com/api/v1; env XQUIK_BASE_URL)",
+    )
+    p.add_argument(
+        "--api-key-file",
+        default=env("API_KEY_FILE"),
+        metavar="PATH",
+        help="file holding the API key (default: env XQUIK_API_KEY)",
+    )
+    p.add_argument(
+        "--read-rate",
+        type=rate,
+        default=env("READ_RATE", "60/1s"),
+        metavar="N/PERIOD",
+        help="budget for GETs (default 60/1s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=env("TIMEOUT", "30"),
+        metavar="S",
+        help="per request (default 30)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=env("MAX_ATTEMPTS", "5"),
+        metavar="N",
+        help="attempts per request, the first included (default 5)",
+    )
+    p.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run against the built-in sandbox API, in-process (no key needed)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=env("LOG_FORMAT"),
+        help="logs on stderr (default: console on a TTY, else json)",
+    )
+
+
+def plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--usernames",
+        metavar="FILE",
+        help="handles to disconnect, one per line, @ optional, any case",
+    )
+    p.add_argument(
+        "--health", metavar="LIST", help="comma-separated health states, e.g. needsReauth,suspended"
+    )
+    p.add_argument("--status", metavar="LIST", help="comma-separated statuses, e.g. active")
+    p.add_argument("--created-before", metavar="DATE", help="connected before this ISO date")
+    p.add_argument("--all", action="store_true", help="every connected account (explicitly)")
+    p.add_argument(
+        "--with-monitors",
+        action="store_true",
+        help="jobs also delete the account monitors tracking each user; lists them",
+    )
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "table"),
+        default="jsonl",
+        help="jsonl jobs for `run -` (default), or a table for a person",
+    )
+    p.add_argument("--out", metavar="FILE", help="write the jobs here instead of stdout")
+
+
+def queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env("METRICS_PORT"),
+        metavar="N",
+        help="serve Prometheus metrics on /metrics and health on /healthz",
+    )
+    q = p.add_argument_group("queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)")
+    q.add_argument(
+        "--stream",
+        default=env("STREAM", "xquik:disconnect"),
+        help="stream of jobs (default xquik:disconnect); results go to "
+        "<stream>:results, dead letters to <stream>:dead",
+    )
+    q.add_argument(
+        "--group",
+        default=env("GROUP", "xquik-disconnect"),
+        help="consumer group, created if missing (default xquik-disconnect)",
+    )
+    q.add_argument(
+        "--consumer", default=env("CONSUMER"), help="consumer name (default: host name and pid)"
+    )
+    q.add_argument(
+        "--claim-idle",
+        type=seconds,
+        default=env("CLAIM_IDLE", "60"),
+        metavar="S",
+        help="take over messages another consumer left pending this long (default 60)",
+    )
+    q.add_argument(
+        "--max-deliveries",
+        type=positive_int,
+        default=env("MAX_DELIVERIES", "5"),
+        metavar="N",
+        help="dead-letter a message delivered more often (default 5)",
+    )
+    q.add_argument(
+        "--drain",
+        action="store_true",
+        help="exit once the stream and this consumer's pending entries are empty",
+    )
+
+
+def sandbox_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="0 picks a free port (default 8787)")
+    p.add_argument(
+        "--accounts",
+        type=int,
+        default=50,
+        metavar="N",
+        help="generated accounts, ids 1..N (default 50)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="for accounts and faults (default 0)")
+    p.add_argument("--delete-limit", type=rate, default="15/60s", metavar="N/PERIOD")
+    p.add_argument("--read-limit", type=rate, default="60/1s", metavar="N/PERIOD")
+    for name, help_text in (
+        ("fail-500", "500 internal_error"),
+        ("fail-502", "502 JSON"),
+        ("fail-503", "503"),
+        ("html-502", "502 with an HTML body"),
+        ("reset", "connection reset, nothing done"),
+        ("slow", "answer after --slow-seconds"),
+        ("lose", "delete done, answer lost"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            type=probability,
+            default=0.0,
+            metavar="P",
+            help=f"probability of: {help_text}",
+        )
+    p.add_argument("--slow-seconds", type=seconds, default=2.0, metavar="S")

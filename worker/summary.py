@@ -1,0 +1,56 @@
+"""What a run did, in numbers: the summary event, the exit code, the metrics' source."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from worker.models import Outcome
+
+EXIT_OK, EXIT_FAILED, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
+@dataclass(slots=True)
+class Summary:
+    run_id: str
+    outcomes: Counter[str] = field(default_factory=Counter)  # of the jobs' disconnects
+    monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
+    skipped_done: int = 0
+    not_finished: int = 0
+    stopped: str | None = None  # "auth" or "signal"
+    consumer: bool = False  # queue mode: a signal is the normal way to stop
+    elapsed_s: float = 0.0
+    sent: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    attempts: int = 0
+
+    @property
+    def records(self) -> int:
+        return sum(self.outcomes.values()) + sum(self.monitors.values())
+
+    def exit_code(self) -> int:
+        if self.stopped == "auth":
+            return EXIT_AUTH
+        if self.stopped == "signal":
+            return EXIT_OK if self.consumer else EXIT_INTERRUPTED
+        failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]
+        if failed or self.outcomes[Outcome.INVALID]:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def as_event(self) -> dict[str, object]:
+        deletes = self.sent.get("DELETE", 0)
+        return {
+            "run_id": self.run_id,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "monitors": dict(sorted(self.monitors.items())),
+            "records": self.records,
+            "skipped_done": self.skipped_done,
+            "not_finished": self.not_finished,
+            "stopped": self.stopped,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "requests": dict(sorted(self.sent.items())),
+            "retries": self.retries,
+            "deletes_per_min": round(60 * deletes / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "exit_code": self.exit_code(),
+        }
