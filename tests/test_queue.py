@@ -368,3 +368,17 @@ def test_redelivered_message_gets_its_record_even_if_the_local_log_has_one(
     [record] = results_stream(redis_server)
     assert (record["account_id"], record["outcome"]) == ("3", "disconnected")
     assert pending(redis_server) == 0
+
+
+def test_consumers_share_the_read_budget_too(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Two consumers in a dry run (GETs) at a read limit of 10 per 1 s: zero 429s."""
+    sb = sandbox_process("--read-limit", "10/1s")
+    enqueue_ids(redis_server, [str(i) for i in range(1, 31)])
+    args = ("--dry-run", "--read-rate", "10/1s", "--drain", "--concurrency", "4")
+    procs = [worker(redis_server, sb, tmp_path, f"w{i}", *args) for i in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert sb.stats()["rate_limited"] == 0
+    assert Counter(r["outcome"] for r in results_stream(redis_server)) == {"exists": 30}
+    assert sb.stats()["accounts"] == 50

@@ -32,16 +32,15 @@ def make_budget(settings: RunSettings, rate: Rate, tier: str) -> Budget:
     return budget
 
 
-def shared_budget(settings: RunSettings, queue: RedisSource) -> Budget:
-    """Queue mode: one DELETE budget and cooldown for every worker using this key, in Redis."""
-    rate = settings.rate
+def shared_budget(settings: RunSettings, queue: RedisSource, rate: Rate, tier: str) -> Budget:
+    """Queue mode: one budget and cooldown per tier for every worker using this key, in Redis."""
     if rate.limit is None:
         return Unlimited()
     from worker.redis_budget import RedisBudget
 
     return RedisBudget(
         queue.redis,
-        f"xquik:budget:{settings.key_fingerprint()}:delete",
+        f"xquik:budget:{settings.key_fingerprint()}:{tier}",
         rate.limit,
         rate.period,
         margin=settings.margin_for(rate),

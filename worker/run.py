@@ -66,7 +66,9 @@ async def run_async(settings: RunSettings) -> Summary:
         source: JobSource
         if settings.queue is not None:
             queue = await stack.enter_async_context(RedisSource(settings.queue))
-            source, delete_budget = queue, shared_budget(settings, queue)
+            source = queue
+            delete_budget = shared_budget(settings, queue, settings.rate, "delete")
+            read_budget = shared_budget(settings, queue, settings.read_rate, "read")
             log.info(
                 "queue_consumer",
                 stream=queue.config.stream,
@@ -76,6 +78,7 @@ async def run_async(settings: RunSettings) -> Summary:
         else:
             source = FileSource(None if settings.source == "-" else Path(settings.source))
             delete_budget = make_budget(settings, settings.rate, "delete")
+            read_budget = make_budget(settings, settings.read_rate, "read")
         client = await stack.enter_async_context(
             XquikClient(
                 base_url=settings.base_url,
@@ -83,7 +86,7 @@ async def run_async(settings: RunSettings) -> Summary:
                 timeout=settings.timeout,
                 concurrency=settings.concurrency,
                 delete_budget=delete_budget,
-                read_budget=make_budget(settings, settings.read_rate, "read"),
+                read_budget=read_budget,
                 default_cooldown=settings.rate.period,
             )
         )
