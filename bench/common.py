@@ -40,3 +40,33 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
         "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
     return "\n".join([line, rule, *body])
+
+
+class SandboxProc:
+    """`xquik-disconnect sandbox` in its own process, so its CPU is not the client's."""
+
+    def __init__(self, accounts: int, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "sandbox",
+                "--port",
+                "0",
+                "--accounts",
+                str(accounts),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        self.base_url, self.api_key = ready["base_url"], ready["api_key"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.communicate(timeout=10)

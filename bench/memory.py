@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, table
-from bench.overhead import SandboxProc
+from bench.common import ROOT, SandboxProc, table
 
 WRAPPER = """
 import resource, sys
@@ -34,7 +33,7 @@ def peak_mb(jobs: int, tmp: Path) -> tuple[float, float]:
     with ids.open("w") as f:
         for i in range(jobs):
             f.write(f"acct_{i:09d}\n")
-    sb = SandboxProc(0)
+    sb = SandboxProc(0, "--delete-limit", "unlimited", "--read-limit", "unlimited")
     try:
         start = time.perf_counter()
         subprocess.run(

@@ -12,7 +12,6 @@ Every strategy deletes fresh accounts on a zero-latency sandbox in its own proce
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, table
+from bench.common import ROOT, SandboxProc, table
 
 CONCURRENCY = 16
 
@@ -46,37 +45,6 @@ async def main(base, key, jobs, out):
             await asyncio.gather(*tasks)
 asyncio.run(main(*sys.argv[1:]))
 """
-
-
-class SandboxProc:
-    def __init__(self, accounts: int) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "sandbox",
-                "--port",
-                "0",
-                "--accounts",
-                str(accounts),
-                "--delete-limit",
-                "unlimited",
-                "--read-limit",
-                "unlimited",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        ready = json.loads(self.proc.stdout.readline())
-        self.base_url, self.api_key = ready["base_url"], ready["api_key"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.communicate(timeout=10)
 
 
 def timed(
@@ -102,7 +70,7 @@ def timed(
 def run_strategy(name: str, jobs: int, tmp: Path) -> tuple[float, float] | None:
     ids = tmp / "jobs.txt"
     ids.write_text("".join(f"{i}\n" for i in range(1, jobs + 1)))
-    sb = SandboxProc(jobs)
+    sb = SandboxProc(jobs, "--delete-limit", "unlimited", "--read-limit", "unlimited")
     try:
         if name == "ours":
             env = {"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"}

@@ -21,34 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, table
+from bench.common import ROOT, SandboxProc, table
 from tests.redis_server import RedisServer
 
 
 def run_case(workers: int, jobs: int, n: int, w: float, tmp: Path) -> list[str]:
     server = RedisServer(tmp)
     server.start()
-    sb = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "sandbox",
-            "--port",
-            "0",
-            "--accounts",
-            str(jobs),
-            "--delete-limit",
-            f"{n}/{w}s",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
+    sb = SandboxProc(jobs, "--delete-limit", f"{n}/{w}s")
     try:
-        assert sb.stdout is not None
-        ready = json.loads(sb.stdout.readline())
         ids = tmp / "jobs.txt"
         ids.write_text("".join(f"{i}\n" for i in range(1, jobs + 1)))
         subprocess.run(
@@ -57,7 +38,7 @@ def run_case(workers: int, jobs: int, n: int, w: float, tmp: Path) -> list[str]:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
-        env = {"XQUIK_API_KEY": ready["api_key"], "PATH": "/usr/bin:/bin"}
+        env = {"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"}
         procs = [
             subprocess.Popen(
                 [
@@ -67,7 +48,7 @@ def run_case(workers: int, jobs: int, n: int, w: float, tmp: Path) -> list[str]:
                     "run",
                     server.url,
                     "--base-url",
-                    ready["base_url"],
+                    sb.base_url,
                     "--rate",
                     f"{n}/{w}s",
                     "--concurrency",
@@ -86,12 +67,11 @@ def run_case(workers: int, jobs: int, n: int, w: float, tmp: Path) -> list[str]:
             for k in range(workers)
         ]
         codes = [p.wait(timeout=300) for p in procs]
-        url = ready["base_url"].removesuffix("/api/v1") + "/_sandbox/requests"
+        url = sb.base_url.removesuffix("/api/v1") + "/_sandbox/requests"
         with urllib.request.urlopen(url, timeout=10) as resp:
             log = json.loads(resp.read())
     finally:
-        sb.terminate()
-        sb.communicate(timeout=10)
+        sb.stop()
         server.stop()
     deletes = [(t, status) for method, _, status, t in log if method == "DELETE"]
     times = [t for t, _ in deletes]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -42,7 +42,6 @@ class Runner:
         dry_run: bool = False,
         delete_monitors: bool = False,
         limit: int | None = None,
-        on_result: Callable[[Result], None] | None = None,
         sync_before_settle: bool = False,
     ) -> None:
         self.ops = ops
@@ -57,7 +56,6 @@ class Runner:
         self.summary = Summary(ops.run_id)
         self._done_before = done_before
         self._seen = SeenSet()
-        self._on_result = on_result
         self._batches: AsyncIterator[Sequence[Item]] | None = None
         self._ready: deque[Item] = deque()
         self._pull_lock = anyio.Lock(fast_acquire=True)
@@ -224,8 +222,6 @@ class Runner:
         self.summary.attempts += result.attempts
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
-        if self._on_result is not None:
-            self._on_result(result)
 
     def _invalid(self, item: Invalid) -> Result:
         log.warning("invalid_job", source=item.source, error=item.error)
