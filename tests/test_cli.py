@@ -58,12 +58,24 @@ def test_missing_jobs_file_and_missing_key(tmp_path: Path) -> None:
     assert "XQUIK_API_KEY" in proc.stderr
 
 
-def test_bad_environment_value_is_a_usage_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "flag"),
+    [
+        ("XQUIK_RATE", "lots", "--rate"),
+        ("XQUIK_LIMIT", "0", "--limit"),
+        ("XQUIK_METRICS_PORT", "70000", "--metrics-port"),
+        ("XQUIK_GRACE", "-3", "--grace"),
+    ],
+)
+def test_bad_environment_value_is_a_usage_error(
+    tmp_path: Path, name: str, value: str, flag: str
+) -> None:
     """Environment variables are validated like the flags they mirror."""
     jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
-    proc = run_cli("run", str(jobs), "--sandbox", env=cli_env(XQUIK_RATE="lots"))
+    proc = run_cli("run", str(jobs), "--sandbox", env=cli_env(**{name: value}))
     assert proc.returncode == 2
-    assert "--rate" in proc.stderr
+    assert flag in proc.stderr
+    assert not (tmp_path / "jobs.txt.results.jsonl").exists()
 
 
 def test_sandbox_run_of_the_example(tmp_path: Path) -> None:

@@ -41,6 +41,16 @@ def rate(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not within 0..65535")
+    return value
+
+
 def probability(text: str) -> float:
     value = seconds(text)
     if value > 1:
@@ -114,7 +124,13 @@ def run_options(p: argparse.ArgumentParser) -> None:
         help="also delete the account monitors that track each disconnected user",
     )
     p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
-    p.add_argument("--limit", type=positive_int, metavar="N", help="handle at most N jobs")
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=env("LIMIT"),
+        metavar="N",
+        help="handle at most N jobs (a canary batch)",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -200,7 +216,7 @@ def plan_options(p: argparse.ArgumentParser) -> None:
 def queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         default=env("METRICS_PORT"),
         metavar="N",
         help="serve Prometheus metrics on /metrics and health on /healthz",
@@ -243,7 +259,7 @@ def queue_options(p: argparse.ArgumentParser) -> None:
 
 def sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8787, help="0 picks a free port (default 8787)")
+    p.add_argument("--port", type=port, default=8787, help="0 picks a free port (default 8787)")
     p.add_argument(
         "--accounts",
         type=int,
