@@ -99,7 +99,7 @@ async def test_cooldown_blocks_every_waiter_until_it_ends(clock: FakeClock) -> N
     """After hold(30), nobody starts before 30 s have passed, even with slots free."""
     b = budget(clock, limit=100, window=1.0)
     t0 = clock.now
-    applied = await b.hold(30.0, reason="rate_limit_exceeded")
+    applied = await b.hold(30.0)
     assert applied == 30.0
     starts: list[float] = []
 
@@ -118,7 +118,7 @@ async def test_cooldown_blocks_every_waiter_until_it_ends(clock: FakeClock) -> N
 async def test_cooldown_is_capped_and_jittered(clock: FakeClock) -> None:
     """Retry-After beyond --max-cooldown is capped; jitter only ever adds."""
     b = budget(clock, limit=1, window=1.0, max_cooldown=60.0, jitter=0.5)
-    applied = await b.hold(3600.0, reason="x")
+    applied = await b.hold(3600.0)
     assert 60.0 <= applied <= 60.5
     assert b.cooldown_remaining() == pytest.approx(applied)
 
@@ -146,7 +146,7 @@ async def test_unlimited_never_waits_and_can_be_closed() -> None:
     u = Unlimited()
     for _ in range(1000):
         await u.acquire()
-    assert await u.hold(60, reason="x") == 0.0
+    assert await u.hold(60) == 0.0
     u.close()
     with pytest.raises(BudgetClosed):
         await u.acquire()
@@ -158,7 +158,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     first = SlidingWindowBudget(3, 60.0, on_change=state.save)
     for _ in range(3):
         await first.acquire()
-    await first.hold(5.0, reason="x")
+    await first.hold(5.0)
     second = SlidingWindowBudget(3, 60.0)
     assert state.load_into(second) == 3
     assert 59.0 < second.delay() <= 60.0

@@ -142,7 +142,7 @@ class XquikClient:
             if wait is None:
                 wait = self._default_cooldown
             self.rate_limited += 1
-            applied = await self._budget(method).hold(wait, reason=err.code)
+            applied = await self._budget(method).hold(wait)
             self.cooldown_s += applied
             until = datetime.now(UTC) + timedelta(seconds=applied)
             log.warning(

@@ -51,7 +51,7 @@ class Budget(Protocol):
     """What the client asks before every real send."""
 
     async def acquire(self) -> None: ...
-    async def hold(self, seconds: float, *, reason: str) -> float: ...
+    async def hold(self, seconds: float) -> float: ...
     def close(self) -> None: ...
     def cooldown_remaining(self) -> float: ...
 
@@ -68,7 +68,7 @@ class Unlimited:
         if self._closed:
             raise BudgetClosed
 
-    async def hold(self, seconds: float, *, reason: str) -> float:
+    async def hold(self, seconds: float) -> float:
         return 0.0
 
     def close(self) -> None:
@@ -151,7 +151,7 @@ class SlidingWindowBudget:
         if self._on_change is not None:
             self._on_change(self)
 
-    async def hold(self, seconds: float, *, reason: str) -> float:
+    async def hold(self, seconds: float) -> float:
         """Close the budget for `seconds` (capped, plus jitter); returns the seconds applied."""
         seconds = min(max(seconds, 0.0), self._max_cooldown)
         seconds += self._rng.uniform(0, self._jitter)

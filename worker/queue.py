@@ -76,7 +76,6 @@ class RedisSource:
         self.name = config.stream
         self.consumer = config.consumer or default_consumer()
         self.redis = redis or connect(config.url)
-        self.acked = 0
         self.pending_fields: dict[str, dict[str, str]] = {}
 
     async def __aenter__(self) -> RedisSource:
@@ -252,7 +251,6 @@ class RedisSource:
                             )
                     pipe.xack(cfg.stream, cfg.group, mid)
                     await pipe.execute()
-        self.acked += 1
 
 
 def _text(value: bytes | str) -> str:

@@ -97,7 +97,7 @@ class RedisBudget:
                     self._cooldown_until = self._clock() + wait_ms / 1000
                 await self._naps(wait_ms / 1000)
 
-    async def hold(self, seconds: float, *, reason: str) -> float:
+    async def hold(self, seconds: float) -> float:
         seconds = min(max(seconds, 0.0), self._max_cooldown) + random.uniform(0, self._jitter)
         left_ms = float(await self._script(self._hold, keys=self._keys[1:], args=[seconds]))
         self._cooldown_until = self._clock() + left_ms / 1000

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,8 +32,6 @@ class FileSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._dirty = False
-        self.written = 0
-        self.last_sync = time.monotonic()
         if _ends_torn(path):
             # Finish the torn line of a crashed run so our first record starts on a line of its own.
             self._write_all(b"\n")
@@ -47,13 +44,11 @@ class FileSink:
 
     def write(self, result: Result) -> None:
         self._write_all((redact(result.to_json()) + "\n").encode())
-        self.written += 1
 
     def sync(self) -> None:
         if self._dirty:
             os.fsync(self._fd)
             self._dirty = False
-        self.last_sync = time.monotonic()
 
     def close(self) -> None:
         if self._fd >= 0:
