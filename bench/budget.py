@@ -29,8 +29,8 @@ from aiolimiter import AsyncLimiter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table
+from worker.cli.run import run_async
 from worker.logs import configure
-from worker.run import run_async
 from worker.sandbox import Sandbox, SandboxConfig
 from worker.settings import Rate, RunSettings, Secret
 

@@ -12,31 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import structlog
 
+from tests.fakes import FakeClock
 from worker.logs import configure
 from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
 from worker.settings import Rate, RunSettings, Secret
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class FakeClock:
-    """A clock that only moves when someone sleeps on it: budget tests run in microseconds."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += max(seconds, 0.0)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture

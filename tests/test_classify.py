@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from worker.classify import Decision, decide, error_body, parse_json, retry_after_seconds
+from worker.api.classify import Decision, decide, error_body, parse_json, retry_after_seconds
 
 
 @pytest.mark.parametrize(

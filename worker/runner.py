@@ -10,37 +10,49 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Protocol
 
 import anyio
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from worker.errors import AuthError
-from worker.limiter import BudgetClosed
+from worker.errors import AuthError, BudgetClosed
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
-from worker.operations import Operations
 from worker.results import ResultSink
-from worker.seen import SeenSet
+from worker.seen import Claims
 from worker.sources import Item, JobSource
 from worker.summary import Summary
 
 log = get_logger()
 
 
+class Handler(Protocol):
+    """What the runner needs of the per-job work (`worker.operations.Operations`)."""
+
+    run_id: str
+    claims: Claims
+
+    async def handle(self, job: Job) -> list[Result]:
+        """The job's records; none when it turns out done by an earlier run."""
+        ...
+
+    def invalid(self, item: Invalid) -> Result: ...
+    def duplicate(self, job: Job) -> Result: ...
+
+    def close(self) -> None:
+        """Start no more requests."""
+
+
 class Runner:
     def __init__(
         self,
-        ops: Operations,
+        ops: Handler,
         *,
         source: JobSource,
         sink: ResultSink,
         concurrency: int = 4,
-        done_before: set[str] | frozenset[str] = frozenset(),
-        dry_run: bool = False,
-        delete_monitors: bool = False,
         limit: int | None = None,
         sync_before_settle: bool = False,
     ) -> None:
@@ -48,14 +60,10 @@ class Runner:
         self.source = source
         self.sink = sink
         self.concurrency = concurrency
-        self.dry_run = dry_run
-        self.delete_monitors = delete_monitors
         self.limit = limit
         # Queue mode: a message is acknowledged only once its record is on disk.
         self._sync_before_settle = sync_before_settle
         self.summary = Summary(ops.run_id)
-        self._done_before = done_before
-        self._seen = SeenSet()
         self._batches: AsyncIterator[Sequence[Item]] | None = None
         self._ready: deque[Item] = deque()
         self._pull_lock = anyio.Lock(fast_acquire=True)
@@ -89,7 +97,7 @@ class Runner:
         self._reading = False
         if self._pull_scope is not None:
             self._pull_scope.cancel()  # e.g. a worker waiting on a silent stdin
-        self.ops.client.close_budgets()
+        self.ops.close()
 
     # Running ------------------------------------------------------------------------------
     async def run(self) -> Summary:
@@ -110,8 +118,6 @@ class Runner:
                     await aclose()  # closes the jobs file now, not at garbage collection
             self.sink.sync()
             self.summary.elapsed_s = time.monotonic() - started
-            self.summary.sent = Counter(self.ops.client.sent)
-            self.summary.retries = self.ops.call.retries
         return self.summary
 
     async def _sync_every_second(self) -> None:
@@ -130,14 +136,15 @@ class Runner:
             if self._ready:
                 item = self._ready.popleft()
                 if isinstance(item, Invalid):
-                    await self._settle(item, self._invalid(item))
-                elif self.limit is not None and self._handed >= self.limit:
+                    await self._settle(item, [self.ops.invalid(item)])
+                    continue
+                if self.limit is not None and self._handed >= self.limit:
                     break
-                elif item.key in self._done_before:
-                    self.summary.skipped_done += 1
-                    await self.source.settle(item, None)
-                elif not self._seen.add(item.key):
-                    await self._settle(item, self._duplicate(item))
+                claim = self.ops.claims.claim(item.key)
+                if claim == "done":
+                    await self._settle(item, [])
+                elif claim == "duplicate":
+                    await self._settle(item, [self.ops.duplicate(item)])
                 else:
                     self._handed += 1
                     return item
@@ -167,12 +174,7 @@ class Runner:
                 source=job.source, account_id=job.account_id, username=job.username
             )
             try:
-                results = await self._handle(job)
-                for result in results:
-                    self._record(result)
-                if results and self._sync_before_settle:
-                    self.sink.sync()
-                await self.source.settle(job, results[0] if results else None)
+                await self._settle(job, await self.ops.handle(job))
                 finished = True
             except BudgetClosed:
                 pass  # the run is stopping; this job was not sent (again)
@@ -181,39 +183,15 @@ class Runner:
                 # Stopped or cancelled before its record: no record, a rerun picks it up.
                 self.summary.not_finished += not finished
 
-    async def _handle(self, job: Job) -> list[Result]:
-        """The job's records: its disconnect first, then any monitor deletions. None at all
-        when its username resolves to an account an earlier run already did."""
-        started = time.monotonic()
-        account: dict[str, Any] | None = None
-        account_id = job.account_id
-        monitors = (job.delete_monitors or self.delete_monitors) and not self.dry_run
-        if account_id is None:
-            resolved = await self.ops.resolve(job, started)
-            if isinstance(resolved, Result):
-                return [resolved]
-            account, account_id = resolved, str(resolved["id"])
-            if account_id in self._done_before:
-                self.summary.skipped_done += 1
-                return []
-            if not self._seen.add(account_id):
-                return [self._duplicate(job, account_id=account_id)]
-        elif monitors:
-            # Learn the account's X user id before it is gone, to match its monitors.
-            found = await self.ops.directory.find(account_id=account_id)
-            account = found if isinstance(found, dict) else None
-        if self.dry_run:
-            return [await self.ops.check(job, account_id, started)]
-        result = await self.ops.disconnect(job, account_id, started)
-        if not monitors:
-            return [result]
-        return [result, *await self.ops.delete_monitors(job, account, result)]
-
-    async def _settle(self, item: Job | Invalid, result: Result) -> None:
-        self._record(result)
-        if self._sync_before_settle:
+    async def _settle(self, item: Item, results: list[Result]) -> None:
+        """Record the item's results (none: done by an earlier run), then tell the source."""
+        if not results:
+            self.summary.skipped_done += 1
+        for result in results:
+            self._record(result)
+        if results and self._sync_before_settle:
             self.sink.sync()
-        await self.source.settle(item, result)
+        await self.source.settle(item, results[0] if results else None)
 
     def _record(self, result: Result) -> None:
         self.sink.write(result)
@@ -222,29 +200,6 @@ class Runner:
         self.summary.attempts += result.attempts
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
-
-    def _invalid(self, item: Invalid) -> Result:
-        log.warning("invalid_job", source=item.source, error=item.error)
-        return Result(
-            run_id=self.ops.run_id,
-            source=item.source,
-            job_id=item.job_id,
-            account_id=item.account_id,
-            outcome=item.outcome,
-            error=item.error,
-        )
-
-    def _duplicate(self, job: Job, account_id: str | None = None) -> Result:
-        return Result(
-            run_id=self.ops.run_id,
-            source=job.source,
-            job_id=job.job_id,
-            account_id=account_id or job.account_id,
-            username=job.username,
-            op=Op.DISCONNECT,
-            outcome=Outcome.DUPLICATE,
-            error="the same account appears earlier in this run",
-        )
 
 
 __all__ = ["Runner"]

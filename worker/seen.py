@@ -13,6 +13,9 @@ import heapq
 import sys
 from array import array
 from bisect import bisect_left
+from typing import Literal
+
+Claim = Literal["new", "done", "duplicate"]
 
 
 class SeenSet:
@@ -52,3 +55,25 @@ class SeenSet:
                 run = array("q", heapq.merge(self._runs.pop(), run))
             self._runs.append(run)
         return True
+
+
+class Claims:
+    """Which accounts a job may still take: not done by an earlier run (from the result log),
+    not taken earlier in this run. One place for the rule, for ids read from the source and for
+    ids a username resolves to."""
+
+    __slots__ = ("_done_before", "_seen")
+
+    def __init__(self, done_before: set[str] | frozenset[str] = frozenset()) -> None:
+        self._done_before = done_before
+        self._seen = SeenSet()
+
+    @property
+    def done_before(self) -> int:
+        return len(self._done_before)
+
+    def claim(self, key: str) -> Claim:
+        """ "new" (the caller takes it), "done" (an earlier run did it) or "duplicate"."""
+        if key in self._done_before:
+            return "done"
+        return "new" if self._seen.add(key) else "duplicate"

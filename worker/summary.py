@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from worker.errors import ExitCode
 from worker.models import Outcome
-
-EXIT_OK, EXIT_FAILED, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 
 @dataclass(slots=True)
@@ -28,15 +27,15 @@ class Summary:
     def records(self) -> int:
         return sum(self.outcomes.values()) + sum(self.monitors.values())
 
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.stopped == "auth":
-            return EXIT_AUTH
+            return ExitCode.AUTH
         if self.stopped == "signal":
-            return EXIT_OK if self.consumer else EXIT_INTERRUPTED
+            return ExitCode.OK if self.consumer else ExitCode.INTERRUPTED
         failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]
         if failed or self.outcomes[Outcome.INVALID]:
-            return EXIT_FAILED
-        return EXIT_OK
+            return ExitCode.FAILED
+        return ExitCode.OK
 
     def as_event(self) -> dict[str, object]:
         deletes = self.sent.get("DELETE", 0)
@@ -52,5 +51,5 @@ class Summary:
             "requests": dict(sorted(self.sent.items())),
             "retries": self.retries,
             "deletes_per_min": round(60 * deletes / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "exit_code": self.exit_code(),
+            "exit_code": int(self.exit_code()),
         }

@@ -52,6 +52,15 @@ class SandboxState:
     clock: Any = time.monotonic
 
 
+_INJECTED_ERRORS = {
+    Fault.ERROR_403: (403, "forbidden"),
+    Fault.ERROR_409: (409, "conflict"),
+    Fault.ERROR_422: (422, "invalid_input"),
+    Fault.ERROR_500: (500, "internal_error"),
+    Fault.ERROR_502: (502, "internal_error"),
+    Fault.ERROR_503: (503, "internal_error"),
+}
+
 STATE: web.AppKey[SandboxState] = web.AppKey("state", SandboxState)
 
 
@@ -109,9 +118,9 @@ async def _gate(request: web.Request, handler: Any, state: SandboxState) -> web.
     fault = state.faults.draw()
     if fault is not None:
         state.stats.faults[fault.value] += 1
-    if fault in (Fault.ERROR_500, Fault.ERROR_502, Fault.ERROR_503):
-        status = int(fault.value[-3:]) if fault else 500
-        return _error(request, status, "internal_error", "Injected fault.")
+    if fault is not None and fault in _INJECTED_ERRORS:
+        status, code = _INJECTED_ERRORS[fault]
+        return _error(request, status, code, "Injected fault.")
     if fault is Fault.HTML_502:
         return web.Response(status=502, text=HTML_502, content_type="text/html")
     if fault is Fault.RESET:

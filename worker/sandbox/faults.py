@@ -8,6 +8,9 @@ from enum import Enum
 
 
 class Fault(Enum):
+    ERROR_403 = "fail_403"  # permanent errors: a worker must not retry them
+    ERROR_409 = "fail_409"
+    ERROR_422 = "fail_422"
     ERROR_500 = "fail_500"
     ERROR_502 = "fail_502"
     ERROR_503 = "fail_503"
@@ -19,6 +22,9 @@ class Fault(Enum):
 
 @dataclass(frozen=True, slots=True)
 class FaultConfig:
+    fail_403: float = 0.0
+    fail_409: float = 0.0
+    fail_422: float = 0.0
     fail_500: float = 0.0
     fail_502: float = 0.0
     fail_503: float = 0.0

@@ -14,19 +14,19 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.client import XquikClient
+from worker.api import Session
 from worker.runner import Runner
 
 
 class _Collector:
-    def __init__(self, runner: Runner, client: XquikClient) -> None:
-        self.runner, self.client = runner, client
+    def __init__(self, runner: Runner, session: Session) -> None:
+        self.runner, self.session = runner, session
         self.queue: dict[str, float] = {}
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s, c = self.runner.summary, self.client
+        s, c = self.runner.summary, self.session.client
         jobs = CounterMetricFamily(
             "xquik_jobs", "Result records by op and outcome", labels=["op", "outcome"]
         )
@@ -43,7 +43,7 @@ class _Collector:
         yield requests
         for name, doc, value in (
             ("xquik_attempts", "Attempts made by recorded jobs", s.attempts),
-            ("xquik_retries", "Retries after transient errors", self.runner.ops.call.retries),
+            ("xquik_retries", "Retries after transient errors", self.session.retries),
             ("xquik_rate_limited", "429 answers received", c.rate_limited),
             ("xquik_cooldown_seconds", "Seconds of key-wide cooldown applied", c.cooldown_s),
             (
@@ -66,7 +66,7 @@ class MetricsServer:
     def __init__(
         self,
         runner: Runner,
-        client: XquikClient,
+        session: Session,
         *,
         port: int,
         host: str = "0.0.0.0",
@@ -74,7 +74,7 @@ class MetricsServer:
     ) -> None:
         from prometheus_client import CollectorRegistry
 
-        self._collector = _Collector(runner, client)
+        self._collector = _Collector(runner, session)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
         self._queue = queue

@@ -4,8 +4,14 @@ bad flag or environment value exits 2 naming the flag, before anything is sent."
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
-from typing import Any
+import re
+
+from worker.settings import Rate
+
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -32,13 +38,36 @@ def seconds(text: str) -> float:
     return value
 
 
-def rate(text: str) -> Any:
-    from worker.settings import Rate
+def parse_rate(text: str) -> Rate:
+    """`15/60s`, `60/1m`, `200/1s`, `unlimited`; ValueError naming the text otherwise."""
+    if text.strip().lower() == "unlimited":
+        return Rate(None, 1.0)
+    match = _RATE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not N/PERIOD, e.g. 15/60s, 60/1m, 200/1s or unlimited")
+    count, amount, unit = match.groups()
+    if not amount and unit is None:
+        raise ValueError(f"{text!r} has no PERIOD, e.g. 15/60s")
+    period = float(amount or 1) * _UNITS[unit]
+    if int(count) < 1 or period <= 0:
+        raise ValueError(f"{text!r}: both N and PERIOD must be positive")
+    return Rate(int(count), period)
 
+
+def rate(text: str) -> Rate:
     try:
-        return Rate.parse(text)
+        return parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def port(text: str) -> int:
@@ -271,6 +300,9 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delete-limit", type=rate, default="15/60s", metavar="N/PERIOD")
     p.add_argument("--read-limit", type=rate, default="60/1s", metavar="N/PERIOD")
     for name, help_text in (
+        ("fail-403", "403 forbidden (permanent)"),
+        ("fail-409", "409 conflict (permanent)"),
+        ("fail-422", "422 invalid_input (permanent)"),
         ("fail-500", "500 internal_error"),
         ("fail-502", "502 JSON"),
         ("fail-503", "503"),

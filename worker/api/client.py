@@ -20,7 +20,8 @@ import aiohttp
 from yarl import URL
 
 from worker import __version__
-from worker.classify import Decision, decide, error_body, parse_json, retry_after_seconds
+from worker.api.classify import Decision, decide, error_body, parse_json, retry_after_seconds
+from worker.budget import Budget, Unlimited
 from worker.errors import (
     ApiError,
     AuthError,
@@ -30,7 +31,6 @@ from worker.errors import (
     RequestTimeout,
     TransientApiError,
 )
-from worker.limiter import Budget, Unlimited
 from worker.logs import get_logger
 
 log = get_logger()
@@ -59,7 +59,6 @@ class XquikClient:
         concurrency: int = 4,
         delete_budget: Budget | None = None,
         read_budget: Budget | None = None,
-        default_cooldown: float = 60.0,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._api_key = api_key
@@ -67,7 +66,6 @@ class XquikClient:
         self._concurrency = concurrency
         self.delete_budget: Budget = delete_budget or Unlimited()
         self.read_budget: Budget = read_budget or Unlimited()
-        self._default_cooldown = default_cooldown
         self._session: aiohttp.ClientSession | None = None
         self.sent: Counter[str] = Counter()  # real sends by method, hidden resends included
         # For metrics and the summary: plain numbers, cheap to keep.
@@ -95,10 +93,6 @@ class XquikClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def close_budgets(self) -> None:
-        self.delete_budget.close()
-        self.read_budget.close()
 
     def _budget(self, method: str) -> Budget:
         return self.delete_budget if method == "DELETE" else self.read_budget
@@ -138,9 +132,8 @@ class XquikClient:
             return Answer(status, body)
         err = error_body(status, body)
         if decision is Decision.RATE_LIMITED:
+            # Without a Retry-After, each tier's budget falls back to its own window.
             wait = retry_after_seconds(headers, body)
-            if wait is None:
-                wait = self._default_cooldown
             self.rate_limited += 1
             applied = await self._budget(method).hold(wait)
             self.cooldown_s += applied

@@ -15,6 +15,21 @@ def _show(value: object) -> str:
     return repr(text[:60] + ("…" if len(text) > 60 else ""))
 
 
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no", ""})
+
+
+def flag(value: object) -> bool | None:
+    """The one truthiness rule for `delete_monitors`, whatever the format: JSON true/false,
+    or the text true/false, 1/0, yes/no, empty (any case); None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return True if text in _TRUE else False if text in _FALSE else None
+    return None
+
+
 def build_job(
     source: str,
     *,
@@ -44,11 +59,12 @@ def build_job(
         return Invalid(source, f"invalid username {_show(username)}", jid)
     if account_id is None and username is None:
         return Invalid(source, "no account_id or username", jid)
-    if not isinstance(delete_monitors, bool):
+    monitors = flag(delete_monitors)
+    if monitors is None:
         return Invalid(
             source, f"delete_monitors must be true or false, not {_show(delete_monitors)}", jid
         )
-    return Job(source, account_id, username, jid, delete_monitors)
+    return Job(source, account_id, username, jid, monitors)
 
 
 def parse_json_line(source: str, line: str) -> Job | Invalid:
@@ -102,13 +118,4 @@ def parse_csv_row(
         return row[i].strip() if i is not None and i < len(row) and row[i].strip() else None
 
     acc, user, jid, mon = (cell(i) for i in columns)
-    flag = (mon or "").lower()
-    if flag not in {"", "true", "false", "1", "0", "yes", "no"}:
-        return Invalid(source, f"delete_monitors must be true or false, not {_show(mon)}", jid)
-    return build_job(
-        source,
-        account_id=acc,
-        username=user,
-        job_id=jid,
-        delete_monitors=flag in {"true", "1", "yes"},
-    )
+    return build_job(source, account_id=acc, username=user, job_id=jid, delete_monitors=mon or "")

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from worker.errors import ExitCode
 from worker.models import DONE
 
 
@@ -33,7 +34,8 @@ class RunInfo:
 class Report:
     records: int = 0
     unreadable_lines: list[int] = field(default_factory=list)
-    outcomes: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)  # of disconnects (and checks)
+    monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
     runs: dict[str, RunInfo] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     last_failure: dict[str, str] = field(default_factory=dict)  # account -> error
@@ -51,6 +53,7 @@ class Report:
         return {
             "records": self.records,
             "outcomes": dict(sorted(self.outcomes.items())),
+            "monitors": dict(sorted(self.monitors.items())),
             "accounts_done": len(self.done),
             "failed_outstanding": self.outstanding(),
             "invalid_lines": [{"source": s, "error": e} for s, e in self.invalid],
@@ -83,12 +86,13 @@ def build(path: Path) -> Report:
                 report.unreadable_lines.append(number)
                 continue
             report.records += 1
-            report.outcomes[outcome] += 1
             run = report.runs.setdefault(run_id, RunInfo(run_id, ts, ts))
             run.last_ts = max(run.last_ts, ts)
-            run.outcomes[outcome] += 1
             if record.get("op", "disconnect") != "disconnect":
+                report.monitors[outcome] += 1
                 continue
+            report.outcomes[outcome] += 1
+            run.outcomes[outcome] += 1
             account = record.get("account_id") or ("@" + str(record.get("username")))
             if outcome in DONE:
                 report.done.add(account)
@@ -104,6 +108,10 @@ def render(report: Report, out: TextIO) -> None:
     w(f"{report.records} records, {len(report.done)} accounts done\n\noutcomes:\n")
     for outcome, count in sorted(report.outcomes.items()):
         w(f"  {outcome:<14} {count}\n")
+    if report.monitors:
+        w("\nmonitors:\n")
+        for outcome, count in sorted(report.monitors.items()):
+            w(f"  {outcome:<14} {count}\n")
     w(f"\nruns ({len(report.runs)}):\n")
     for run in report.runs.values():
         rate = run.deletes_per_min()
@@ -131,10 +139,10 @@ def main(path: str, *, as_json: bool) -> int:
         report = build(Path(path))
     except OSError as exc:
         print(f"xquik-disconnect report: error: {path}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if as_json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render(report, sys.stdout)
-    return 1 if report.outstanding() else 0
+    return ExitCode.FAILED if report.outstanding() else ExitCode.OK

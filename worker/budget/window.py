@@ -12,70 +12,12 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable
 
 import anyio
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-
-
-class BudgetClosed(Exception):
-    """The run is stopping: no more requests may start."""
-
-
-class Naps:
-    """Sleeps that `wake_all` cuts short: closing a budget must not wait out a 60 s window."""
-
-    __slots__ = ("_scopes", "_sleep")
-
-    def __init__(self, sleep: Sleep) -> None:
-        self._sleep = sleep
-        self._scopes: set[anyio.CancelScope] = set()
-
-    async def __call__(self, seconds: float) -> None:
-        with anyio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                await self._sleep(seconds)
-            finally:
-                self._scopes.discard(scope)
-
-    def wake_all(self) -> None:
-        for scope in list(self._scopes):
-            scope.cancel()
-
-
-class Budget(Protocol):
-    """What the client asks before every real send."""
-
-    async def acquire(self) -> None: ...
-    async def hold(self, seconds: float) -> float: ...
-    def close(self) -> None: ...
-    def cooldown_remaining(self) -> float: ...
-
-
-class Unlimited:
-    """`--rate unlimited`: costs one attribute check per send."""
-
-    __slots__ = ("_closed",)
-
-    def __init__(self) -> None:
-        self._closed = False
-
-    async def acquire(self) -> None:
-        if self._closed:
-            raise BudgetClosed
-
-    async def hold(self, seconds: float) -> float:
-        return 0.0
-
-    def close(self) -> None:
-        self._closed = True
-
-    def cooldown_remaining(self) -> float:
-        return 0.0
+from worker.budget.base import Clock, Naps, Sleep
+from worker.errors import BudgetClosed
 
 
 class SlidingWindowBudget:
@@ -151,8 +93,10 @@ class SlidingWindowBudget:
         if self._on_change is not None:
             self._on_change(self)
 
-    async def hold(self, seconds: float) -> float:
-        """Close the budget for `seconds` (capped, plus jitter); returns the seconds applied."""
+    async def hold(self, seconds: float | None) -> float:
+        """Close the budget for `seconds` (None: one window; capped, plus jitter); returns the
+        seconds applied."""
+        seconds = self.window if seconds is None else seconds
         seconds = min(max(seconds, 0.0), self._max_cooldown)
         seconds += self._rng.uniform(0, self._jitter)
         self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)

@@ -21,10 +21,10 @@ import anyio
 
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result
-from worker.parse import build_job
 from worker.redis_conn import connect, redis_retrying
 from worker.settings import QueueConfig
-from worker.sources import Item
+from worker.sources.base import Item
+from worker.sources.parse import build_job
 
 log = get_logger()
 FIELDS = ("account_id", "username", "job_id", "delete_monitors")
@@ -34,6 +34,21 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def message_fields(job: Job) -> dict[str, str]:
+    """A job as the fields of a stream message (the fields of a JSONL job, as text)."""
+    fields = {
+        k: v
+        for k, v in (
+            ("account_id", job.account_id),
+            ("username", job.username),
+            ("job_id", job.job_id),
+        )
+        if v is not None
+    }
+    fields["delete_monitors"] = "true" if job.delete_monitors else "false"
+    return fields
+
+
 def parse_message(stream: str, message_id: str, fields: dict[str, str]) -> Item:
     where = f"{stream}#{message_id}"
     unknown = set(fields) - set(FIELDS)
@@ -41,20 +56,12 @@ def parse_message(stream: str, message_id: str, fields: dict[str, str]) -> Item:
         return Invalid(
             where, f"no account_id or username (fields: {sorted(fields)})", receipt=message_id
         )
-    flag = fields.get("delete_monitors", "false").strip().lower()
-    if flag not in {"true", "false", "1", "0", ""}:
-        return Invalid(
-            where,
-            f"delete_monitors must be true or false, not {flag!r}",
-            fields.get("job_id"),
-            receipt=message_id,
-        )
     item = build_job(
         where,
         account_id=fields.get("account_id"),
         username=fields.get("username"),
         job_id=fields.get("job_id"),
-        delete_monitors=flag in {"true", "1"},
+        delete_monitors=fields.get("delete_monitors", ""),
     )
     if isinstance(item, Invalid):
         return Invalid(item.source, item.error, item.job_id, receipt=message_id)
@@ -96,6 +103,9 @@ class RedisSource:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.redis.aclose()
+
+    def total(self) -> int | None:
+        return None  # a stream has no end
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         async for attempt in redis_retrying():
@@ -257,4 +267,21 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-__all__ = ["QueueConfig", "RedisSource", "parse_message"]
+async def enqueue(
+    items: AsyncIterator[Sequence[Item]], *, redis: Any, stream: str
+) -> tuple[int, list[Invalid]]:
+    """XADD every valid job, a pipeline per batch; the invalid ones are returned, not added."""
+    added, invalid = 0, []
+    async for batch in items:
+        pipe = redis.pipeline(transaction=False)
+        for item in batch:
+            if isinstance(item, Invalid):
+                invalid.append(item)
+                continue
+            pipe.xadd(stream, message_fields(item))
+            added += 1
+        await pipe.execute()
+    return added, invalid
+
+
+__all__ = ["RedisSource", "enqueue", "message_fields", "parse_message"]

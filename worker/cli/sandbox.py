@@ -10,13 +10,16 @@ import sys
 
 import anyio
 
-from worker.sandbox.faults import FaultConfig
-from worker.sandbox.server import Sandbox, SandboxConfig
-from worker.settings import is_loopback
+from worker.cli.options import is_loopback
+from worker.errors import ExitCode
+from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     faults = FaultConfig(
+        fail_403=args.fail_403,
+        fail_409=args.fail_409,
+        fail_422=args.fail_422,
         fail_500=args.fail_500,
         fail_502=args.fail_502,
         fail_503=args.fail_503,
@@ -43,14 +46,14 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
 def serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         print("xquik-disconnect sandbox: error: --host must be a loopback address", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"xquik-disconnect sandbox: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     anyio.run(_serve, config)
-    return 0
+    return ExitCode.OK
 
 
 async def _serve(config: SandboxConfig) -> None:

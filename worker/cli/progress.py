@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from worker.limiter import Budget, SlidingWindowBudget
+from worker.budget import Budget
 from worker.logs import get_logger
 from worker.summary import Summary
 
@@ -31,8 +31,9 @@ def eta_seconds(
     if total is None:
         return None
     remaining = max(total - handled(summary), 0)
-    if isinstance(budget, SlidingWindowBudget):
-        return budget.eta(remaining)
+    from_budget = budget.eta(remaining)
+    if from_budget is not None:
+        return from_budget
     done = handled(summary)
     return elapsed / done * remaining if done else None
 

@@ -2,18 +2,28 @@
 
 Filters combine (all must match). Without any filter it refuses: disconnecting every account
 must be asked for with --all. Handles in --usernames that match no account are reported on
-stderr and make the exit code 1."""
+stderr and make the exit code 1. Listing goes through the key's read budget."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from worker.errors import ConfigError
+import anyio
+
+from worker.api import Call, Session, describe, tracking
+from worker.cli.config import api_access
+from worker.errors import AuthError, ConfigError, ExitCode
+from worker.logs import configure, get_logger
+from worker.settings import Rate
+
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +88,6 @@ def select(
     return chosen, missing
 
 
-def monitors_by_account(
-    accounts: list[dict[str, Any]], monitors: list[dict[str, Any]]
-) -> dict[str, list[dict[str, Any]]]:
-    """Which monitors each account's disconnect would remove (X user id, else username)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for account in accounts:
-        xid, name = str(account.get("xUserId") or ""), _name(account)
-        out[str(account["id"])] = [
-            m
-            for m in monitors
-            if (xid and str(m.get("xUserId") or "") == xid)
-            or (name and str(m.get("username") or "").lower() == name)
-        ]
-    return out
-
-
 def write_jobs(
     chosen: list[dict[str, Any]],
     out: TextIO,
@@ -137,3 +131,85 @@ def report_missing(missing: list[str]) -> None:
             f"xquik-disconnect plan: @{name}: no connected account has this username",
             file=sys.stderr,
         )
+
+
+def filters_from_args(args: argparse.Namespace) -> Filters:
+    def csv_set(text: str | None) -> frozenset[str] | None:
+        return frozenset(p.strip() for p in text.split(",") if p.strip()) if text else None
+
+    before = None
+    if args.created_before:
+        before = parse_when(args.created_before)
+        if before is None:
+            raise ConfigError(f"--created-before {args.created_before!r}: use an ISO date")
+    filters = Filters(
+        usernames=read_usernames(Path(args.usernames)) if args.usernames else None,
+        health=csv_set(args.health),
+        status=csv_set(args.status),
+        created_before=before,
+        everything=args.all,
+    )
+    if filters.empty() and not filters.everything:
+        raise ConfigError(
+            "no filter given: pass --usernames, --health, --status or --created-before, "
+            "or --all to plan the disconnection of every account"
+        )
+    return filters
+
+
+def main(args: argparse.Namespace) -> int:
+    configure(args.log_format)
+    try:
+        filters = filters_from_args(args)
+        base_url, key = api_access(args)
+    except ConfigError as exc:
+        print(f"xquik-disconnect plan: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    return anyio.run(_plan, args, filters, base_url, key)
+
+
+async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: str) -> int:
+    async with AsyncExitStack() as stack:
+        if args.sandbox:
+            from worker.sandbox import Sandbox
+
+            sandbox = await stack.enter_async_context(Sandbox())
+            base_url, key = sandbox.base_url, sandbox.api_key
+        rejected: list[AuthError] = []
+        # Plans only read: the DELETE tier is never used, so it needs no budget of its own.
+        session = await stack.enter_async_context(
+            Session(
+                base_url=base_url,
+                api_key=key,
+                rate=Rate(None, 1.0),
+                read_rate=args.read_rate,
+                on_auth_error=rejected.append,
+                timeout=args.timeout,
+                max_attempts=args.max_attempts,
+            )
+        )
+        listed = await session.directory.accounts()
+        if isinstance(listed, Call):
+            return _failed(listed, rejected)
+        accounts = listed
+        chosen, missing = select(accounts, filters)
+        monitors = None
+        if args.with_monitors:
+            every = await session.directory.monitors()
+            if isinstance(every, Call):
+                return _failed(every, rejected)
+            monitors = {str(a["id"]): tracking(every, a) for a in chosen}
+    if args.out:
+        with Path(args.out).open("w", encoding="utf-8") as out:  # noqa: ASYNC230 (tiny, once)
+            write_jobs(chosen, out, fmt=args.format, monitors=monitors)
+    else:
+        write_jobs(chosen, sys.stdout, fmt=args.format, monitors=monitors)
+    report_missing(missing)
+    log.info("plan_written", accounts=len(accounts), selected=len(chosen), missing=len(missing))
+    return ExitCode.FAILED if missing else ExitCode.OK
+
+
+def _failed(call: Call, rejected: list[AuthError]) -> int:
+    assert call.error is not None
+    print(f"xquik-disconnect plan: error: {describe(call.error, call.attempts)}", file=sys.stderr)
+    return ExitCode.AUTH if rejected else ExitCode.FAILED

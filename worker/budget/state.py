@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from worker.limiter import SlidingWindowBudget
+from worker.budget.window import SlidingWindowBudget
 
 
 def default_state_dir() -> Path:

@@ -9,17 +9,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from worker.cli.options import is_loopback
 from worker.errors import ConfigError
 from worker.redact import register
-from worker.settings import (
-    DEFAULT_BASE_URL,
-    QueueConfig,
-    RunSettings,
-    Secret,
-    check_base_url,
-    read_key_file,
-)
-from worker.sources import FileSource
+from worker.settings import DEFAULT_BASE_URL, QueueConfig, RunSettings, Secret
+from worker.sources.file import FileSource
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
@@ -67,6 +61,27 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         queue=queue,
         metrics_port=args.metrics_port,
     )
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(f"{url!r}: plain http:// is allowed only for loopback hosts; use https://")
+    if parts.username or parts.password:
+        raise ValueError("the base URL must not carry credentials")
+    return url.rstrip("/")
+
+
+def read_key_file(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
+    if not key or any(c.isspace() for c in key):
+        raise ConfigError(f"--api-key-file {path}: expected one API key (xq_…) on one line")
+    return key
 
 
 def api_access(args: argparse.Namespace) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """One API call under the retry policy, ending in a Call: the answer, or the error that ended
-it, and how many attempts it took. Errors become data here, never exceptions for the runner."""
+it, and how many attempts it took. The policy is declared once here (what is transient, how
+long to back off, when to give up); errors become data here, never exceptions for the runner."""
 
 from __future__ import annotations
 
@@ -7,15 +8,55 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-from tenacity import RetryCallState
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
-from worker.client import Answer
-from worker.errors import ApiError, AuthError, TransientApiError, TransportError
+from worker.api.client import Answer
+from worker.budget import Sleep
+from worker.errors import ApiError, AuthError, RateLimited, TransientApiError, TransportError
 from worker.logs import get_logger
-from worker.retry import TRANSIENT, Sleep, retrying
 
 log = get_logger()
-Op = Callable[[], Awaitable[Answer]]
+Request = Callable[[], Awaitable[Answer]]
+
+# Only what may succeed on a second try. BudgetClosed, AuthError, PermanentApiError and
+# CancelledError are never retried.
+TRANSIENT = (TransportError, TransientApiError)
+
+
+class _Backoff:
+    """Full-jitter exponential backoff, except after a 429: the budget's cooldown already holds
+    every request on the key until Retry-After has passed, so waiting here too would only add."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self._jitter = wait_random_exponential(multiplier=base, max=cap)
+
+    def __call__(self, state: RetryCallState) -> float:
+        outcome = state.outcome
+        if outcome is not None and isinstance(outcome.exception(), RateLimited):
+            return 0.0
+        return float(self._jitter(state))
+
+
+def retrying(
+    *,
+    max_attempts: int,
+    backoff_base: float = 0.5,
+    backoff_cap: float = 30.0,
+    sleep: Sleep = anyio.sleep,
+) -> AsyncRetrying:
+    return AsyncRetrying(
+        stop=stop_after_attempt(max_attempts),
+        wait=_Backoff(backoff_base, backoff_cap),
+        retry=retry_if_exception_type(TRANSIENT),
+        sleep=sleep,
+        reraise=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +78,7 @@ def describe(error: ApiError | TransportError, attempts: int) -> str:
 
 
 class Caller:
-    """Runs operations under the retry policy; a 401 is reported once to `on_auth_error`."""
+    """Runs requests under the retry policy; a 401 is reported once to `on_auth_error`."""
 
     def __init__(
         self,
@@ -54,12 +95,12 @@ class Caller:
         self._backoff = (backoff_base, backoff_cap)
         self.retries = 0
 
-    async def __call__(self, op: Op) -> Call:
+    async def __call__(self, request: Request) -> Call:
         # The first attempt runs bare: most calls succeed at once, and building the retry
         # state machine for each of them costs more CPU than the request itself. Only a
         # transient failure enters tenacity, which replays it as attempt 1 and takes over.
         try:
-            return Call(await op(), None, 1)
+            return Call(await request(), None, 1)
         except AuthError as exc:
             self._on_auth_error(exc)
             return Call(None, exc, 1)
@@ -84,7 +125,7 @@ class Caller:
                     if first is not None:
                         replay, first = first, None
                         raise replay
-                    answer = await op()
+                    answer = await request()
         except AuthError as exc:
             self._on_auth_error(exc)
             return Call(None, exc, attempts)

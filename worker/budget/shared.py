@@ -13,7 +13,9 @@ from typing import Any
 
 import anyio
 
-from worker.limiter import BudgetClosed, Clock, Naps, Sleep
+from worker.budget.base import Clock, Naps, Sleep
+from worker.errors import BudgetClosed
+from worker.redis_conn import redis_retrying
 
 # KEYS: log (zset of send times, ms), cooldown (ms, until). ARGV: span ms, limit, member.
 # Returns 0 when a slot was taken, else the ms to wait.
@@ -67,6 +69,7 @@ class RedisBudget:
         self._redis = redis
         self._keys = [f"{prefix}:log", f"{prefix}:cooldown"]
         self.limit = limit
+        self.window = window
         self.span = window + margin
         self._max_cooldown = max_cooldown
         self._jitter = jitter
@@ -97,7 +100,8 @@ class RedisBudget:
                     self._cooldown_until = self._clock() + wait_ms / 1000
                 await self._naps(wait_ms / 1000)
 
-    async def hold(self, seconds: float) -> float:
+    async def hold(self, seconds: float | None) -> float:
+        seconds = self.window if seconds is None else seconds
         seconds = min(max(seconds, 0.0), self._max_cooldown) + random.uniform(0, self._jitter)
         left_ms = float(await self._script(self._hold, keys=self._keys[1:], args=[seconds]))
         self._cooldown_until = self._clock() + left_ms / 1000
@@ -105,8 +109,6 @@ class RedisBudget:
 
     async def _script(self, script: Any, **kwargs: Any) -> Any:
         """Redis going away holds the budget closed (nothing is sent) until it is back."""
-        from worker.redis_conn import redis_retrying
-
         async for attempt in redis_retrying():
             with attempt:
                 return await script(**kwargs)
@@ -119,3 +121,9 @@ class RedisBudget:
     def cooldown_remaining(self) -> float:
         """The cooldown as last seen from this process (the shared one may be longer)."""
         return max(0.0, self._cooldown_until - self._clock())
+
+    def eta(self, jobs: int) -> float | None:
+        """At best: the cooldown, then `limit` starts per span (other consumers may take some)."""
+        if jobs <= 0:
+            return 0.0
+        return self.cooldown_remaining() + (jobs - 1) // self.limit * self.span

@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 from worker import __version__
-from worker import cli_options as options
-
-EXIT_USAGE = 2
+from worker.cli import options
+from worker.errors import ExitCode
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # exit 2 with the flag named, as argparse does
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,59 +94,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from worker.config import settings_from_args
+    from worker.cli.config import settings_from_args
+    from worker.cli.run import execute
     from worker.errors import ConfigError
-    from worker.run import execute
 
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
         print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     return execute(settings, log_format=args.log_format)
 
 
 def _enqueue(args: argparse.Namespace) -> int:
-    from urllib.parse import urlsplit
+    from worker.cli.enqueue import main as enqueue
 
-    import anyio
-
-    from worker.enqueue import enqueue
-
-    if urlsplit(args.redis).scheme not in {"redis", "rediss", "unix"}:
-        print(
-            f"xquik-disconnect enqueue: error: --redis {args.redis!r} is not a redis:// URL",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    if args.jobs != "-" and not os.path.isfile(args.jobs):
-        print(
-            f"xquik-disconnect enqueue: error: jobs file {args.jobs!r} not found", file=sys.stderr
-        )
-        return EXIT_USAGE
-    added, invalid = anyio.run(partial(enqueue, args.jobs, url=args.redis, stream=args.stream))
-    for item in invalid:
-        print(f"{item.source}: {item.error}", file=sys.stderr)
-    print(
-        f"enqueued {added} jobs to {args.stream}"
-        + (f"; {len(invalid)} invalid lines not enqueued" if invalid else "")
-    )
-    return 1 if invalid else 0
+    return enqueue(args)
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from worker.plan_cmd import main as plan
+    from worker.cli.plan import main as plan
 
     return plan(args)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from worker.report import main as report
+    from worker.cli.report import main as report
 
     return report(args.results, as_json=args.json)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from worker.sandbox.cli import serve
+    from worker.cli.sandbox import serve
 
     return serve(args)

@@ -1,4 +1,4 @@
-"""Job sources: files (JSONL, CSV, text) and stdin, streamed in batches off the event loop."""
+"""Jobs files (JSONL, CSV, text) and stdin, streamed in batches off the event loop."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Literal, Protocol, TextIO
+from types import TracebackType
+from typing import Literal, Self, TextIO
 
 import anyio
 
 from worker.errors import ConfigError
-from worker.models import Invalid, Job, Result
-from worker.parse import (
+from worker.models import Invalid, Result
+from worker.sources.base import Item
+from worker.sources.parse import (
     MAX_LINE,
     csv_columns,
     is_skippable_text,
@@ -24,22 +26,7 @@ from worker.parse import (
 )
 
 Format = Literal["jsonl", "csv", "text"]
-Item = Job | Invalid
 BATCH = 512
-
-
-class JobSource(Protocol):
-    """Where jobs come from. The runner knows only this."""
-
-    name: str
-
-    def batches(self) -> AsyncIterator[Sequence[Item]]:
-        """Items in order, a batch at a time (a batch is bounded: it is all that is read
-        ahead of the workers)."""
-        ...
-
-    async def settle(self, item: Item, result: Result | None) -> None:
-        """Called once the item's record is durably written (None: skipped as already done)."""
 
 
 def format_for(path: Path) -> Format:
@@ -120,6 +107,17 @@ class FileSource:
         self.name = str(path) if path is not None else "stdin"
         self._fmt = fmt if fmt is not None or path is None else format_for(path)
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def keep_alive(self) -> None:
+        return None
+
     def check(self) -> None:
         """Fail early (ConfigError) on a file that cannot be read or has no usable CSV header."""
         if self.path is None:
@@ -130,7 +128,7 @@ class FileSource:
         except OSError as exc:
             raise ConfigError(f"cannot read jobs file {self.name}: {exc.strerror}") from exc
 
-    def count_lines(self) -> int | None:
+    def total(self) -> int | None:
         """Number of lines, as a cheap upper bound of jobs for the progress bar (None: stdin)."""
         if self.path is None:
             return None

@@ -1,0 +1,106 @@
+"""Accounts and monitors as listed by the API, fetched once per run (read budget) and looked
+up by username, id or X user id. A miss may refresh the list, at most every 30 s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
+
+from worker.api.call import Call, Caller, Request
+from worker.api.client import Answer, XquikClient
+from worker.budget import Clock
+
+REFRESH_AFTER = 30.0
+
+
+def listing(fetch: Callable[[], Awaitable[list[dict[str, Any]]]]) -> Request:
+    """A list endpoint as a retryable request whose answer body is the list."""
+
+    async def request() -> Answer:
+        return Answer(200, await fetch())
+
+    return request
+
+
+def tracks(monitor: dict[str, Any], *, x_user_id: str | None, username: str | None) -> bool:
+    """The one rule for "this monitor tracks that account": the same X user id, else the same
+    username (case-insensitive, `@` optional). X user ids never change; usernames can."""
+    if x_user_id and str(monitor.get("xUserId") or "") == x_user_id:
+        return True
+    name = (username or "").lower().removeprefix("@")
+    return bool(name) and str(monitor.get("username") or "").lower() == name
+
+
+def tracking(monitors: Iterable[dict[str, Any]], account: dict[str, Any]) -> list[dict[str, Any]]:
+    """The monitors that track a listed account."""
+    x_user_id = str(account.get("xUserId") or "") or None
+    username = str(account.get("xUsername") or "") or None
+    return [m for m in monitors if tracks(m, x_user_id=x_user_id, username=username)]
+
+
+class Directory:
+    def __init__(self, client: XquikClient, call: Caller, *, clock: Clock = time.monotonic) -> None:
+        self._client = client
+        self._call = call
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._accounts: list[dict[str, Any]] | None = None
+        self._accounts_at = float("-inf")
+        self._monitors: dict[str, dict[str, Any]] | None = None
+
+    async def accounts(self, *, refresh: bool = False) -> list[dict[str, Any]] | Call:
+        """The connected accounts, or the failed Call when they cannot be listed. `refresh`
+        lists them again if the copy held is older than REFRESH_AFTER seconds."""
+        async with self._lock:
+            stale = self._clock() - self._accounts_at > REFRESH_AFTER
+            if self._accounts is None or (refresh and stale):
+                call = await self._call(listing(self._client.list_accounts))
+                if call.answer is None:
+                    return call
+                self._accounts = call.answer.body
+                self._accounts_at = self._clock()
+            return self._accounts
+
+    async def find(
+        self, *, username: str | None = None, account_id: str | None = None
+    ) -> dict[str, Any] | Call | None:
+        """The account with this id or (case-insensitive) username; None if there is none."""
+        for refresh in (False, True):
+            listed = await self.accounts(refresh=refresh)
+            if isinstance(listed, Call):
+                return listed
+            for account in listed:
+                if account_id is not None and str(account.get("id")) == account_id:
+                    return account
+                name = str(account.get("xUsername", "")).lower()
+                if username is not None and name == username.lower():
+                    return account
+        return None
+
+    async def monitors(self) -> list[dict[str, Any]] | Call:
+        """Every account monitor, or the failed Call."""
+        call = await self._call(listing(self._client.list_monitors))
+        return call if call.answer is None else list(call.answer.body)
+
+    async def take_monitors(
+        self, *, x_user_id: str | None, username: str | None
+    ) -> list[dict[str, Any]] | Call:
+        """The monitors tracking this user, removed from the cache so that no two jobs delete
+        the same monitor."""
+        async with self._lock:
+            if self._monitors is None:
+                listed = await self.monitors()
+                if isinstance(listed, Call):
+                    return listed
+                self._monitors = {str(m.get("id")): m for m in listed if m.get("id")}
+            taken = [
+                m
+                for m in self._monitors.values()
+                if tracks(m, x_user_id=x_user_id, username=username)
+            ]
+            for monitor in taken:
+                del self._monitors[str(monitor["id"])]
+            return taken

@@ -1,0 +1,101 @@
+"""One API key and everything that speaks with it: its client, its two budgets (DELETE and
+read), the retry caller and the directory of its accounts and monitors. Built once, for `run`
+and for `plan`; the seam that a run with several keys builds once per key."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from worker.api.call import Caller
+from worker.api.client import XquikClient
+from worker.api.directory import Directory
+from worker.budget import Budget, make_budget
+from worker.errors import AuthError
+from worker.settings import Rate
+
+
+def fingerprint(api_key: str, base_url: str) -> str:
+    """Names the state of one key on one API without revealing the key."""
+    return hashlib.sha256(f"{api_key}\0{base_url}".encode()).hexdigest()[:16]
+
+
+class Session:
+    """`async with Session(...) as session:` opens the client; closing it closes the budgets."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        rate: Rate,
+        read_rate: Rate,
+        on_auth_error: Callable[[AuthError], None],
+        concurrency: int = 4,
+        timeout: float = 30.0,
+        max_attempts: int = 5,
+        margin: Callable[[Rate], float] = Rate.default_margin,
+        max_cooldown: float = 900.0,
+        state_dir: Path | None = None,
+        redis: Any | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        self.fingerprint = fingerprint(api_key, base_url)
+
+        def budget(r: Rate, tier: str) -> Budget:
+            return make_budget(
+                r,
+                tier=tier,
+                fingerprint=self.fingerprint,
+                margin=margin(r),
+                max_cooldown=max_cooldown,
+                redis=redis,
+                state_dir=state_dir,
+            )
+
+        self.rate = rate
+        self.delete_budget = budget(rate, "delete")
+        self.read_budget = budget(read_rate, "read")
+        self.client = XquikClient(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            concurrency=concurrency,
+            delete_budget=self.delete_budget,
+            read_budget=self.read_budget,
+        )
+        self.call = Caller(
+            max_attempts=max_attempts,
+            on_auth_error=on_auth_error,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
+        self.directory = Directory(self.client, self.call)
+
+    async def __aenter__(self) -> Session:
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        await self.client.__aexit__(et, e, tb)
+
+    def close(self) -> None:
+        """Send nothing more: waiting and future requests get BudgetClosed."""
+        self.delete_budget.close()
+        self.read_budget.close()
+
+    @property
+    def sent(self) -> Counter[str]:
+        return self.client.sent
+
+    @property
+    def retries(self) -> int:
+        return self.call.retries

@@ -1,0 +1,72 @@
+"""The rate budget: what a request waits for before it is sent.
+
+`make_budget` builds the budget of one tier (DELETE or read) of one key: local, with its state
+file, or shared through Redis by every worker on every machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from worker.budget.base import Budget, Clock, Naps, Sleep, Unlimited
+from worker.budget.state import StateFile, default_state_dir
+from worker.budget.window import SlidingWindowBudget
+from worker.logs import get_logger
+from worker.settings import Rate
+
+log = get_logger()
+
+
+def make_budget(
+    rate: Rate,
+    *,
+    tier: str,
+    fingerprint: str,
+    margin: float,
+    max_cooldown: float,
+    redis: Any | None = None,
+    state_dir: Path | None = None,
+) -> Budget:
+    """The budget of one tier of one key. With `redis` it lives there, shared by every worker
+    using the key; else it is local, and its recent sends persist in `state_dir` (if any)."""
+    if rate.limit is None:
+        return Unlimited()
+    jitter = min(1.0, rate.period * 0.02)
+    if redis is not None:
+        from worker.budget.shared import RedisBudget
+
+        return RedisBudget(
+            redis,
+            f"xquik:budget:{fingerprint}:{tier}",
+            rate.limit,
+            rate.period,
+            margin=margin,
+            max_cooldown=max_cooldown,
+            jitter=jitter,
+        )
+    state = StateFile(state_dir, fingerprint, tier) if state_dir is not None else None
+    budget = SlidingWindowBudget(
+        rate.limit,
+        rate.period,
+        margin=margin,
+        max_cooldown=max_cooldown,
+        jitter=jitter,
+        on_change=state.save if state else None,
+    )
+    if state is not None and (restored := state.load_into(budget)):
+        log.info("budget_restored", tier=tier, recent_sends=restored, state_file=str(state.path))
+    return budget
+
+
+__all__ = [
+    "Budget",
+    "Clock",
+    "Naps",
+    "Sleep",
+    "SlidingWindowBudget",
+    "StateFile",
+    "Unlimited",
+    "default_state_dir",
+    "make_budget",
+]
