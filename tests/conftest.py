@@ -148,6 +148,13 @@ class SandboxProcess:
         with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
+    def requests(self) -> list[tuple[str, str, int, float]]:
+        """Every request the sandbox answered: (method, raw path, status, monotonic time)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/_sandbox/requests", timeout=10) as resp:
+            return [(m, p, s, t) for m, p, s, t in json.loads(resp.read())]
+
     def get(self, path: str) -> Any:
         """GET an API path with the sandbox's key, e.g. "/x/accounts"."""
         import urllib.request

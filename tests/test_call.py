@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import RecordingSleep
-from worker.api.call import Caller, Request, describe
+from worker.api.call import Caller, Fatal, Request, describe
 from worker.api.client import Answer
 from worker.errors import (
     ApiError,
@@ -32,10 +32,10 @@ def scripted(*steps: Exception | Answer) -> tuple[Request, list[int]]:
     return request, calls
 
 
-def caller(sleep: RecordingSleep, rejected: list[AuthError], attempts: int = 5) -> Caller:
+def caller(sleep: RecordingSleep, rejected: list[Fatal], attempts: int = 5) -> Caller:
     return Caller(
         max_attempts=attempts,
-        on_auth_error=rejected.append,
+        on_fatal=rejected.append,
         sleep=sleep,
         backoff_base=0.5,
         backoff_cap=30.0,
@@ -44,7 +44,7 @@ def caller(sleep: RecordingSleep, rejected: list[AuthError], attempts: int = 5) 
 
 async def test_first_attempt_success_is_one_attempt_with_no_sleep() -> None:
     """The bare first attempt: a success costs no retry machinery and no wait."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     request, calls = scripted(Answer(200, {"success": True}))
     call = await caller(sleep, rejected)(request)
     assert call.answer == Answer(200, {"success": True})
@@ -53,7 +53,7 @@ async def test_first_attempt_success_is_one_attempt_with_no_sleep() -> None:
 
 async def test_a_transient_first_failure_is_replayed_as_attempt_one() -> None:
     """503, reset, then 200: three attempts in all (the first counted once), two backoffs."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     request, calls = scripted(
         TransientApiError(503, "internal_error"), NetworkError("reset"), Answer(200, None)
     )
@@ -72,7 +72,7 @@ async def test_a_transient_first_failure_is_replayed_as_attempt_one() -> None:
 )
 async def test_a_permanent_error_is_one_attempt(status: int, code: str) -> None:
     """Never retried: the first answer is the last."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     request, calls = scripted(PermanentApiError(status, code))
     call = await caller(sleep, rejected)(request)
     assert isinstance(call.error, PermanentApiError)
@@ -82,7 +82,7 @@ async def test_a_permanent_error_is_one_attempt(status: int, code: str) -> None:
 
 async def test_retries_exhausted_names_the_attempts_and_the_last_error() -> None:
     """A server that keeps timing out: max_attempts tries, then a failure that says so."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     request, calls = scripted(RequestTimeout("no answer within 5 s"))
     call = await caller(sleep, rejected, attempts=4)(request)
     assert call.attempts == 4
@@ -97,7 +97,7 @@ async def test_retries_exhausted_names_the_attempts_and_the_last_error() -> None
 
 async def test_a_429_is_retried_without_a_backoff_of_its_own() -> None:
     """The budget's cooldown already holds the key: the retry policy adds no wait after a 429."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     request, _ = scripted(RateLimited(429, "rate_limit_exceeded", retry_after=60), Answer(200, {}))
     call = await caller(sleep, rejected)(request)
     assert call.attempts == 2
@@ -107,7 +107,7 @@ async def test_a_429_is_retried_without_a_backoff_of_its_own() -> None:
 @pytest.mark.parametrize("first_fails", [False, True])
 async def test_a_401_is_reported_once_and_ends_the_call(first_fails: bool) -> None:
     """401 on the first attempt or on a retry: the callback fires once, nothing more is sent."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     steps: list[Exception | Answer] = [AuthError(401, "unauthenticated")]
     if first_fails:
         steps.insert(0, TransientApiError(502, "internal_error"))
@@ -121,7 +121,7 @@ async def test_a_401_is_reported_once_and_ends_the_call(first_fails: bool) -> No
 
 async def test_max_attempts_one_never_retries() -> None:
     """--max-attempts 1: a transient failure is final at once."""
-    sleep, rejected = RecordingSleep(), list[AuthError]()
+    sleep, rejected = RecordingSleep(), list[Fatal]()
     request, calls = scripted(TransientApiError(500, "internal_error"))
     call = await caller(sleep, rejected, attempts=1)(request)
     assert isinstance(call.error, ApiError)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import FakeClock
 from worker.api import Call, Caller, Directory, XquikClient, tracks
+from worker.api.call import Fatal
 from worker.errors import AuthError
 from worker.sandbox import Sandbox
 
@@ -28,8 +29,8 @@ async def client(sandbox: Sandbox) -> AsyncIterator[XquikClient]:
 
 
 def directory(client: XquikClient, clock: FakeClock) -> Directory:
-    rejected: list[AuthError] = []
-    return Directory(client, Caller(max_attempts=2, on_auth_error=rejected.append), clock=clock)
+    rejected: list[Fatal] = []
+    return Directory(client, Caller(max_attempts=2, on_fatal=rejected.append), clock=clock)
 
 
 async def test_hits_are_served_from_one_listing(

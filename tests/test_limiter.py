@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.fakes import FakeClock
 from worker.budget import SlidingWindowBudget, StateFile, Unlimited
-from worker.errors import BudgetClosed
+from worker.errors import BudgetClosed, ConfigError
 
 
 def budget(
@@ -141,21 +141,33 @@ async def test_close_wakes_a_sleeping_waiter_at_once() -> None:
         await b.acquire()
 
 
-async def test_unlimited_never_waits_and_can_be_closed() -> None:
+async def test_unlimited_never_waits_and_can_be_closed(clock: FakeClock) -> None:
     """--rate unlimited: acquire returns at once until closed."""
-    u = Unlimited()
+    u = Unlimited(clock=clock, sleep=clock.sleep)
     for _ in range(1000):
         await u.acquire()
-    assert await u.hold(60) == 0.0
+    assert clock.slept == []
     u.close()
     with pytest.raises(BudgetClosed):
         await u.acquire()
 
 
+async def test_unlimited_still_honours_a_429(clock: FakeClock) -> None:
+    """Unlimited lifts our limit, never the server's: a 429 holds every send until
+    Retry-After, and one without it waits the tier's window."""
+    u = Unlimited(window=1.0, max_cooldown=900.0, clock=clock, sleep=clock.sleep)
+    assert await u.hold(60) == 60
+    started = clock.now
+    await u.acquire()
+    assert clock.now - started == pytest.approx(60)
+    assert await u.hold(None) == 1.0
+    assert u.cooldown_remaining() == pytest.approx(1.0)
+
+
 async def test_state_survives_a_restart(tmp_path: Path) -> None:
     """A new budget loaded from the state file knows the sends of the previous process."""
     state = StateFile(tmp_path, "abc", "delete")
-    first = SlidingWindowBudget(3, 60.0, on_change=state.save)
+    first = SlidingWindowBudget(3, 60.0, state=state)
     for _ in range(3):
         await first.acquire()
     await first.hold(5.0)
@@ -211,3 +223,34 @@ def test_against_a_fixed_window_server_no_429_and_the_ideal_pace(
         assert starts[-1] - starts[0] == pytest.approx(9 * 2.05)
 
     anyio.run(scenario)
+
+
+async def test_two_budgets_on_one_state_file_share_the_window(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Two runs at once on one key (two budgets, one state dir): together at most N in a
+    span, and a slot one gives back is free for the other."""
+
+    def run() -> SlidingWindowBudget:
+        state = StateFile(tmp_path, "k", "delete")
+        return SlidingWindowBudget(
+            4, 60.0, clock=clock, sleep=clock.sleep, state=state, wall=lambda: clock() + 1e9
+        )
+
+    a, b = run(), run()
+    for budget in (a, b, a):
+        await budget.acquire()
+    last = await b.acquire()
+    assert clock.slept == []
+    a.refund(last)
+    await a.acquire()  # the refunded slot
+    assert clock.slept == []
+    await b.acquire()  # the fifth: waits for the first to leave the span
+    assert sum(clock.slept) == pytest.approx(60.0, abs=0.01)
+
+
+def test_an_unusable_state_dir_is_refused(tmp_path: Path) -> None:
+    """A state dir under a file: a ConfigError naming it and the way out, before any send."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="--state-dir none"):
+        StateFile(tmp_path / "file" / "state", "k", "delete")

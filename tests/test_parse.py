@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import io
+import codecs
+import contextlib
 import json
+import os
+from pathlib import Path
 
+import anyio
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import ConfigError
 from worker.models import ID_PATTERN, Invalid, Job
-from worker.sources.file import iter_lines, parse_stream
+from worker.sources.file import FileSource, LineParser, parse_bytes
 from worker.sources.parse import MAX_LINE, flag, parse_csv_row, parse_json_line, parse_text_line
 
 ids = st.from_regex(ID_PATTERN, fullmatch=True)
@@ -81,7 +85,7 @@ def test_jsonl_fields() -> None:
 
 
 def items(text: str, fmt: str | None = None, name: str = "jobs") -> list[Job | Invalid]:
-    return list(parse_stream(io.StringIO(text), name, fmt))  # type: ignore[arg-type]
+    return parse_bytes(text.encode(), name, fmt)  # type: ignore[arg-type]
 
 
 def test_text_format_skips_blanks_and_comments() -> None:
@@ -105,10 +109,15 @@ def test_csv_with_header_and_extra_columns() -> None:
     assert got[2].source == "jobs:4"
 
 
-def test_csv_without_usable_header_is_a_config_error() -> None:
-    """A CSV that names neither column cannot be read at all: that is a usage error."""
-    with pytest.raises(ConfigError, match="jobs:1"):
-        items("id,name\n1,a\n", "csv")
+def test_csv_without_usable_header_is_a_config_error(tmp_path: Path) -> None:
+    """A CSV that names neither column cannot be read at all: refused before the run; read
+    anyway, every line is invalid and nothing raises."""
+    path = tmp_path / "jobs.csv"
+    path.write_text("id,name\n1,a\n")
+    with pytest.raises(ConfigError, match=r"jobs\.csv:1"):
+        FileSource(path).check()
+    got = items("id,name\n1,a\n", "csv")
+    assert [type(i) for i in got] == [Invalid, Invalid]
 
 
 @pytest.mark.parametrize(
@@ -132,17 +141,27 @@ def test_over_long_line_is_invalid_and_skipped_whole() -> None:
     assert got[2] == Job("jobs:3", "3")
 
 
-@given(st.lists(st.text(alphabet="ab\r\n", max_size=30), max_size=20))
-def test_iter_lines_numbers_every_line(chunks: list[str]) -> None:
-    """Only \\n ends a line (as for sed and wc), whatever else the lines hold."""
-    text = "".join(chunks)
-    numbered = list(iter_lines(io.StringIO(text, newline="\n"), 10))
-    expected = text.split("\n")
-    if expected and expected[-1] == "":
-        expected.pop()
-    assert [n for n, _ in numbered] == list(range(1, len(expected) + 1))
-    for (_, got), want in zip(numbered, expected, strict=True):
-        assert got is None if len(want) > 10 else got == want.rstrip("\r\n")
+@given(st.lists(st.text(alphabet="ab\r\n", max_size=30), max_size=20), st.integers(1, 7))
+def test_lines_are_numbered_alike_however_the_input_is_chunked(
+    pieces: list[str], size: int
+) -> None:
+    """Only \\n ends a line (as for sed and wc); a trailing \\r is dropped, any other \\r
+    makes its line invalid; chunk boundaries change nothing."""
+    data = "".join(pieces).encode()
+    parser = LineParser("jobs", "text", limit=10)
+    got = [i for n in range(0, len(data), size) for i in parser.feed(data[n : n + size])]
+    got += parser.finish()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    expected = []
+    for number, raw in enumerate(lines, 1):
+        text = raw.decode().removesuffix("\r")
+        if not text.strip():
+            continue
+        ok = len(text) <= 10 and "\r" not in text
+        expected.append((f"jobs:{number}", ok))
+    assert [(i.source, isinstance(i, Job)) for i in got] == expected
 
 
 @pytest.mark.parametrize(
@@ -183,3 +202,129 @@ def test_the_rule_is_the_same_in_every_format() -> None:
         for item in (csv_item, json_item, stream_item):
             assert isinstance(item, Job)
             assert item.delete_monitors is expected
+
+
+async def read_all(source: FileSource) -> list[Job | Invalid]:
+    return [item async for batch in source.batches() for item in batch]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.binary(max_size=600)
+    | st.lists(
+        st.sampled_from(
+            [
+                b"1",
+                b"@a",
+                b'{"account_id": "2"}',
+                b"account_id,username",
+                b'"33',
+                b'34",',
+                b"\r",
+                b"\x00",
+                b"\xff",
+                b"\xef\xbb\xbf",
+                b",",
+                b'"',
+                b"\n",
+                b"\r\n",
+                b"\t",
+                b"#",
+            ]
+        ),
+        max_size=40,
+    ).map(b"".join),
+    suffix=st.sampled_from([".csv", ".jsonl", ".txt", ""]),
+)
+def test_arbitrary_bytes_never_raise_out_of_a_source(data: bytes, suffix: str) -> None:
+    """Any bytes, in any format (a suffixless name is sniffed, as stdin is): at most a refusal
+    before the run (ConfigError from check), never an exception from reading; at most one
+    item per line, each naming its own line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"jobs{suffix}"
+        path.write_bytes(data)
+        source = FileSource(path)
+        with contextlib.suppress(ConfigError):
+            source.check()
+        got = anyio.run(read_all, source)
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    numbers = [int(item.source.rsplit(":", 1)[1]) for item in got]
+    assert numbers == sorted(set(numbers))
+    assert all(1 <= n <= lines for n in numbers)
+
+
+def test_a_stray_carriage_return_in_a_csv_row_is_one_invalid_line(tmp_path: Path) -> None:
+    """The 0.1 crash: a \\r inside row 801 of 1,000. Every other row is a job."""
+    rows = [f"{i},user{i}" for i in range(1, 1001)]
+    rows[799] = "800,\ruser800"
+    path = tmp_path / "jobs.csv"
+    path.write_text("account_id,username\n" + "\n".join(rows) + "\n")
+    FileSource(path).check()
+    got = anyio.run(read_all, FileSource(path))
+    assert len(got) == 1000
+    [bad] = [i for i in got if isinstance(i, Invalid)]
+    assert bad.source.endswith("jobs.csv:801")
+    assert "U+000D" in bad.error
+
+
+@pytest.mark.parametrize(
+    ("text", "bad"),
+    [('account_id\n"33\n34",\n5\n', {2, 3}), ('account_id\n"48\n7\n', {2})],
+)
+def test_a_malformed_csv_quote_is_never_silently_repaired(text: str, bad: set[int]) -> None:
+    """A quoted field that spans lines or never closes: the affected lines are invalid."""
+    got = items(text, "csv")
+    assert {int(i.source.split(":")[1]) for i in got if isinstance(i, Invalid)} == bad
+    assert not [i for i in got if isinstance(i, Job) and i.account_id in {"33", "34", "48"}]
+
+
+@pytest.mark.parametrize(
+    "head", [codecs.BOM_UTF16_LE + "account_id\n1\n".encode("utf-16-le"), b"\x00\x01\x02binary"]
+)
+def test_a_file_that_is_not_utf8_text_is_refused_before_the_run(
+    tmp_path: Path, head: bytes
+) -> None:
+    """UTF-16 or binary: a ConfigError that says so (exit 2), not a run of garbage lines."""
+    path = tmp_path / "jobs.csv"
+    path.write_bytes(head)
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        FileSource(path).check()
+
+
+def test_a_utf8_bom_is_fine(tmp_path: Path) -> None:
+    """A UTF-8 byte order mark (Excel's CSV) is read as if it were not there."""
+    path = tmp_path / "jobs.csv"
+    path.write_bytes(codecs.BOM_UTF8 + b"account_id\r\n7\r\n")
+    FileSource(path).check()
+    assert anyio.run(read_all, FileSource(path)) == [Job(f"{path}:2", "7")]
+
+
+async def test_a_fifo_is_read_as_lines_arrive(tmp_path: Path) -> None:
+    """A pipe's first line reaches the run before the writer has finished (or closed)."""
+    fifo = tmp_path / "jobs"
+    os.mkfifo(fifo)
+    source = FileSource(fifo)
+    source.check()  # does not read (or block on) a FIFO
+
+    def writer() -> int:
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, b'{"account_id": "1"}\n')
+        return fd
+
+    batches = source.batches()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            fds: list[int] = []
+
+            async def write() -> None:
+                fds.append(await anyio.to_thread.run_sync(writer))
+
+            tg.start_soon(write)
+            first = await anext(batches)
+    assert first == [Job(f"{fifo}:1", "1")]
+    os.write(fds[0], b"2\n")
+    os.close(fds[0])
+    rest = [item async for batch in batches for item in batch]
+    assert rest == [Job(f"{fifo}:2", "2")]

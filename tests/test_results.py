@@ -20,7 +20,7 @@ def test_sink_appends_whole_lines_and_mends_a_torn_tail(tmp_path: Path) -> None:
     """A torn last line gets its newline before our first record; nothing is truncated."""
     path = tmp_path / "r.jsonl"
     path.write_text('{"a": 1}\n{"torn')
-    sink = FileSink(path)
+    sink = FileSink.open(path)
     sink.write(record("1", Outcome.DISCONNECTED))
     sink.close()
     sink.close()  # idempotent
@@ -33,7 +33,7 @@ def test_sink_appends_whole_lines_and_mends_a_torn_tail(tmp_path: Path) -> None:
 def test_read_prior_finds_done_disconnects_only(tmp_path: Path) -> None:
     """Done means disconnected or already_gone of op disconnect; monitor records don't count."""
     path = tmp_path / "r.jsonl"
-    sink = FileSink(path)
+    sink = FileSink.open(path)
     for r in (
         record("1", Outcome.DISCONNECTED),
         record("2", Outcome.ALREADY_GONE),
@@ -78,7 +78,7 @@ def test_fast_reader_agrees_with_json(
     """Whatever the error texts hold, the fast path finds exactly what json.loads finds."""
     path = tmp_path / "prop.jsonl"
     path.unlink(missing_ok=True)
-    sink = FileSink(path)
+    sink = FileSink.open(path)
     for account, outcome, op, error in rows:
         sink.write(
             Result(

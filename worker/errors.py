@@ -6,7 +6,8 @@ XquikError
 ├── BudgetClosed           the run (or the key) is stopping: no request may start
 ├── TransportError         no HTTP answer: retried
 │   ├── NetworkError       connection refused, reset, dropped
-│   └── RequestTimeout     no answer within --timeout
+│   ├── RequestTimeout     no whole answer within --timeout
+│   └── TlsError           the server's certificate cannot be verified: the key stops
 └── ApiError               an HTTP answer that is not a success (status, code, message)
     ├── TransientApiError  408, 424, 425, 5xx: retried
     │   └── RateLimited    429: the whole key cools down for `retry_after` seconds
@@ -26,6 +27,8 @@ class ExitCode(IntEnum):
     FAILED = 1  # some job failed or some input line was invalid
     USAGE = 2  # usage or configuration error: nothing sent
     AUTH = 3  # the API key was rejected: the run stopped
+    WRITE = 4  # the result log could not be written mid-run: sending stopped
+    SOFTWARE = 70  # an internal error (EX_SOFTWARE): one line on stderr, the log flushed
     INTERRUPTED = 130  # SIGINT/SIGTERM: rerun to resume
 
 
@@ -53,6 +56,12 @@ class NetworkError(TransportError):
 
 class RequestTimeout(TransportError):
     code = "timeout"
+
+
+class TlsError(TransportError):
+    """Retrying cannot help and every request would fail the same way: the key stops."""
+
+    code = "tls_verification_failed"
 
 
 class ApiError(XquikError):

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from worker.redact import redact
+
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # X handles are 1-15 characters; older or future accounts may differ, so allow some slack.
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_]{1,50}")
@@ -88,6 +90,12 @@ class Result:
     elapsed_ms: int = 0
     monitor_id: str | None = None
     ts: str = field(default_factory=utc_now_iso)
+
+    def __post_init__(self) -> None:
+        # Redacted once, where the record is built, so no sink (the log, a stream, the dead
+        # letters, a notification) can carry a key that a server echoed into an error.
+        if self.error is not None:
+            object.__setattr__(self, "error", redact(self.error))
 
     @property
     def done(self) -> bool:

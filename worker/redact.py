@@ -1,18 +1,39 @@
-"""Keeps secrets out of every text the worker writes: logs, results, error messages."""
+"""Keeps secrets out of every text the worker writes: logs, results, error messages.
+
+A registered key is masked in any case and with or without its `xq_` prefix; a URL's userinfo
+(`redis://:password@host`, `https://user:pass@host`) is masked wherever a URL appears."""
 
 from __future__ import annotations
 
+import re
+
 MASK = "[REDACTED]"
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@")
+# Anything shaped like an Xquik key is masked even before a key is registered (a key typed
+# where an argument was expected must not come back in the error).
+_KEY_SHAPE = re.compile(r"(?i)\bxq_[a-z0-9]{16,}")
 _secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
 
 
 def register(secret: str) -> None:
-    if len(secret) >= 8:  # shorter strings would mask innocent text
-        _secrets.add(secret)
+    global _pattern
+    forms = {secret}
+    if secret[:3].lower() == "xq_":
+        forms.add(secret[3:])
+    forms = {f for f in forms if len(f) >= 8}  # shorter strings would mask innocent text
+    if forms <= _secrets:
+        return
+    _secrets.update(forms)
+    alternatives = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
+    _pattern = re.compile(alternatives, re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
+    if _pattern is not None:
+        text = _pattern.sub(MASK, text)
+    if "xq_" in text or "XQ_" in text:
+        text = _KEY_SHAPE.sub(MASK, text)
+    if "://" in text:
+        text = _URL_USERINFO.sub(r"\1***@", text)
     return text

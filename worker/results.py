@@ -6,44 +6,121 @@ seconds and memory grows with the number of done accounts, not with the log.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from worker.errors import ConfigError
 from worker.models import DONE, Op, Result
-from worker.redact import redact
 
 
 class ResultSink(Protocol):
-    def write(self, result: Result) -> None: ...
-    def sync(self) -> None: ...
+    def write(self, result: Result) -> None:
+        """Append one record; OSError when it could not be written (disk full, I/O error)."""
+
+    def sync(self) -> None:
+        """Make what was written durable; OSError when it could not."""
+
     def close(self) -> None: ...
+
+
+class LogInUse(ConfigError):
+    """Another run holds the result log."""
 
 
 class FileSink:
     """Appends records with one write(2) each (O_APPEND), so a crash can tear at most the last
-    line; fsyncs when asked (the runner's ticker) and on close."""
+    line; fsyncs when asked (the runner's ticker) and on close.
 
-    def __init__(self, path: Path) -> None:
+    `open()` checks everything before the first request (ConfigError: exit 2): the log must be
+    a regular file (created if missing) that we can write, must not be the jobs source, and no
+    other run may hold it: an exclusive flock is held for the whole run, so two runs on one log
+    can never both send the same jobs."""
+
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = fd
         self._dirty = False
-        if _ends_torn(path):
-            # Finish the torn line of a crashed run so our first record starts on a line of its own.
-            self._write_all(b"\n")
+        self._torn = _ends_torn(fd)  # a crashed run's last line: finish it before ours
+
+    @classmethod
+    def open(cls, path: Path, *, source_stat: os.stat_result | None = None) -> FileSink:
+        where = f"result log {path}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        except IsADirectoryError:
+            raise ConfigError(f"{where} is a directory") from None
+        except OSError as exc:
+            raise ConfigError(f"{where} cannot be opened for writing: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            kernel = path.resolve().parts[1:2] in (("proc",), ("sys",), ("dev",))
+            if kernel or not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{where} is not a regular file (a device, FIFO or socket)")
+            os.set_blocking(fd, True)
+            if source_stat is not None and (info.st_dev, info.st_ino) == (
+                source_stat.st_dev,
+                source_stat.st_ino,
+            ):
+                raise ConfigError(
+                    f"{where} is the jobs source itself: it would read its own records"
+                )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(info)
+                by = f"by pid {holder}" if holder else "by another run"
+                raise LogInUse(
+                    f"{where} is in use {by}: wait for it, or pass --wait-lock"
+                ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
+
+    @classmethod
+    async def open_waiting(
+        cls, path: Path, *, source_stat: os.stat_result | None = None, poll: float = 0.2
+    ) -> FileSink:
+        """`--wait-lock`: like open(), but wait (cancellably) while another run holds it."""
+        import anyio
+
+        from worker.logs import get_logger
+
+        told = False
+        while True:
+            try:
+                return cls.open(path, source_stat=source_stat)
+            except LogInUse as exc:
+                if not told:
+                    get_logger().info("waiting_for_lock", reason=str(exc))
+                    told = True
+            await anyio.sleep(poll)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view) :]
+            try:
+                view = view[os.write(self._fd, view) :]
+            except OSError:
+                # Part of the line may be on disk: the next record must start a line of its own.
+                self._torn = self._torn or len(view) < len(data)
+                raise
         self._dirty = True
 
     def write(self, result: Result) -> None:
-        self._write_all((redact(result.to_json()) + "\n").encode())
+        line = (result.to_json() + "\n").encode()
+        if self._torn:
+            line = b"\n" + line
+        self._write_all(line)
+        self._torn = False
 
     def sync(self) -> None:
         if self._dirty:
@@ -52,18 +129,31 @@ class FileSink:
 
     def close(self) -> None:
         if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                with contextlib.suppress(OSError):  # the runner has reported a failed sync
+                    self.sync()
+            finally:
+                os.close(self._fd)  # also releases the lock
+                self._fd = -1
 
 
-def _ends_torn(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return False
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) != b"\n"
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _lock_holder(info: os.stat_result) -> int | None:
+    """The pid holding a flock on this file, from /proc/locks (Linux); None elsewhere."""
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ that cancels its siblings.
 
 from __future__ import annotations
 
+import errno
 import time
 import uuid
 from collections import deque
@@ -17,7 +18,7 @@ from typing import Protocol
 import anyio
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from worker.errors import AuthError, BudgetClosed
+from worker.errors import AuthError, BudgetClosed, TlsError
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
 from worker.results import ResultSink
@@ -55,12 +56,14 @@ class Runner:
         concurrency: int = 4,
         limit: int | None = None,
         sync_before_settle: bool = False,
+        grace: float = 30.0,
     ) -> None:
         self.ops = ops
         self.source = source
         self.sink = sink
         self.concurrency = concurrency
         self.limit = limit
+        self.grace = grace
         # Queue mode: a message is acknowledged only once its record is on disk.
         self._sync_before_settle = sync_before_settle
         self.summary = Summary(ops.run_id)
@@ -77,18 +80,41 @@ class Runner:
         return uuid.uuid4().hex[:12]
 
     # Stopping -----------------------------------------------------------------------------
-    def auth_failed(self, exc: AuthError) -> None:
-        """401: the key is bad; send nothing more, let in-flight requests finish."""
+    def key_failed(self, exc: AuthError | TlsError) -> None:
+        """401 or an unverifiable certificate: every request with the key would fail the same
+        way; send nothing more, let in-flight requests finish."""
         if self.summary.stopped is None:
-            log.error("api_key_rejected", http_status=exc.status, error=exc.code)
-            self.summary.stopped = "auth"
+            if isinstance(exc, AuthError):
+                log.error("api_key_rejected", http_status=exc.status, error=exc.code)
+                self.summary.stopped = "auth"
+            else:
+                log.error("tls_verification_failed", error=str(exc))
+                self.summary.stopped = "tls"
         self._stop_sending()
+
+    def write_failed(self, exc: OSError) -> None:
+        """The result log cannot be written: stop sending at once (every answer now risks
+        going unrecorded), let in-flight requests finish within the grace, write what we can."""
+        if self.summary.stopped in (None, "signal"):
+            log.error(
+                "results_write_failed",
+                errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                error=exc.strerror or str(exc),
+                advice="the result log could not be written; free space and rerun: accounts "
+                "deleted but not recorded will come back as already_gone",
+            )
+            self.summary.stopped = "write"
+        self._stop_sending()
+        self._cut_after(self.grace)
 
     def stop(self, grace: float) -> None:
         """A signal: stop reading, give in-flight requests `grace` seconds, then cancel."""
         if self.summary.stopped is None:
             self.summary.stopped = "signal"
         self._stop_sending()
+        self._cut_after(grace)
+
+    def _cut_after(self, grace: float) -> None:
         if self._work_scope is not None:
             deadline = anyio.current_time() + grace
             self._work_scope.deadline = min(self._work_scope.deadline, deadline)
@@ -116,14 +142,22 @@ class Runner:
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()  # closes the jobs file now, not at garbage collection
-            self.sink.sync()
+            self._sync()
             self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
     async def _sync_every_second(self) -> None:
         while True:
             await anyio.sleep(1.0)
+            self._sync()
+
+    def _sync(self) -> bool:
+        try:
             self.sink.sync()
+        except OSError as exc:
+            self.write_failed(exc)
+            return False
+        return True
 
     async def _next_job(self) -> Job | None:
         """The next job to send, or None when there is none. Workers take items in turn from
@@ -174,8 +208,7 @@ class Runner:
                 source=job.source, account_id=job.account_id, username=job.username
             )
             try:
-                await self._settle(job, await self.ops.handle(job))
-                finished = True
+                finished = await self._settle(job, await self.ops.handle(job))
             except BudgetClosed:
                 pass  # the run is stopping; this job was not sent (again)
             finally:
@@ -183,23 +216,32 @@ class Runner:
                 # Stopped or cancelled before its record: no record, a rerun picks it up.
                 self.summary.not_finished += not finished
 
-    async def _settle(self, item: Item, results: list[Result]) -> None:
-        """Record the item's results (none: done by an earlier run), then tell the source."""
+    async def _settle(self, item: Item, results: list[Result]) -> bool:
+        """Record the item's results (none: done by an earlier run), then tell the source.
+        False when a record could not be written: the item is not settled (a queue message
+        stays pending), and a rerun picks it up."""
         if not results:
             self.summary.skipped_done += 1
         for result in results:
-            self._record(result)
-        if results and self._sync_before_settle:
-            self.sink.sync()
+            if not self._record(result):
+                return False
+        if results and self._sync_before_settle and not self._sync():
+            return False
         await self.source.settle(item, results[0] if results else None)
+        return True
 
-    def _record(self, result: Result) -> None:
-        self.sink.write(result)
+    def _record(self, result: Result) -> bool:
+        try:
+            self.sink.write(result)
+        except OSError as exc:
+            self.write_failed(exc)
+            return False
         counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
         counts[str(result.outcome)] += 1
         self.summary.attempts += result.attempts
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
+        return True
 
 
 __all__ = ["Runner"]

@@ -60,7 +60,8 @@ class RunSettings:
     timeout: float = 30.0
     max_cooldown: float = 900.0
     grace: float = 30.0
-    state_dir: Path | None = None
+    state_dir: Path | None = None  # None: the user cache dir (unless persist_budget is off)
+    persist_budget: bool = True  # --state-dir none: no state file at all
     fresh: bool = False
     dry_run: bool = False
     delete_monitors: bool = False
@@ -68,6 +69,7 @@ class RunSettings:
     sandbox: bool = False
     progress: bool = False
     metrics_port: int | None = None
+    wait_lock: bool = False
     queue: QueueConfig | None = None  # set when SOURCE is a redis:// URL
     # Backoff between retries (full jitter, exponential); not flags, tests shorten them.
     backoff_base: float = 0.5

@@ -16,7 +16,7 @@ class Summary:
     monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
     skipped_done: int = 0
     not_finished: int = 0
-    stopped: str | None = None  # "auth" or "signal"
+    stopped: str | None = None  # "auth", "tls", "write", "internal" or "signal"
     consumer: bool = False  # queue mode: a signal is the normal way to stop
     elapsed_s: float = 0.0
     sent: Counter[str] = field(default_factory=Counter)
@@ -30,6 +30,12 @@ class Summary:
     def exit_code(self) -> ExitCode:
         if self.stopped == "auth":
             return ExitCode.AUTH
+        if self.stopped == "tls":
+            return ExitCode.USAGE
+        if self.stopped == "write":
+            return ExitCode.WRITE
+        if self.stopped == "internal":
+            return ExitCode.SOFTWARE
         if self.stopped == "signal":
             return ExitCode.OK if self.consumer else ExitCode.INTERRUPTED
         failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]

@@ -11,22 +11,37 @@ import anyio
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
 )
 
 from worker.api.client import Answer
 from worker.budget import Sleep
-from worker.errors import ApiError, AuthError, RateLimited, TransientApiError, TransportError
+from worker.errors import (
+    ApiError,
+    AuthError,
+    RateLimited,
+    TlsError,
+    TransientApiError,
+    TransportError,
+)
 from worker.logs import get_logger
 
 log = get_logger()
 Request = Callable[[], Awaitable[Answer]]
 
-# Only what may succeed on a second try. BudgetClosed, AuthError, PermanentApiError and
-# CancelledError are never retried.
+# Only what may succeed on a second try. BudgetClosed, AuthError, TlsError, PermanentApiError
+# and CancelledError are never retried.
 TRANSIENT = (TransportError, TransientApiError)
+# A rejected key or an unverifiable certificate: every further request with this key would
+# fail the same way, so the key stops (the caller is told once per call).
+FATAL = (AuthError, TlsError)
+Fatal = AuthError | TlsError
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, FATAL)
 
 
 class _Backoff:
@@ -53,7 +68,7 @@ def retrying(
     return AsyncRetrying(
         stop=stop_after_attempt(max_attempts),
         wait=_Backoff(backoff_base, backoff_cap),
-        retry=retry_if_exception_type(TRANSIENT),
+        retry=retry_if_exception(transient),
         sleep=sleep,
         reraise=True,
     )
@@ -72,25 +87,25 @@ def describe(error: ApiError | TransportError, attempts: int) -> str:
         text = error.code + (f": {error.message}" if error.message else "")
     else:
         text = f"{error.code}: {error}"
-    if isinstance(error, TransientApiError | TransportError):
+    if isinstance(error, TransientApiError | TransportError) and not isinstance(error, TlsError):
         return f"retries_exhausted after {attempts} attempts: {text}"
     return text
 
 
 class Caller:
-    """Runs requests under the retry policy; a 401 is reported once to `on_auth_error`."""
+    """Runs requests under the retry policy; a 401 or a TLS failure is reported to `on_fatal`."""
 
     def __init__(
         self,
         *,
         max_attempts: int,
-        on_auth_error: Callable[[AuthError], None],
+        on_fatal: Callable[[Fatal], None],
         sleep: Sleep = anyio.sleep,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
     ) -> None:
         self._max_attempts = max_attempts
-        self._on_auth_error = on_auth_error
+        self._on_fatal = on_fatal
         self._sleep = sleep
         self._backoff = (backoff_base, backoff_cap)
         self.retries = 0
@@ -101,8 +116,8 @@ class Caller:
         # transient failure enters tenacity, which replays it as attempt 1 and takes over.
         try:
             return Call(await request(), None, 1)
-        except AuthError as exc:
-            self._on_auth_error(exc)
+        except FATAL as exc:
+            self._on_fatal(exc)
             return Call(None, exc, 1)
         except TRANSIENT as exc:
             if self._max_attempts == 1:
@@ -126,8 +141,8 @@ class Caller:
                         replay, first = first, None
                         raise replay
                     answer = await request()
-        except AuthError as exc:
-            self._on_auth_error(exc)
+        except FATAL as exc:
+            self._on_fatal(exc)
             return Call(None, exc, attempts)
         except (ApiError, TransportError) as exc:
             return Call(None, exc, attempts)

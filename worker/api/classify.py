@@ -19,6 +19,7 @@ class Decision(Enum):
     RATE_LIMITED = "rate_limited"  # 429: cool the whole key down, then retry
     FAIL = "fail"  # permanent: record failed
     AUTH = "auth"  # 401: stop the run
+    REDIRECT = "redirect"  # 3xx: never followed (the key must not go elsewhere): failed
 
 
 RETRYABLE = frozenset({408, 424, 425})
@@ -28,6 +29,8 @@ def decide(status: int) -> Decision:
     """Map an HTTP status to what the worker does next."""
     if 200 <= status < 300:
         return Decision.SUCCESS
+    if 300 <= status < 400:
+        return Decision.REDIRECT
     if status == 404:
         return Decision.GONE
     if status == 401:

@@ -2,11 +2,19 @@
 
 Every real send passes through a client middleware that takes a slot from the budget of its tier
 (DELETE or read). That includes the request aiohttp re-sends on its own when a reused keep-alive
-connection turns out to be closed (aio-libs/aiohttp#10790): the budget counts what goes out.
+connection turns out to be closed (aio-libs/aiohttp#10790): the budget counts what goes out. A
+send that provably never left (the connection could not be made) gives its slot back.
+
+Redirects are never followed: the key travels in a header that aiohttp would carry to any
+origin, and a 303 would turn a DELETE into a GET whose 200 means nothing. A 3xx is a failure.
+Each attempt, from the moment it has its slot to the last byte of the answer, is bounded by
+--timeout; answers are read up to a bound, so a hostile server can neither hang nor flood us.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import re
 import time
 from collections import Counter
@@ -29,11 +37,15 @@ from worker.errors import (
     PermanentApiError,
     RateLimited,
     RequestTimeout,
+    TlsError,
     TransientApiError,
 )
 from worker.logs import get_logger
 
 log = get_logger()
+
+MAX_ANSWER = 1 << 20  # bytes of a single answer read at most (the API's are a few hundred)
+MAX_LISTING = 64 << 20  # a listing of 10,000 accounts is a few MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,23 @@ class Answer:
 
 
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # nothing to encode
+
+
+class _Attempt:
+    """The deadline of the attempt in progress, set once its budget slot is taken."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self) -> None:
+        self.deadline = float("inf")
+
+
+_ATTEMPT: contextvars.ContextVar[_Attempt] = contextvars.ContextVar("xquik_attempt")
+
+
+def origin(url: URL) -> str:
+    """scheme://host:port, never userinfo, path or query: what a message may say of a URL."""
+    return f"{url.scheme}://{url.host}:{url.port}" if url.host else "(no host)"
 
 
 class XquikClient:
@@ -60,6 +89,8 @@ class XquikClient:
         delete_budget: Budget | None = None,
         read_budget: Budget | None = None,
     ) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
         self._base = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = timeout
@@ -71,6 +102,7 @@ class XquikClient:
         # For metrics and the summary: plain numbers, cheap to keep.
         self.in_flight = 0
         self.rate_limited = 0
+        self.refunded = 0
         self.cooldown_s = 0.0
         self.budget_wait_s = 0.0
 
@@ -78,7 +110,7 @@ class XquikClient:
         self._session = aiohttp.ClientSession(
             headers={"x-api-key": self._api_key, "User-Agent": f"xquik-disconnect/{__version__}"},
             connector=aiohttp.TCPConnector(limit=max(self._concurrency, 1) + 2),
-            # Per-request limits on connecting and on silence; the budget wait is not included.
+            # Connecting and silence are bounded here; the whole attempt in `request`.
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=self._timeout, sock_read=self._timeout
             ),
@@ -101,35 +133,62 @@ class XquikClient:
         self, req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         started = time.monotonic()
-        await self._budget(req.method).acquire()
+        budget = self._budget(req.method)
+        slot = await budget.acquire()
         self.budget_wait_s += time.monotonic() - started
         self.sent[req.method] += 1
-        return await handler(req)
+        attempt = _ATTEMPT.get(None)
+        if attempt is not None:
+            attempt.deadline = asyncio.get_running_loop().time() + self._timeout
+        try:
+            async with asyncio.timeout_at(attempt.deadline if attempt else None):
+                return await handler(req)
+        except aiohttp.ClientConnectorError:
+            # Refused, unreachable, TLS handshake failed: the request never left.
+            budget.refund(slot)
+            self.refunded += 1
+            self.sent[req.method] -= 1
+            raise
 
     def url(self, *segments: str) -> URL:
         # Each id is one percent-encoded path segment: "../x" can never become another path.
         path = "/".join(s if _SAFE_SEGMENT.fullmatch(s) else quote(s, safe="") for s in segments)
         return URL(f"{self._base}/{path}", encoded=True)
 
-    async def request(self, method: str, *segments: str, allow_404: bool = True) -> Answer:
+    async def request(
+        self, method: str, *segments: str, allow_404: bool = True, limit: int = MAX_ANSWER
+    ) -> Answer:
         """Send one request; return 2xx (and 404 if allowed) answers, raise the rest."""
         assert self._session is not None, "use the client as an async context manager"
+        url = self.url(*segments)
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
         self.in_flight += 1
         try:
-            async with self._session.request(method, self.url(*segments)) as resp:
-                raw = await resp.read()
+            async with self._session.request(method, url, allow_redirects=False) as resp:
+                async with asyncio.timeout_at(attempt.deadline):
+                    raw = await _read_bounded(resp, limit)
                 status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise RequestTimeout(f"no answer within {self._timeout:g} s") from exc
+            raise RequestTimeout(f"no whole answer within {self._timeout:g} s") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise TlsError(f"the certificate of {origin(url)} cannot be verified") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise TlsError(f"no TLS connection to {origin(url)}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise NetworkError(detail) from exc
         finally:
             self.in_flight -= 1
+            _ATTEMPT.reset(token)
         body = parse_json(raw.decode("utf-8", "replace"))
         decision = decide(status)
         if decision is Decision.SUCCESS or (decision is Decision.GONE and allow_404):
             return Answer(status, body)
+        if decision is Decision.REDIRECT:
+            where = url.join(URL(headers.get("Location", ""))) if "Location" in headers else None
+            target = origin(where) if where is not None else "nowhere"
+            raise PermanentApiError(status, "unexpected_redirect", f"{status} to {target}")
         err = error_body(status, body)
         if decision is Decision.RATE_LIMITED:
             # Without a Retry-After, each tier's budget falls back to its own window.
@@ -157,17 +216,37 @@ class XquikClient:
         return await self.request("GET", "x", "accounts", account_id)
 
     async def list_accounts(self) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "x", "accounts", allow_404=False)
-        accounts = answer.body.get("accounts") if isinstance(answer.body, dict) else None
-        return [a for a in accounts or [] if isinstance(a, dict)]
+        answer = await self.request("GET", "x", "accounts", allow_404=False, limit=MAX_LISTING)
+        return _listed(answer, "accounts")
 
     async def list_monitors(self) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "monitors", allow_404=False)
-        monitors = answer.body.get("monitors") if isinstance(answer.body, dict) else None
-        return [m for m in monitors or [] if isinstance(m, dict)]
+        answer = await self.request("GET", "monitors", allow_404=False, limit=MAX_LISTING)
+        return _listed(answer, "monitors")
 
     async def delete_monitor(self, monitor_id: str) -> Answer:
         return await self.request("DELETE", "monitors", monitor_id)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of the answer; the rest is never read (the connection is closed)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(min(1 << 16, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _listed(answer: Answer, field: str) -> list[dict[str, Any]]:
+    """The list in a listing's answer. An answer without it (cut short, a proxy's page) is an
+    error to retry, never an empty list: "not listed" would read as "already gone"."""
+    items = answer.body.get(field) if isinstance(answer.body, dict) else None
+    if not isinstance(items, list):
+        raise TransientApiError(answer.status, "malformed_answer", f"no {field!r} list")
+    return [item for item in items if isinstance(item, dict)]
 
 
 def _error_class(decision: Decision) -> type[ApiError]:

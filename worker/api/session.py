@@ -11,11 +11,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from worker.api.call import Caller
+from worker.api.call import Caller, Fatal
 from worker.api.client import XquikClient
 from worker.api.directory import Directory
 from worker.budget import Budget, make_budget
-from worker.errors import AuthError
 from worker.settings import Rate
 
 
@@ -34,7 +33,7 @@ class Session:
         api_key: str,
         rate: Rate,
         read_rate: Rate,
-        on_auth_error: Callable[[AuthError], None],
+        on_fatal: Callable[[Fatal], None],
         concurrency: int = 4,
         timeout: float = 30.0,
         max_attempts: int = 5,
@@ -71,7 +70,7 @@ class Session:
         )
         self.call = Caller(
             max_attempts=max_attempts,
-            on_auth_error=on_auth_error,
+            on_fatal=on_fatal,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
         )

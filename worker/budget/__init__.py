@@ -31,7 +31,7 @@ def make_budget(
     """The budget of one tier of one key. With `redis` it lives there, shared by every worker
     using the key; else it is local, and its recent sends persist in `state_dir` (if any)."""
     if rate.limit is None:
-        return Unlimited()
+        return Unlimited(window=rate.period, max_cooldown=max_cooldown)
     jitter = min(1.0, rate.period * 0.02)
     if redis is not None:
         from worker.budget.shared import RedisBudget
@@ -52,7 +52,7 @@ def make_budget(
         margin=margin,
         max_cooldown=max_cooldown,
         jitter=jitter,
-        on_change=state.save if state else None,
+        state=state,
     )
     if state is not None and (restored := state.load_into(budget)):
         log.info("budget_restored", tier=tier, recent_sends=restored, state_file=str(state.path))

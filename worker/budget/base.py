@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -16,9 +17,13 @@ Sleep = Callable[[float], Awaitable[None]]
 class Budget(Protocol):
     """What the client asks before every real send."""
 
-    async def acquire(self) -> None:
-        """Wait for a slot and take it; BudgetClosed once the run is stopping."""
+    async def acquire(self) -> object:
+        """Wait for a slot and take it; BudgetClosed once the run is stopping. Returns the
+        slot, for `refund`."""
         ...
+
+    def refund(self, slot: object) -> None:
+        """Give back a slot whose request provably never left (the connection failed)."""
 
     async def hold(self, seconds: float | None) -> float:
         """A 429: close the budget for `seconds` (None: the budget's own window); returns the
@@ -57,25 +62,50 @@ class Naps:
 
 
 class Unlimited:
-    """`--rate unlimited`: costs one attribute check per send."""
+    """`--rate unlimited`: lifts our own limit, never the server's. No slots to count, but a
+    429 still holds every request until Retry-After has passed. A send costs a clock read."""
 
-    __slots__ = ("_closed",)
+    __slots__ = ("_clock", "_closed", "_cooldown_until", "_max_cooldown", "_naps", "window")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        window: float = 1.0,
+        max_cooldown: float = 900.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self.window = window
+        self._max_cooldown = max_cooldown
+        self._clock = clock
+        self._naps = Naps(sleep)
+        self._cooldown_until = float("-inf")
         self._closed = False
 
-    async def acquire(self) -> None:
-        if self._closed:
-            raise BudgetClosed
+    async def acquire(self) -> object:
+        while True:
+            if self._closed:
+                raise BudgetClosed
+            wait = self._cooldown_until - self._clock()
+            if wait <= 0:
+                return None
+            await self._naps(wait)
+
+    def refund(self, slot: object) -> None:
+        return None
 
     async def hold(self, seconds: float | None) -> float:
-        return 0.0
+        seconds = self.window if seconds is None else seconds
+        seconds = min(max(seconds, 0.0), self._max_cooldown)
+        self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
+        return seconds
 
     def close(self) -> None:
         self._closed = True
+        self._naps.wake_all()
 
     def cooldown_remaining(self) -> float:
-        return 0.0
+        return max(0.0, self._cooldown_until - self._clock())
 
     def eta(self, jobs: int) -> float | None:
         return None

@@ -79,15 +79,19 @@ class RedisBudget:
         self._hold = redis.register_script(HOLD)
         self._lock = anyio.Lock()
         self._closed = False
+        self._refunds: list[str] = []
         self._cooldown_until = float("-inf")
         self._ids = itertools.count()
         self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> object:
         async with self._lock:  # one poller per process; the script arbitrates between them
             while True:
                 if self._closed:
                     raise BudgetClosed
+                while self._refunds:
+                    await self._script(self._redis.zrem, self._keys[0], self._refunds[-1])
+                    self._refunds.pop()
                 member = f"{self._me}:{next(self._ids)}"
                 wait_ms = float(
                     await self._script(
@@ -95,7 +99,7 @@ class RedisBudget:
                     )
                 )
                 if wait_ms <= 0:
-                    return
+                    return member
                 if wait_ms > self.span * 1000:  # only a cooldown is that long
                     self._cooldown_until = self._clock() + wait_ms / 1000
                 await self._naps(wait_ms / 1000)
@@ -107,12 +111,16 @@ class RedisBudget:
         self._cooldown_until = self._clock() + left_ms / 1000
         return seconds
 
-    async def _script(self, script: Any, **kwargs: Any) -> Any:
+    async def _script(self, script: Any, *args: Any, **kwargs: Any) -> Any:
         """Redis going away holds the budget closed (nothing is sent) until it is back."""
         async for attempt in redis_retrying():
             with attempt:
-                return await script(**kwargs)
+                return await script(*args, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def refund(self, slot: object) -> None:
+        """The request never left: its member leaves the shared log before the next acquire."""
+        self._refunds.append(str(slot))
 
     def close(self) -> None:
         self._closed = True

@@ -1,13 +1,25 @@
-"""The budget's recent send times on disk, so a restarted or back-to-back run cannot burst past
-the server's window. A small JSON file per (API key, base URL, tier), replaced atomically."""
+"""The budget's recent send times on disk, shared by every run on this machine that uses the
+same key: a restarted or back-to-back run cannot burst past the server's window, and neither
+can two runs at once (a manual run beside a cron run). A small JSON file per (API key, base
+URL, tier); each decision reads it, decides and writes it back under an exclusive lock."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from worker.budget.window import SlidingWindowBudget
+from worker.errors import ConfigError
+from worker.logs import get_logger
+
+if TYPE_CHECKING:
+    from worker.budget.window import SlidingWindowBudget
+
+log = get_logger()
 
 
 def default_state_dir() -> Path:
@@ -17,32 +29,76 @@ def default_state_dir() -> Path:
 
 
 class StateFile:
-    __slots__ = ("path",)
+    __slots__ = ("_failed", "_lock_fd", "path")
 
     def __init__(self, directory: Path, fingerprint: str, tier: str) -> None:
         self.path = directory / f"budget-{fingerprint}-{tier}.json"
+        self._failed = False
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(
+                directory / f"budget-{fingerprint}-{tier}.lock", os.O_RDWR | os.O_CREAT, 0o600
+            )
+            probe = directory / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"--state-dir {directory}: cannot keep the budget's state there "
+                f"({exc.strerror}); fix it, or pass --state-dir none to run without it"
+            ) from None
 
-    def load_into(self, budget: SlidingWindowBudget) -> int:
-        """Restore the recent sends into `budget`; returns how many are still in its window."""
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _read(self) -> tuple[list[float], float | None]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             sends = [float(t) for t in data.get("sends", [])]
             until = data.get("cooldown_until")
-            cooldown = float(until) if until is not None else None
+            return sends, float(until) if until is not None else None
         except FileNotFoundError:
-            return 0
+            return [], None
         except (OSError, ValueError, TypeError, AttributeError):
-            return 0  # an unreadable state file is no worse than none
-        budget.restore(sends, cooldown)
-        return budget.sends_in_span()
+            return [], None  # an unreadable state file is no worse than none
 
-    def save(self, budget: SlidingWindowBudget) -> None:
+    def _write(self, budget: SlidingWindowBudget) -> None:
         sends, cooldown = budget.snapshot()
         data = json.dumps({"sends": [round(t, 4) for t in sends], "cooldown_until": cooldown})
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def load_into(self, budget: SlidingWindowBudget) -> int:
+        """Restore the recent sends into `budget`; returns how many are still in its window."""
+        with self.exchange(budget, write=False):
+            pass
+        return budget.sends_in_span()
+
+    @contextmanager
+    def exchange(self, budget: SlidingWindowBudget, *, write: bool = True) -> Iterator[None]:
+        """Under the lock: every run's recent sends into `budget`, then (after the caller
+        decided) `budget`'s back out. A state dir that fails mid-run (disk full) is logged
+        once; the in-memory budget still holds for this run."""
+        if self._failed or self._lock_fd < 0:
+            yield
+            return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(data, encoding="utf-8")
-            os.replace(tmp, self.path)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except OSError:
-            pass  # persisting is best effort; the in-memory budget still holds
+            yield
+            return
+        try:
+            sends, cooldown = self._read()
+            budget.restore(sends, cooldown)
+            yield
+            if write:
+                try:
+                    self._write(budget)
+                except OSError as exc:
+                    self._failed = True
+                    log.warning("state_file_unavailable", file=str(self.path), error=exc.strerror)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

@@ -12,12 +12,20 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
 import anyio
 
 from worker.budget.base import Clock, Naps, Sleep
 from worker.errors import BudgetClosed
+
+
+class Exchange(Protocol):
+    """Where a budget's state is shared with other runs (the state file)."""
+
+    def exchange(self, budget: SlidingWindowBudget) -> AbstractContextManager[None]: ...
 
 
 class SlidingWindowBudget:
@@ -31,9 +39,10 @@ class SlidingWindowBudget:
         "_lock",
         "_max_cooldown",
         "_naps",
-        "_on_change",
         "_rng",
         "_sends",
+        "_state",
+        "_wall",
         "limit",
         "span",
         "window",
@@ -50,7 +59,8 @@ class SlidingWindowBudget:
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
-        on_change: Callable[[SlidingWindowBudget], None] | None = None,
+        state: Exchange | None = None,
+        wall: Clock = time.time,
     ) -> None:
         if limit < 1 or window <= 0 or margin < 0:
             raise ValueError("limit must be >= 1, window > 0, margin >= 0")
@@ -62,7 +72,8 @@ class SlidingWindowBudget:
         self._clock = clock
         self._naps = Naps(sleep)
         self._rng = rng or random.Random()
-        self._on_change = on_change
+        self._state = state
+        self._wall = wall  # the state file holds wall-clock times, shared between processes
         self._sends: deque[float] = deque()
         self._cooldown_until = float("-inf")
         self._lock = anyio.Lock()
@@ -79,19 +90,31 @@ class SlidingWindowBudget:
             wait = max(wait, sends[-self.limit] + self.span - now)
         return wait
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> object:
         """Wait for a slot and take it. Waiters are served first come, first served."""
         async with self._lock:
             while True:
                 if self._closed:
                     raise BudgetClosed
-                wait = self.delay()
-                if wait <= 0:
-                    break
+                # Decided under the state file's lock, with every run's sends on this key in
+                # view, so concurrent runs together stay within the limit too.
+                with self._exchange():
+                    wait = self.delay()
+                    if wait <= 0:
+                        slot = self._clock()
+                        self._sends.append(slot)
+                        return slot
                 await self._naps(wait)
-            self._sends.append(self._clock())
-        if self._on_change is not None:
-            self._on_change(self)
+
+    def refund(self, slot: object) -> None:
+        """The request never left: its send no longer counts."""
+        if not isinstance(slot, float):
+            return
+        with self._exchange():
+            # The slot as read back from the state file may differ by its rounding.
+            nearest = min(self._sends, key=lambda t: abs(t - slot), default=None)
+            if nearest is not None and abs(nearest - slot) < 0.01:
+                self._sends.remove(nearest)
 
     async def hold(self, seconds: float | None) -> float:
         """Close the budget for `seconds` (None: one window; capped, plus jitter); returns the
@@ -99,10 +122,13 @@ class SlidingWindowBudget:
         seconds = self.window if seconds is None else seconds
         seconds = min(max(seconds, 0.0), self._max_cooldown)
         seconds += self._rng.uniform(0, self._jitter)
-        self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
-        if self._on_change is not None:
-            self._on_change(self)
+        with self._exchange():
+            self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
         return seconds
+
+    def _exchange(self) -> AbstractContextManager[None]:
+        """Other runs' sends and cooldown in, ours out (nothing without a state file)."""
+        return self._state.exchange(self) if self._state is not None else nullcontext()
 
     def close(self) -> None:
         """Refuse every waiting and future acquire; wakes sleeping waiters at once."""
@@ -131,15 +157,17 @@ class SlidingWindowBudget:
 
     # Persistence: send times as wall-clock seconds, so they survive a restart.
     def snapshot(self) -> tuple[list[float], float | None]:
-        offset = time.time() - self._clock()
+        offset = self._wall() - self._clock()
         self.delay()
         until = self._cooldown_until + offset if self.cooldown_remaining() > 0 else None
         return [t + offset for t in self._sends], until
 
     def restore(self, sends: Iterable[float], cooldown_until: float | None) -> None:
-        offset = time.time() - self._clock()
+        offset = self._wall() - self._clock()
         now = self._clock()
-        recent = sorted(t - offset for t in sends if now - self.span < t - offset <= now)
+        # A few seconds of slack for the future: another process's clock reading (and the
+        # file's rounding) may stand a little ahead of ours; a file from far ahead is bogus.
+        recent = sorted(t - offset for t in sends if now - self.span < t - offset <= now + 5)
         self._sends = deque(recent[-self.limit :])
         if cooldown_until is not None:
             self._cooldown_until = max(self._cooldown_until, cooldown_until - offset)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,9 +15,22 @@ from worker.errors import ExitCode
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 2 with the flag named, as argparse does
-        self.print_usage(sys.stderr)
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+    """No abbreviations (`--api-key` must never become `--api-key-file`); errors exit 2
+    naming the flag, or the environment variable a bad value came from, secrets masked."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:
+        from worker.redact import redact
+
+        with contextlib.suppress(OSError, ValueError):
+            self.print_usage(sys.stderr)
+        if options.FROM_ENV in message:  # "argument --rate: \0XQUIK_RATE (environment): …"
+            message = message[message.index(options.FROM_ENV) + 1 :]
+        options.say(f"{self.prog}: error: {redact(message)}")
+        self.exit(ExitCode.USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return options.fail("run", exc)
     return execute(settings, log_format=args.log_format)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         )
     elif source != "-":
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"jobs file {source!r} not found")
         FileSource(path).check()
     results = Path(args.results) if args.results else _default_results(source)
@@ -51,7 +52,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         timeout=args.timeout,
         max_cooldown=args.max_cooldown,
         grace=args.grace,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
+        state_dir=Path(args.state_dir) if args.state_dir and args.state_dir != "none" else None,
+        persist_budget=args.state_dir != "none",
         fresh=args.fresh,
         dry_run=args.dry_run,
         delete_monitors=args.delete_monitors,
@@ -60,42 +62,77 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         progress=is_tty if args.progress is None else args.progress,
         queue=queue,
         metrics_port=args.metrics_port,
+        wait_lock=args.wait_lock,
     )
 
 
 def check_base_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port; plain http only to loopback hosts."""
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r} has a port that is not a number within 0..65535") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"{url!r} is not an http(s) URL")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(f"{url!r}: plain http:// is allowed only for loopback hosts; use https://")
     if parts.username or parts.password:
         raise ValueError("the base URL must not carry credentials")
+    if port == 0:
+        raise ValueError(f"{url!r}: port 0 cannot be reached")
     return url.rstrip("/")
 
 
-def read_key_file(path: Path) -> str:
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"--api-key-file {path}: {exc.strerror}") from exc
-    if not key or any(c.isspace() for c in key):
-        raise ConfigError(f"--api-key-file {path}: expected one API key (xq_…) on one line")
+_KEY = re.compile(r"[\x21-\x7e]{8,512}")  # printable ASCII, no spaces, one line
+
+
+def check_key(key: str, where: str) -> str:
+    """One API key on one line; the message never shows the key or any part of it."""
+    if not _KEY.fullmatch(key):
+        raise ConfigError(
+            f"{where}: expected one API key (xq_…) on one line, in printable ASCII without spaces"
+        )
     return key
+
+
+def read_key_file(name: str) -> str:
+    """The key in a file, or on stdin for `-`. The message never echoes the path (it was
+    given to a key option: it may be the key itself, typed in the wrong place)."""
+    try:
+        raw = sys.stdin.buffer.read(4096) if name == "-" else Path(name).read_bytes()[:4096]
+    except OSError as exc:
+        raise ConfigError(f"--api-key-file: cannot read it ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError("--api-key-file: not a text file") from None
+    return check_key(text, "--api-key-file")
 
 
 def api_access(args: argparse.Namespace) -> tuple[str, str]:
     """Base URL and API key from flags and environment; ("", "") stands for --sandbox."""
+    if getattr(args, "api_key", None) is not None:
+        raise ConfigError(
+            "the key is never a flag (it would show in `ps` and the shell history): "
+            "use XQUIK_API_KEY or --api-key-file PATH (- for stdin)"
+        )
     if args.sandbox:
         return "http://127.0.0.1", ""
+    where = getattr(args.base_url, "var", "--base-url")
+    where += " (environment)" if where != "--base-url" else ""
     try:
         base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
     except ValueError as exc:
-        raise ConfigError(f"--base-url: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     if args.api_key_file:
-        key = read_key_file(Path(args.api_key_file))
+        if args.api_key_file == "-" and getattr(args, "source", None) == "-":
+            raise ConfigError("--api-key-file - reads stdin, which is already the jobs source")
+        key = read_key_file(args.api_key_file)
     else:
         key = os.environ.get("XQUIK_API_KEY", "").strip()
+        if key:
+            check_key(key, "XQUIK_API_KEY (environment)")
     if not key:
         raise ConfigError(
             "no API key: set XQUIK_API_KEY or pass --api-key-file PATH "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 
+from worker.cli.options import fail, say
 from worker.errors import ExitCode
 from worker.models import Invalid
 from worker.redis_conn import connect
@@ -28,19 +28,12 @@ async def _enqueue(jobs: str, *, url: str, stream: str) -> tuple[int, list[Inval
 
 def main(args: argparse.Namespace) -> int:
     if urlsplit(args.redis).scheme not in {"redis", "rediss", "unix"}:
-        print(
-            f"xquik-disconnect enqueue: error: --redis {args.redis!r} is not a redis:// URL",
-            file=sys.stderr,
-        )
-        return ExitCode.USAGE
+        return fail("enqueue", f"--redis {args.redis!r} is not a redis:// URL")
     if args.jobs != "-" and not os.path.isfile(args.jobs):
-        print(
-            f"xquik-disconnect enqueue: error: jobs file {args.jobs!r} not found", file=sys.stderr
-        )
-        return ExitCode.USAGE
+        return fail("enqueue", f"jobs file {args.jobs!r} not found")
     added, invalid = anyio.run(lambda: _enqueue(args.jobs, url=args.redis, stream=args.stream))
     for item in invalid:
-        print(f"{item.source}: {item.error}", file=sys.stderr)
+        say(f"{item.source}: {item.error}")
     print(
         f"enqueued {added} jobs to {args.stream}"
         + (f"; {len(invalid)} invalid lines not enqueued" if invalid else "")

@@ -4,20 +4,72 @@ bad flag or environment value exits 2 naming the flag, before anything is sent."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import re
+import sys
+from collections.abc import Callable
+from typing import TypeVar
 
+from worker.errors import ExitCode
+from worker.redact import redact
 from worker.settings import Rate
 
+T = TypeVar("T")
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
+def fail(command: str, message: object, code: ExitCode = ExitCode.USAGE) -> ExitCode:
+    """One line on stderr naming the command, secrets masked; returns the exit code."""
+    say(f"xquik-disconnect {command}: error: {message}")
+    return code
+
+
+def say(text: str) -> None:
+    """A line on stderr, secrets masked; a closed stderr is not an error of the run."""
+    with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+        print(redact(text), file=sys.stderr, flush=True)
+
+
+FROM_ENV = "\0"  # marks a type error in a value read from the environment
+
+
+class EnvValue(str):
+    """A default that came from the environment: its errors name the variable, not the flag."""
+
+    var: str
+
+    def __new__(cls, value: str, var: str) -> EnvValue:
+        self = super().__new__(cls, value)
+        self.var = var
+        return self
+
+
 def env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"XQUIK_{name}", default)
+    var = f"XQUIK_{name}"
+    value = os.environ.get(var)
+    return default if value is None else EnvValue(value, var)
 
 
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type whose error names the environment variable a bad value came from."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            if isinstance(text, EnvValue) and not str(exc).startswith(FROM_ENV):
+                message = f"{FROM_ENV}{text.var} (environment): {exc}"
+                raise argparse.ArgumentTypeError(message) from None
+            raise
+
+    convert.__name__ = parse.__name__  # argparse names the type in some messages
+    return convert
+
+
+@checked
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -28,13 +80,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SECONDS = 10_000_000.0  # about 116 days: longer is a typo, and would overflow deadlines
+
+
+@checked
 def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    if not 0 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and {MAX_SECONDS:g}")
+    return value
+
+
+@checked
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
 
 
@@ -49,11 +113,12 @@ def parse_rate(text: str) -> Rate:
     if not amount and unit is None:
         raise ValueError(f"{text!r} has no PERIOD, e.g. 15/60s")
     period = float(amount or 1) * _UNITS[unit]
-    if int(count) < 1 or period <= 0:
-        raise ValueError(f"{text!r}: both N and PERIOD must be positive")
+    if int(count) < 1 or not 0 < period <= MAX_SECONDS:
+        raise ValueError(f"{text!r}: N must be at least 1 and PERIOD within 0..{MAX_SECONDS:g} s")
     return Rate(int(count), period)
 
 
+@checked
 def rate(text: str) -> Rate:
     try:
         return parse_rate(text)
@@ -70,6 +135,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@checked
 def port(text: str) -> int:
     try:
         value = int(text)
@@ -80,6 +146,7 @@ def port(text: str) -> int:
     return value
 
 
+@checked
 def probability(text: str) -> float:
     value = seconds(text)
     if value > 1:
@@ -138,7 +205,8 @@ def run_options(p: argparse.ArgumentParser) -> None:
         "--state-dir",
         default=env("STATE_DIR"),
         metavar="DIR",
-        help="where the budget's recent send times persist (default: user cache dir)",
+        help="where the budget's recent send times persist, shared by every run on this "
+        "machine (default: user cache dir; none: keep nothing)",
     )
     p.add_argument(
         "--grace",
@@ -161,6 +229,11 @@ def run_options(p: argparse.ArgumentParser) -> None:
         help="handle at most N jobs (a canary batch)",
     )
     p.add_argument(
+        "--wait-lock",
+        action="store_true",
+        help="wait for another run holding the same result log (default: exit 2 at once)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -180,8 +253,10 @@ def api_options(p: argparse.ArgumentParser) -> None:
         "--api-key-file",
         default=env("API_KEY_FILE"),
         metavar="PATH",
-        help="file holding the API key (default: env XQUIK_API_KEY)",
+        help="file holding the API key, - for stdin (default: env XQUIK_API_KEY)",
     )
+    # Never a way to give the key: present only to refuse it without echoing the value.
+    p.add_argument("--api-key", nargs="?", const="", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--read-rate",
         type=rate,
@@ -191,10 +266,10 @@ def api_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=seconds,
+        type=positive_seconds,
         default=env("TIMEOUT", "30"),
         metavar="S",
-        help="per request (default 30)",
+        help="bound on each attempt, from its send to the last byte of the answer (default 30)",
     )
     p.add_argument(
         "--max-attempts",

@@ -19,7 +19,8 @@ import anyio
 
 from worker.api import Call, Session, describe, tracking
 from worker.cli.config import api_access
-from worker.errors import AuthError, ConfigError, ExitCode
+from worker.cli.options import fail
+from worker.errors import AuthError, ConfigError, ExitCode, TlsError
 from worker.logs import configure, get_logger
 from worker.settings import Rate
 
@@ -163,8 +164,7 @@ def main(args: argparse.Namespace) -> int:
         filters = filters_from_args(args)
         base_url, key = api_access(args)
     except ConfigError as exc:
-        print(f"xquik-disconnect plan: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return fail("plan", exc)
     return anyio.run(_plan, args, filters, base_url, key)
 
 
@@ -175,7 +175,7 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
 
             sandbox = await stack.enter_async_context(Sandbox())
             base_url, key = sandbox.base_url, sandbox.api_key
-        rejected: list[AuthError] = []
+        rejected: list[AuthError | TlsError] = []
         # Plans only read: the DELETE tier is never used, so it needs no budget of its own.
         session = await stack.enter_async_context(
             Session(
@@ -183,7 +183,7 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
                 api_key=key,
                 rate=Rate(None, 1.0),
                 read_rate=args.read_rate,
-                on_auth_error=rejected.append,
+                on_fatal=rejected.append,
                 timeout=args.timeout,
                 max_attempts=args.max_attempts,
             )
@@ -209,7 +209,9 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
     return ExitCode.FAILED if missing else ExitCode.OK
 
 
-def _failed(call: Call, rejected: list[AuthError]) -> int:
+def _failed(call: Call, rejected: list[AuthError | TlsError]) -> int:
     assert call.error is not None
-    print(f"xquik-disconnect plan: error: {describe(call.error, call.attempts)}", file=sys.stderr)
-    return ExitCode.AUTH if rejected else ExitCode.FAILED
+    fail("plan", describe(call.error, call.attempts))
+    if any(isinstance(exc, AuthError) for exc in rejected):
+        return ExitCode.AUTH
+    return ExitCode.USAGE if rejected else ExitCode.FAILED

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from worker.cli.options import fail
 from worker.errors import ExitCode
 from worker.models import DONE
 
@@ -138,8 +139,7 @@ def main(path: str, *, as_json: bool) -> int:
     try:
         report = build(Path(path))
     except OSError as exc:
-        print(f"xquik-disconnect report: error: {path}: {exc.strerror}", file=sys.stderr)
-        return ExitCode.USAGE
+        return fail("report", f"{path}: {exc.strerror}")
     if as_json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections import Counter
@@ -13,8 +14,9 @@ import anyio
 
 from worker.api import Session
 from worker.budget import default_state_dir
+from worker.cli.options import fail
 from worker.cli.progress import print_summary, watch
-from worker.errors import ConfigError, ExitCode
+from worker.errors import ConfigError
 from worker.logs import LogFormat, configure, get_logger
 from worker.operations import Operations
 from worker.results import FileSink, read_prior
@@ -33,13 +35,29 @@ def execute(settings: RunSettings, *, log_format: LogFormat | None = None) -> in
     try:
         summary = anyio.run(run_async, settings)
     except ConfigError as exc:
-        print(f"xquik-disconnect run: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return fail("run", exc)
     return summary.exit_code()
+
+
+def _source_stat(settings: RunSettings) -> os.stat_result | None:
+    """What the jobs source is on disk, so the result log can never be it."""
+    if settings.queue is not None:
+        return None
+    try:
+        return os.fstat(0) if settings.source == "-" else os.stat(settings.source)
+    except OSError:
+        return None
 
 
 async def run_async(settings: RunSettings) -> Summary:
     async with AsyncExitStack() as stack:
+        # The result log first: checked and locked before anything else is read or sent.
+        source_stat = _source_stat(settings)
+        if settings.wait_lock:
+            sink = await FileSink.open_waiting(settings.results, source_stat=source_stat)
+        else:
+            sink = FileSink.open(settings.results, source_stat=source_stat)
+        stack.callback(sink.close)
         if settings.sandbox:
             from worker.sandbox import Sandbox
 
@@ -66,15 +84,21 @@ async def run_async(settings: RunSettings) -> Summary:
             open_source(settings.source, queue=settings.queue, redis=redis)
         )
         state_dir = settings.state_dir
-        if state_dir is None and not settings.sandbox:
+        if state_dir is None and not settings.sandbox and settings.persist_budget:
             state_dir = default_state_dir()
+        if not settings.persist_budget:
+            log.warning(
+                "budget_not_persisted",
+                reason="--state-dir none: a restarted or concurrent run on this key may burst "
+                "past the server's window",
+            )
         session = await stack.enter_async_context(
             Session(
                 base_url=settings.base_url,
                 api_key=settings.api_key,
                 rate=settings.rate,
                 read_rate=settings.read_rate,
-                on_auth_error=lambda exc: runner.auth_failed(exc),
+                on_fatal=lambda exc: runner.key_failed(exc),
                 concurrency=settings.concurrency,
                 timeout=settings.timeout,
                 max_attempts=settings.max_attempts,
@@ -86,8 +110,6 @@ async def run_async(settings: RunSettings) -> Summary:
                 backoff_cap=settings.backoff_cap,
             )
         )
-        sink = FileSink(settings.results)
-        stack.callback(sink.close)
         ops = Operations(
             session,
             run_id=Runner.new_run_id(),
@@ -102,6 +124,7 @@ async def run_async(settings: RunSettings) -> Summary:
             concurrency=settings.concurrency,
             limit=settings.limit,
             sync_before_settle=settings.queue is not None,
+            grace=settings.grace,
         )
         runner.summary.consumer = settings.queue is not None and not settings.queue.drain
         if settings.metrics_port is not None:

@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 import signal
-import sys
 
 import anyio
 
-from worker.cli.options import is_loopback
+from worker.cli.options import fail, is_loopback
 from worker.errors import ExitCode
 from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
 
@@ -45,13 +44,11 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
 
 def serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
-        print("xquik-disconnect sandbox: error: --host must be a loopback address", file=sys.stderr)
-        return ExitCode.USAGE
+        return fail("sandbox", "--host must be a loopback address")
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"xquik-disconnect sandbox: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return fail("sandbox", exc)
     anyio.run(_serve, config)
     return ExitCode.OK
 

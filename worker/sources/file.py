@@ -1,15 +1,28 @@
-"""Jobs files (JSONL, CSV, text) and stdin, streamed in batches off the event loop."""
+"""Jobs files (JSONL, CSV, text) and stdin, read as bytes and parsed a chunk at a time.
+
+No input can raise out of here: each line is decoded on its own (strict UTF-8), and a line
+that cannot be a job (not UTF-8, a stray control character, too long, a CSV quote that never
+closes) becomes one Invalid naming `file:line`. Only `check()` refuses a whole file before
+the run (exit 2): one that cannot be read, is not UTF-8 text (UTF-16, binary), or is a CSV
+whose header names no usable column.
+
+Regular files are read in a worker thread; pipes, FIFOs and terminals through the event loop
+(asyncio's read pipe), so a silent producer never holds up a signal, and a line from a slow one
+reaches a worker as soon as it arrives, not when a batch fills.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import csv
-import io
+import os
+import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from itertools import islice
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self, TextIO
+from typing import Literal, Self
 
 import anyio
 
@@ -26,81 +39,170 @@ from worker.sources.parse import (
 )
 
 Format = Literal["jsonl", "csv", "text"]
-BATCH = 512
+CHUNK = 1 << 16
+_BOM = codecs.BOM_UTF8
+_FOREIGN_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# Control characters other than tab; DEL and the C1 range too.
+_CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]) - {"\t"}
 
 
-def format_for(path: Path) -> Format:
+def format_for(path: Path) -> Format | None:
+    """The format a file name says; None when it says nothing (sniff the first line)."""
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson", ".json"}:
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    return "text"
+    if suffix in {".txt", ".text", ".ids"}:
+        return "text"
+    return None
+
+
+def _csv_row(text: str) -> list[str]:
+    """One line as a CSV row; csv.Error for a quote that never closes or another malformed
+    quote (strict: nothing is silently repaired)."""
+    return next(csv.reader([text], strict=True), [])
 
 
 def sniff(first_line: str) -> Format:
-    text = first_line.strip().lstrip("\ufeff")
+    text = first_line.strip()
     if text.startswith(("{", '"')):
         return "jsonl"
-    if any(c is not None for c in csv_columns(next(csv.reader([text])))[:2]):
-        return "csv"
+    try:
+        if any(c is not None for c in csv_columns(_csv_row(text))[:2]):
+            return "csv"
+    except csv.Error:
+        pass
     return "text"
 
 
-def iter_lines(stream: TextIO, limit: int = MAX_LINE) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) per line; text is None for a line over `limit` characters, whose
-    rest is skipped without ever being held in memory."""
-    number = 0
-    while line := stream.readline(limit + 1):
-        number += 1
-        if len(line) > limit and not line.endswith("\n"):
-            while (rest := stream.readline(limit + 1)) and not rest.endswith("\n"):
-                pass
-            yield number, None
-            continue
-        yield number, line.rstrip("\r\n")
+def control_character(text: str) -> str | None:
+    """Where the first stray control character stands, e.g. 'U+000D at column 4'."""
+    if _CONTROL.isdisjoint(text):
+        return None
+    column, char = next((i, c) for i, c in enumerate(text, 1) if c in _CONTROL)
+    return f"U+{ord(char):04X} at column {column}"
 
 
-def parse_stream(
-    stream: TextIO, name: str, fmt: Format | None, *, limit: int = MAX_LINE
-) -> Iterator[Item]:
-    """Every job line of `stream` as a Job or an Invalid, in order, lazily."""
-    lines = iter_lines(stream, limit)
-    parse: Callable[[str, str], Item] | None = None
-    for number, text in lines:
-        where = f"{name}:{number}"
-        if text is None:
-            yield Invalid(where, f"line longer than {limit} characters")
-            continue
-        if is_skippable_text(text):
-            continue
-        if parse is None:
-            chosen = fmt or sniff(text)
-            if chosen == "csv":
-                columns = csv_columns(next(csv.reader([text]), []))
-                if columns[0] is None and columns[1] is None:
-                    raise ConfigError(
-                        f"{where}: the CSV header must name an account_id or username column"
-                    )
-                parse = _csv_parser(columns)
+class LineParser:
+    """Bytes in, items out: feed chunks as they come, then `finish()`. Only \\n ends a line
+    (so line numbers match `sed -n Np` and `wc -l`); a trailing \\r is dropped."""
+
+    def __init__(self, name: str, fmt: Format | None, *, limit: int = MAX_LINE) -> None:
+        self.name = name
+        self._fmt = fmt
+        self._limit = limit
+        self._number = 0
+        self._partial = bytearray()
+        self._too_long = False
+        self._parse: Callable[[str, str], Item] | None = None
+        self.header_error: str | None = None
+
+    def feed(self, chunk: bytes) -> list[Item]:
+        items: list[Item] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            start = end + 1
+            if self._too_long or len(self._partial) + len(piece) > self._limit * 4:
+                self._line_too_long(items)
                 continue
-            parse = parse_json_line if chosen == "jsonl" else parse_text_line
-        yield parse(where, text)
+            self._partial += piece
+            self._line(bytes(self._partial), items)
+            self._partial.clear()
+        rest = chunk[start:]
+        if rest and not self._too_long:
+            self._partial += rest
+            # A line past the limit is never held whole: drop it now, say so at its end.
+            if len(self._partial) > self._limit * 4:
+                self._too_long = True
+                self._partial.clear()
+        return items
+
+    def finish(self) -> list[Item]:
+        """The last line, if the input did not end with a newline."""
+        items: list[Item] = []
+        if self._too_long:
+            self._line_too_long(items)
+        elif self._partial:
+            self._line(bytes(self._partial), items)
+            self._partial.clear()
+        return items
+
+    def _line_too_long(self, items: list[Item]) -> None:
+        self._number += 1
+        self._too_long = False
+        self._partial.clear()
+        items.append(Invalid(self._where(), f"line longer than {self._limit} characters"))
+
+    def _where(self) -> str:
+        return f"{self.name}:{self._number}"
+
+    def _line(self, raw: bytes, items: list[Item]) -> None:
+        self._number += 1
+        if self._number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            items.append(
+                Invalid(self._where(), f"not UTF-8 text (byte {exc.start + 1} of the line)")
+            )
+            return
+        if len(text) > self._limit:
+            items.append(Invalid(self._where(), f"line longer than {self._limit} characters"))
+            return
+        if is_skippable_text(text):
+            return
+        if (where := control_character(text)) is not None:
+            items.append(Invalid(self._where(), f"a stray control character ({where})"))
+            return
+        if self.header_error is not None:
+            items.append(Invalid(self._where(), self.header_error))
+            return
+        if self._parse is None:
+            chosen = self._fmt or sniff(text)
+            if chosen == "csv":
+                self._csv_header(text, items)
+                return
+            self._parse = parse_json_line if chosen == "jsonl" else parse_text_line
+        items.append(self._parse(self._where(), text))
+
+    def _csv_header(self, text: str, items: list[Item]) -> None:
+        try:
+            columns = csv_columns(_csv_row(text))
+        except csv.Error:
+            columns = (None, None, None, None)
+        if columns[0] is None and columns[1] is None:
+            self.header_error = (
+                f"{self._where()}: the CSV header must name an account_id or username column"
+            )
+            items.append(Invalid(self._where(), self.header_error))
+            return
+
+        def parse(where: str, line: str) -> Item:
+            try:
+                row = _csv_row(line)
+            except csv.Error as exc:
+                return Invalid(
+                    where, f"malformed CSV ({exc}): a quoted field must close on its line"
+                )
+            return parse_csv_row(where, row, columns)
+
+        self._parse = parse
 
 
-def _csv_parser(
-    columns: tuple[int | None, int | None, int | None, int | None],
-) -> Callable[[str, str], Item]:
-    def parse(where: str, text: str) -> Item:
-        row = next(csv.reader([text]), [])
-        return parse_csv_row(where, row, columns)
-
-    return parse
+def parse_bytes(data: bytes, name: str, fmt: Format | None, *, limit: int = MAX_LINE) -> list[Item]:
+    """Every item of a whole input (for tests and small inputs)."""
+    parser = LineParser(name, fmt, limit=limit)
+    return parser.feed(data) + parser.finish()
 
 
 class FileSource:
-    """A jobs file, or stdin for `-`. Reading happens in a worker thread, a batch at a time,
-    so a slow pipe never blocks the event loop and memory stays flat."""
+    """A jobs file, or stdin for None. The format comes from the file name, else from the
+    first line. Memory stays flat: at most one chunk's items are read ahead."""
 
     def __init__(self, path: Path | None, *, fmt: Format | None = None) -> None:
         self.path = path
@@ -119,18 +221,40 @@ class FileSource:
         return None
 
     def check(self) -> None:
-        """Fail early (ConfigError) on a file that cannot be read or has no usable CSV header."""
+        """Refuse (ConfigError, before any request) a file that cannot be read, is not UTF-8
+        text, or is a CSV without a usable header. Reads only the start of the file."""
         if self.path is None:
             return
         try:
-            with self._open() as stream:
-                next(parse_stream(stream, self.name, self._fmt), None)
+            mode = self.path.stat().st_mode
+            if stat.S_ISDIR(mode):
+                raise ConfigError(f"jobs file {self.name} is a directory")
+            if not stat.S_ISREG(mode):
+                return  # a FIFO or a device: read as it comes, like stdin
+            with self.path.open("rb") as f:
+                head = f.read(CHUNK)
+                parser = LineParser(self.name, self._fmt)
+                items = parser.feed(head)
+                while not items and parser.header_error is None and (more := f.read(CHUNK)):
+                    items = parser.feed(more)
         except OSError as exc:
             raise ConfigError(f"cannot read jobs file {self.name}: {exc.strerror}") from exc
+        if head.startswith(_FOREIGN_BOMS):
+            raise ConfigError(
+                f"jobs file {self.name} is not UTF-8 text (it starts with a UTF-16/32 byte "
+                "order mark): convert it, e.g. iconv -f UTF-16 -t UTF-8"
+            )
+        if b"\0" in head:
+            raise ConfigError(
+                f"jobs file {self.name} is not UTF-8 text (it holds NUL bytes: UTF-16 or binary)"
+            )
+        if parser.header_error is not None:
+            raise ConfigError(parser.header_error)
 
     def total(self) -> int | None:
-        """Number of lines, as a cheap upper bound of jobs for the progress bar (None: stdin)."""
-        if self.path is None:
+        """Number of lines of a regular file, a cheap upper bound of jobs for the progress
+        bar (None: stdin or a pipe)."""
+        if self.path is None or not self.path.is_file():
             return None
         count = 0
         with self.path.open("rb") as raw:
@@ -138,28 +262,48 @@ class FileSource:
                 count += chunk.count(b"\n")
         return count
 
-    def _open(self) -> TextIO:
-        if self.path is None:
-            return io.TextIOWrapper(
-                sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="\n"
-            )
-        # Only \n ends a line, so line numbers match `sed -n Np` and `wc -l`.
-        return self.path.open(encoding="utf-8-sig", errors="replace", newline="\n")
-
     async def batches(self) -> AsyncIterator[Sequence[Item]]:
-        stream = self._open()
+        parser = LineParser(self.name, self._fmt)
+        async for chunk in self._chunks():
+            # Parsing a chunk is CPU work: off the event loop, as the reading of files is.
+            if items := await anyio.to_thread.run_sync(parser.feed, chunk):
+                yield items
+        if items := parser.finish():
+            yield items
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        own = self.path is not None
+        if self.path is None:
+            fd = sys.stdin.fileno()
+        else:
+            # Opening a FIFO waits for its writer: in a thread, abandoned if the run stops.
+            fd = await anyio.to_thread.run_sync(
+                os.open, self.path, os.O_RDONLY, abandon_on_cancel=True
+            )
         try:
-            items = parse_stream(stream, self.name, self._fmt)
-            # A thread blocked on a silent pipe must not hold up a stop: abandon it on cancel.
-            while batch := await anyio.to_thread.run_sync(
-                lambda: list(islice(items, BATCH)), abandon_on_cancel=self.path is None
-            ):
-                yield batch
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
+                    yield chunk
+            else:
+                async for chunk in _pipe_chunks(fd):
+                    yield chunk
         finally:
-            if self.path is not None:
-                stream.close()
-            elif isinstance(stream, io.TextIOWrapper):
-                stream.detach()  # leave sys.stdin itself open
+            if own:
+                os.close(fd)
 
     async def settle(self, item: Item, result: Result | None) -> None:
         return None
+
+
+async def _pipe_chunks(fd: int) -> AsyncIterator[bytes]:
+    """A pipe, FIFO or terminal read through the event loop: cancellable at any moment."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK * 4)
+    pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        while chunk := await reader.read(CHUNK):
+            yield chunk
+    finally:
+        transport.close()
+        os.set_blocking(fd, True)  # the descriptor is shared with whoever else holds stdin
