@@ -101,7 +101,14 @@ class FakeOps:
     """A job handler with no network: each job takes `hold` until `release` (if set), and is
     recorded `disconnected`; ids in `gone` resolve as done by an earlier run."""
 
-    def __init__(self, *, done_before: frozenset[str] = frozenset(), hold: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        done_before: frozenset[str] = frozenset(),
+        hold: bool = False,
+        broken: frozenset[str] = frozenset(),
+    ) -> None:
+        self.broken = broken  # ids whose handling raises, as a bug would
         self.run_id = "test-run"
         self.claims = Claims(done_before)
         self.handled: list[str] = []
@@ -122,6 +129,8 @@ class FakeOps:
                 await anyio.lowlevel.checkpoint()
             if self.closed:
                 raise BudgetClosed
+            if job.key in self.broken:
+                raise KeyError(job.key)
             self.handled.append(job.key)
             return [
                 Result(
@@ -144,6 +153,15 @@ class FakeOps:
             source=job.source,
             account_id=job.account_id,
             outcome=Outcome.DUPLICATE,
+        )
+
+    def internal_error(self, job: Job, name: str) -> Result:
+        return Result(
+            run_id=self.run_id,
+            source=job.source,
+            account_id=job.account_id,
+            outcome=Outcome.FAILED,
+            error=f"internal_error: {name}",
         )
 
     def close(self) -> None:

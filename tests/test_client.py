@@ -124,3 +124,45 @@ async def test_budget_counts_aiohttp_hidden_resend(sandbox_factory: SandboxFacto
     assert seen > len(outcomes), "the fault plan should have caused hidden resends"
     assert client.sent["DELETE"] == seen
     assert budget.sends_in_span() == seen
+
+
+async def test_a_read_429_without_retry_after_waits_the_read_window() -> None:
+    """A 429 that names no wait: each tier's budget falls back to its own window (a read
+    waits 1 s, not the DELETE tier's 60 s)."""
+    from aiohttp import web
+
+    from tests.hostile_servers import Server
+
+    async def bare_429(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "rate_limit_exceeded"}, status=429)
+
+    reads = SlidingWindowBudget(100, 1.0)
+    deletes = SlidingWindowBudget(15, 60.0)
+    async with Server(bare_429) as server:
+        base = f"{server.url}/api/v1"
+        async with XquikClient(
+            base_url=base, api_key="k", read_budget=reads, delete_budget=deletes
+        ) as client:
+            with pytest.raises(RateLimited):
+                await client.get_account("1")
+            assert 0.9 <= reads.cooldown_remaining() <= 1.1
+            assert deletes.cooldown_remaining() == 0
+            with pytest.raises(RateLimited):
+                await client.delete_account("1")
+    assert 59 <= deletes.cooldown_remaining() <= 61.3
+
+
+async def test_a_refused_connection_gives_its_slot_back() -> None:
+    """Nothing listening: the request never left, so the budget does not count it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    budget = SlidingWindowBudget(3, 60.0)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    async with XquikClient(base_url=base, api_key="k", delete_budget=budget) as client:
+        for _ in range(5):
+            with pytest.raises(NetworkError):
+                await client.delete_account("1")
+        assert client.sent["DELETE"] == 0
+        assert client.refunded == 5
+    assert budget.sends_in_span() == 0

@@ -271,10 +271,11 @@ def test_a_second_run_on_the_same_log_exits_2_at_once(sandbox_process: Any, tmp_
 def test_wait_lock_runs_after_the_holder(sandbox_process: Any, tmp_path: Path) -> None:
     """--wait-lock: the second run waits for the first, then skips everything it did."""
     sb = sandbox_process("--accounts", "6", "--delete-limit", "unlimited", "--slow", "1",
-                         "--slow-seconds", "0.3")  # fmt: skip
+                         "--slow-seconds", "1")  # fmt: skip
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 7)])
     env = cli_env(XQUIK_API_KEY=sb.api_key)
-    argv = run_argv(jobs, sb, "--state-dir", str(tmp_path / "s"), "--log-format", "json")
+    argv = run_argv(jobs, sb, "--state-dir", str(tmp_path / "s"), "--log-format", "json",
+                    "--concurrency", "1")  # fmt: skip
     first = subprocess.Popen(
         argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -391,7 +392,9 @@ def test_a_full_disk_mid_run_stops_with_exit_4_and_a_rerun_finishes(
     argv = run_argv(jobs, sb, "--results", str(results), "--state-dir", "none",
                     "--log-format", "json", "--rate", "unlimited")  # fmt: skip
     env = cli_env(XQUIK_API_KEY=sb.api_key)
-    full = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    # The size limit is per process: coverage's own data file would hit it too.
+    limited = {k: v for k, v in env.items() if not k.startswith("COVERAGE_PROCESS")}
+    full = subprocess.run(argv, env=limited, cwd=ROOT, capture_output=True, text=True, timeout=60,
                           preexec_fn=_limit_file_size(20 * 300))  # fmt: skip
     assert full.returncode == 4, full.stderr[-2000:]
     assert '"results_write_failed"' in full.stderr
@@ -415,3 +418,170 @@ def read_results_lenient(path: Path) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             out.append(json.loads(line))
     return out
+
+
+async def test_a_username_done_in_the_log_is_done_on_a_rerun(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`,user3` (username only): the rerun skips it before any lookup, so a handle-based
+    offboarding list comes back clean (exit 0, report clean), in any case and with @."""
+    from tests.conftest import settings_for
+    from worker.cli.report import main as report
+    from worker.cli.run import run_async
+
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("account_id,username\n,user3\n,User4\n")
+    first = await run_async(settings_for(sandbox, jobs, tmp_path))
+    assert first.exit_code() == 0
+    again = tmp_path / "again.csv"
+    again.write_text("account_id,username\n,@USER3\n,user4\n")
+    second = await run_async(settings_for(sandbox, again, tmp_path))
+    assert second.exit_code() == 0
+    assert second.skipped_done == 2
+    assert second.sent.get("GET", 0) == 0  # no lookup at all
+    assert report(str(tmp_path / "results.jsonl"), as_json=True) == 0
+
+
+def test_a_closed_stderr_never_stops_the_work(sandbox_process: Any, tmp_path: Path) -> None:
+    """`run … 2>&1 | head -1`: the logs' pipe closes at once; every job is still done and
+    recorded, and the run ends as if nothing happened."""
+    sb = sandbox_process("--accounts", "40", "--delete-limit", "unlimited")
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 41)])
+    argv = run_argv(jobs, sb, "--state-dir", "none", "--log-format", "json", "--rate", "unlimited")
+    line = " ".join(f"'{a}'" for a in argv)
+    script = f"{line} 2>&1 | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env=cli_env(XQUIK_API_KEY=sb.api_key), cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0
+    records = read_results(tmp_path / "jobs.txt.results.jsonl")
+    assert sorted(int(r["account_id"]) for r in records) == list(range(1, 41))
+    assert sb.stats()["accounts"] == 0
+
+
+def test_a_silent_stdin_lets_a_line_through_and_a_signal_end_the_run(
+    sandbox_process: Any, tmp_path: Path
+) -> None:
+    """A producer that writes one line and then stays silent: the line is sent while stdin is
+    still open (not when a batch fills), and SIGTERM ends the run within the grace (130)."""
+    import signal
+
+    sb = sandbox_process("--delete-limit", "unlimited")
+    argv = run_argv("-", sb, "--state-dir", "none", "--grace", "2",
+                    "--results", str(tmp_path / "r.jsonl"))  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=cli_env(XQUIK_API_KEY=sb.api_key),
+                            cwd=ROOT)  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"7\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + 20
+    while sb.stats()["received"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sb.stats()["received"] == 1  # sent while the producer is still there
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 130
+    proc.stdin.close()
+    assert [r["account_id"] for r in read_results(tmp_path / "r.jsonl")] == ["7"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--rate-margin", "1e308"), "--rate-margin"),
+        (("--timeout", "0"), "--timeout"),
+        (("--rate", "1/1e308s"), "--rate"),
+    ],
+)
+def test_absurd_numbers_are_usage_errors(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
+    """Numbers that would overflow a deadline or mean 'never': exit 2 naming the flag."""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    done = run_cli("run", str(jobs), "--sandbox", *args)
+    assert done.returncode == 2
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("content", [b"xq_abc\r\ndef0123456789", b"\x00\xff\xfe binary", b""])
+def test_a_bad_key_file_is_a_message_not_a_traceback(tmp_path: Path, content: bytes) -> None:
+    """CR/LF inside the key, a binary file, an empty one: exit 2, the content never shown."""
+    key = tmp_path / "key"
+    key.write_bytes(content)
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    done = run_cli("run", str(jobs), "--api-key-file", str(key))
+    assert done.returncode == 2
+    assert "--api-key-file" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "def0123456789" not in done.stderr
+
+
+def test_a_metrics_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
+    """Exit 2 naming --metrics-port, before any request."""
+    import socket
+
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("run", str(jobs), "--sandbox", "--metrics-port", str(port))
+    assert done.returncode == 2
+    assert f"--metrics-port {port}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "jobs.txt.results.jsonl").read_text()
+
+
+def test_report_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`report big.jsonl | head -1`: no BrokenPipeError traceback."""
+    log = tmp_path / "r.jsonl"
+    record = {
+        "ts": "2026-01-01T00:00:00.000Z",
+        "run_id": "r",
+        "outcome": "failed",
+        "op": "disconnect",
+    }
+    log.write_text("".join(json.dumps({**record, "account_id": str(i), "error": f"e{i}"}) + "\n"
+                           for i in range(3000)))  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", f"'{sys.executable}' -m worker report '{log}' | head -1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=cli_env(),
+    )  # fmt: skip
+    assert done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipe" not in done.stderr
+
+
+def test_the_sandbox_never_prints_a_key_it_did_not_make(tmp_path: Path) -> None:
+    """XQUIK_API_KEY in the environment (the README's first Use line exports it): the sandbox
+    ignores it and prints only its own throwaway key."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(XQUIK_API_KEY=KEY), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready = json.loads(proc.stdout.readline())
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert ready["api_key"].startswith("xq_")
+    no_key_in(json.dumps(ready), out, err)
+
+
+def test_an_internal_error_is_one_line_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bug outside any job (here: in `report`, raised as an ExceptionGroup): one line on
+    stderr naming it, exit 70, no traceback."""
+    import worker.cli.report as report_module
+    from worker.cli import main
+
+    def broken(path: str, *, as_json: bool) -> int:
+        raise ExceptionGroup("boom", [RuntimeError("unexpected state")])
+
+    monkeypatch.setattr(report_module, "main", broken)
+    assert main(["report", str(tmp_path / "r.jsonl")]) == 70
+    err = capsys.readouterr().err
+    assert "internal error (RuntimeError: unexpected state)" in err
+    assert "Traceback" not in err

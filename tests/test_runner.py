@@ -125,3 +125,15 @@ async def test_a_job_stopped_by_a_closed_budget_has_no_record() -> None:
     runner, _, _, sink = await run(jobs("1", "2"), ops)
     assert sink.results == []
     assert runner.summary.not_finished == 2
+
+
+async def test_a_bug_in_one_job_is_that_jobs_failed_record() -> None:
+    """An unexpected exception while handling a job: that job is failed with
+    internal_error and its type; every other job goes on."""
+    ops = FakeOps(broken=frozenset({"2"}))
+    runner, ops, _, sink = await run(jobs("1", "2", "3"), ops)
+    by_id = {r.account_id: r for r in sink.results}
+    assert by_id["2"].outcome is Outcome.FAILED
+    assert by_id["2"].error == "internal_error: KeyError"
+    assert by_id["1"].outcome is by_id["3"].outcome is Outcome.DISCONNECTED
+    assert runner.summary.exit_code() == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Literal, TextIO
 
@@ -29,14 +30,46 @@ def mask_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return {k: _mask(v) for k, v in event_dict.items()}
 
 
+class Guarded:
+    """A log stream whose failures are not the run's: a closed stderr (`2>&1 | head`), a full
+    disk under a redirected log. Lines that cannot be written are dropped; the work goes on
+    and the result log keeps every record."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def configure(
     fmt: LogFormat | None = None, *, level: str = "info", stream: TextIO | None = None
 ) -> None:
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
+    colors = stream.isatty() and not os.environ.get("NO_COLOR")
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=colors)
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
@@ -52,7 +85,7 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(Guarded(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

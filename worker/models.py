@@ -36,6 +36,13 @@ class Op(StrEnum):
 DONE = frozenset({Outcome.DISCONNECTED, Outcome.ALREADY_GONE, Outcome.DELETED})
 
 
+def job_key(account_id: str | None, username: str | None) -> str:
+    """One account's key: its id, else `@` and its handle in lower case (`@` optional)."""
+    if account_id is not None:
+        return account_id
+    return "@" + (username or "").lower().removeprefix("@")
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One disconnect request, as read from a source."""
@@ -51,9 +58,7 @@ class Job:
     @property
     def key(self) -> str:
         """The account this job targets, for de-duplication."""
-        if self.account_id is not None:
-            return self.account_id
-        return "@" + (self.username or "").lower()
+        return job_key(self.account_id, self.username)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,17 @@ class Operations:
             error="the same account appears earlier in this run",
         )
 
+    def internal_error(self, job: Job, name: str) -> Result:
+        return Result(
+            run_id=self.run_id,
+            source=job.source,
+            job_id=job.job_id,
+            account_id=job.account_id,
+            username=job.username,
+            outcome=Outcome.FAILED,
+            error=f"internal_error: {name}",
+        )
+
     # The requests ----------------------------------------------------------------------------
     def _result(self, job: Job, started: float, call: Call | None = None, **fields: Any) -> Result:
         if call is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from worker.errors import ConfigError
-from worker.models import DONE, Op, Result
+from worker.models import DONE, Op, Result, job_key
 
 
 class ResultSink(Protocol):
@@ -160,7 +160,8 @@ def _lock_holder(info: os.stat_result) -> int | None:
 class PriorResults:
     """What earlier runs recorded: the accounts already done, and any unreadable lines."""
 
-    done: set[str] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)  # account ids
+    done_names: set[str] = field(default_factory=set)  # their handles, as "@name"
     lines: int = 0
     bad_lines: list[int] = field(default_factory=list)
 
@@ -171,10 +172,13 @@ class PriorResults:
 _ACCOUNT = re.compile(rb'"account_id": "([A-Za-z0-9_-]{1,128})"')
 _OUTCOME = re.compile(rb'"outcome": "(disconnected|already_gone)"')
 _OP = re.compile(rb'"op": "([a-z_]+)"')
+_USERNAME = re.compile(rb'"username": "([A-Za-z0-9_]{1,50})"')
 
 
 def read_prior(path: Path) -> PriorResults:
-    """Scan an existing result log for done disconnects. A missing file is an empty log."""
+    """Scan an existing result log for done disconnects: their account ids, and their
+    usernames (as `@name`, lower case), so a handle-based list comes back clean on a rerun
+    even though the handle no longer resolves. A missing file is an empty log."""
     prior = PriorResults()
     try:
         f = path.open("rb")
@@ -192,11 +196,15 @@ def read_prior(path: Path) -> PriorResults:
             if account and outcome and op:
                 if op.group(1) == b"disconnect":
                     prior.done.add(account.group(1).decode())
+                    if name := _USERNAME.search(line):
+                        prior.done_names.add(job_key(None, name.group(1).decode()))
                 continue
             try:
                 record = json.loads(line)
                 if record.get("op", Op.DISCONNECT) == Op.DISCONNECT and record["outcome"] in DONE:
                     prior.done.add(str(record["account_id"]))
+                    if isinstance(record.get("username"), str):
+                        prior.done_names.add(job_key(None, record["username"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 prior.bad_lines.append(number)
     return prior

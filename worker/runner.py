@@ -41,6 +41,7 @@ class Handler(Protocol):
 
     def invalid(self, item: Invalid) -> Result: ...
     def duplicate(self, job: Job) -> Result: ...
+    def internal_error(self, job: Job, name: str) -> Result: ...
 
     def close(self) -> None:
         """Start no more requests."""
@@ -208,13 +209,26 @@ class Runner:
                 source=job.source, account_id=job.account_id, username=job.username
             )
             try:
-                finished = await self._settle(job, await self.ops.handle(job))
+                finished = await self._settle(job, await self._handle(job))
             except BudgetClosed:
                 pass  # the run is stopping; this job was not sent (again)
             finally:
                 reset_contextvars(**tokens)
                 # Stopped or cancelled before its record: no record, a rerun picks it up.
                 self.summary.not_finished += not finished
+
+    async def _handle(self, job: Job) -> list[Result]:
+        """The job's records. A bug met in one job (anything but a stop) becomes that job's
+        failed record, never an exception that cancels its siblings."""
+        try:
+            return await self.ops.handle(job)
+        except BudgetClosed:
+            raise
+        except Exception as exc:
+            name = type(exc).__name__
+            log.error("job_internal_error", error=f"{name}: {exc}")
+            log.debug("job_internal_error_traceback", exc_info=True)
+            return [self.ops.internal_error(job, name)]
 
     async def _settle(self, item: Item, results: list[Result]) -> bool:
         """Record the item's results (none: done by an earlier run), then tell the source.

@@ -68,10 +68,6 @@ class Claims:
         self._done_before = done_before
         self._seen = SeenSet()
 
-    @property
-    def done_before(self) -> int:
-        return len(self._done_before)
-
     def claim(self, key: str) -> Claim:
         """ "new" (the caller takes it), "done" (an earlier run did it) or "duplicate"."""
         if key in self._done_before:

@@ -44,6 +44,7 @@ class QueueConfig:
     drain: bool = False
     batch: int = 16
     block_ms: int = 1000
+    connect_timeout: float | None = None  # None: wait for Redis for ever (a k8s consumer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,7 @@ class RedisBudget:
 
     async def _script(self, script: Any, *args: Any, **kwargs: Any) -> Any:
         """Redis going away holds the budget closed (nothing is sent) until it is back."""
-        async for attempt in redis_retrying():
+        async for attempt in redis_retrying(self._redis):
             with attempt:
                 return await script(*args, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover

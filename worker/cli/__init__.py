@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,17 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
         "stream; invalid lines are reported, not enqueued (exit 1).",
     )
     enqueue.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -")
+    redis_url = options.env("REDIS_URL")
     enqueue.add_argument(
         "--redis",
-        required=True,
+        required=redis_url is None,
         metavar="URL",
-        default=options.env("REDIS_URL"),
-        help="redis://HOST:PORT/DB or rediss://…",
+        default=redis_url,
+        help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
     )
     enqueue.add_argument(
         "--stream",
         default=options.env("STREAM", "xquik:disconnect"),
         help="stream name (default xquik:disconnect)",
+    )
+    enqueue.add_argument(
+        "--redis-connect-timeout",
+        type=options.positive_seconds,
+        default=options.env("REDIS_CONNECT_TIMEOUT", "30"),
+        metavar="S",
+        help="give up (exit 2) when Redis cannot be reached for S seconds (default 30)",
+    )
+    enqueue.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=options.env("LOG_FORMAT"),
+        help="logs on stderr (default: console on a TTY, else json)",
     )
     plan = sub.add_parser(
         "plan",
@@ -104,7 +119,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": _plan,
         "enqueue": _enqueue,
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED  # a signal before our own handlers were in place
+    except BrokenPipeError:
+        # The reader went away (`report | head`): nothing more to say, and nothing to say it
+        # to; point stdout at /dev/null so the interpreter's last flush cannot fail either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OK
+    except Exception as exc:
+        return internal_error(args.command, exc)
+
+
+def internal_error(command: str, exc: BaseException) -> int:
+    """No traceback ever reaches a user's terminal: one line here, the traceback in the log
+    at debug level (the result log was flushed and closed on the way out)."""
+    from worker.logs import get_logger
+
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    log = get_logger()
+    with contextlib.suppress(Exception):
+        log.error("internal_error", error=f"{type(leaf).__name__}: {leaf}")
+        log.debug("internal_error_traceback", exc_info=exc)
+    return options.fail(
+        command,
+        f"internal error ({type(leaf).__name__}: {leaf}); the result log is flushed, rerun "
+        "to resume, and please report it with the log at debug level",
+        ExitCode.SOFTWARE,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

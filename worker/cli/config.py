@@ -30,6 +30,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             claim_idle=args.claim_idle,
             max_deliveries=args.max_deliveries,
             drain=args.drain,
+            connect_timeout=_connect_timeout(args.redis_connect_timeout, args.drain),
         )
     elif source != "-":
         path = Path(source)
@@ -140,6 +141,14 @@ def api_access(args: argparse.Namespace) -> tuple[str, str]:
         )
     register(key)
     return base_url, key
+
+
+def _connect_timeout(given: float | None, drain: bool) -> float | None:
+    """--redis-connect-timeout: a consumer waits for Redis for ever unless told otherwise;
+    a --drain run (a batch job) gives up after 30 s."""
+    if given is not None:
+        return given
+    return 30.0 if drain else None
 
 
 def _default_results(source: str) -> Path:

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 
 from worker.cli.options import fail, say
-from worker.errors import ExitCode
+from worker.errors import ConfigError, ExitCode
+from worker.logs import configure
 from worker.models import Invalid
-from worker.redis_conn import connect
+from worker.redis_conn import address, connect, redis_errors, redis_retrying
 from worker.sources import FileSource
 from worker.sources.stream import enqueue
 
 
-async def _enqueue(jobs: str, *, url: str, stream: str) -> tuple[int, list[Invalid]]:
+async def _enqueue(
+    jobs: str, *, url: str, stream: str, connect_within: float
+) -> tuple[int, list[Invalid]]:
     source = FileSource(None if jobs == "-" else Path(jobs))
     redis = connect(url)
     try:
+        async for attempt in redis_retrying(redis, deadline=connect_within):
+            with attempt:
+                await redis.ping()
         return await enqueue(source.batches(), redis=redis, stream=stream)
     finally:
         await redis.aclose()
@@ -29,9 +34,21 @@ async def _enqueue(jobs: str, *, url: str, stream: str) -> tuple[int, list[Inval
 def main(args: argparse.Namespace) -> int:
     if urlsplit(args.redis).scheme not in {"redis", "rediss", "unix"}:
         return fail("enqueue", f"--redis {args.redis!r} is not a redis:// URL")
-    if args.jobs != "-" and not os.path.isfile(args.jobs):
-        return fail("enqueue", f"jobs file {args.jobs!r} not found")
-    added, invalid = anyio.run(lambda: _enqueue(args.jobs, url=args.redis, stream=args.stream))
+    if args.jobs != "-":
+        try:
+            FileSource(Path(args.jobs)).check()
+        except ConfigError as exc:
+            return fail("enqueue", exc)
+    configure(args.log_format)
+    timeout = args.redis_connect_timeout
+    try:
+        added, invalid = anyio.run(
+            lambda: _enqueue(args.jobs, url=args.redis, stream=args.stream, connect_within=timeout)
+        )
+    except ConfigError as exc:
+        return fail("enqueue", exc)
+    except redis_errors() as exc:
+        return fail("enqueue", f"Redis at {address(args.redis)} went away: {exc}")
     for item in invalid:
         say(f"{item.source}: {item.error}")
     print(

@@ -9,24 +9,40 @@ in queue mode, Redis answers PING; else 503.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import anyio
 from aiohttp import web
 
 from worker.api import Session
+from worker.errors import ConfigError
 from worker.runner import Runner
 
 
+@dataclass(slots=True)
+class RunView:
+    """What the metrics server looks at; filled in as the run starts up, so /healthz answers
+    (503 while Redis is unreachable) before the run has its source or its session."""
+
+    runner: Runner | None = None
+    session: Session | None = None
+    queue: Any = None  # the RedisSource, once connected
+    redis: Any = None  # its client, from the start
+
+
 class _Collector:
-    def __init__(self, runner: Runner, session: Session) -> None:
-        self.runner, self.session = runner, session
+    def __init__(self, view: RunView) -> None:
+        self.view = view
         self.queue: dict[str, float] = {}
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s, c = self.runner.summary, self.session.client
+        if self.view.runner is None or self.view.session is None:
+            return
+        s, c = self.view.runner.summary, self.view.session.client
         jobs = CounterMetricFamily(
             "xquik_jobs", "Result records by op and outcome", labels=["op", "outcome"]
         )
@@ -43,7 +59,7 @@ class _Collector:
         yield requests
         for name, doc, value in (
             ("xquik_attempts", "Attempts made by recorded jobs", s.attempts),
-            ("xquik_retries", "Retries after transient errors", self.session.retries),
+            ("xquik_retries", "Retries after transient errors", self.view.session.retries),
             ("xquik_rate_limited", "429 answers received", c.rate_limited),
             ("xquik_cooldown_seconds", "Seconds of key-wide cooldown applied", c.cooldown_s),
             (
@@ -63,42 +79,36 @@ class _Collector:
 
 
 class MetricsServer:
-    def __init__(
-        self,
-        runner: Runner,
-        session: Session,
-        *,
-        port: int,
-        host: str = "0.0.0.0",
-        queue: Any = None,
-    ) -> None:
+    def __init__(self, view: RunView, *, port: int, host: str = "0.0.0.0") -> None:
         from prometheus_client import CollectorRegistry
 
-        self._collector = _Collector(runner, session)
+        self._view = view
+        self._collector = _Collector(view)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
-        self._queue = queue
         self._host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
     async def metrics(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        if self._queue is not None:
+        if self._view.queue is not None:
             try:
-                self._collector.queue = await self._queue.stats()
+                self._collector.queue = await self._view.queue.stats()
             except Exception:
                 self._collector.queue = {}
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        if self._queue is not None:
+        if self._view.redis is not None:
             try:
-                await self._queue.redis.ping()
+                with anyio.fail_after(2):
+                    await self._view.redis.ping()
             except Exception as exc:
-                return web.json_response({"ok": False, "redis": str(exc)}, status=503)
-        return web.json_response({"ok": True})
+                error = f"{type(exc).__name__}: {exc}"
+                return web.json_response({"ok": False, "redis": error}, status=503)
+        return web.json_response({"ok": True, "running": self._view.runner is not None})
 
     async def __aenter__(self) -> MetricsServer:
         app = web.Application()
@@ -107,7 +117,11 @@ class MetricsServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(f"--metrics-port {self.port}: {exc.strerror}") from None
         return self
 
     async def __aexit__(

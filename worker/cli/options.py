@@ -355,6 +355,14 @@ def queue_options(p: argparse.ArgumentParser) -> None:
         help="dead-letter a message delivered more often (default 5)",
     )
     q.add_argument(
+        "--redis-connect-timeout",
+        type=positive_seconds,
+        default=env("REDIS_CONNECT_TIMEOUT"),
+        metavar="S",
+        help="give up (exit 2) when Redis cannot be reached at start for S seconds "
+        "(default: wait for ever; 30 with --drain)",
+    )
+    q.add_argument(
         "--drain",
         action="store_true",
         help="exit once the stream and this consumer's pending entries are empty",
@@ -372,6 +380,11 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
         help="generated accounts, ids 1..N (default 50)",
     )
     p.add_argument("--seed", type=int, default=0, help="for accounts and faults (default 0)")
+    p.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="accept this key (never printed); default: a throwaway key, printed",
+    )
     p.add_argument("--delete-limit", type=rate, default="15/60s", metavar="N/PERIOD")
     p.add_argument("--read-limit", type=rate, default="60/1s", metavar="N/PERIOD")
     for name, help_text in (

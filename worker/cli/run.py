@@ -14,6 +14,7 @@ import anyio
 
 from worker.api import Session
 from worker.budget import default_state_dir
+from worker.cli.metrics import RunView
 from worker.cli.options import fail
 from worker.cli.progress import print_summary, watch
 from worker.errors import ConfigError
@@ -36,7 +37,21 @@ def execute(settings: RunSettings, *, log_format: LogFormat | None = None) -> in
         summary = anyio.run(run_async, settings)
     except ConfigError as exc:
         return fail("run", exc)
+    except BaseExceptionGroup as group:
+        # A configuration problem met inside a task group (e.g. Redis unreachable for
+        # --redis-connect-timeout) is still a configuration problem.
+        config, rest = group.split(ConfigError)
+        if config is not None and rest is None:
+            return fail("run", _leaf(config))
+        raise
     return summary.exit_code()
+
+
+def _leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _source_stat(settings: RunSettings) -> os.stat_result | None:
@@ -49,7 +64,49 @@ def _source_stat(settings: RunSettings) -> os.stat_result | None:
         return None
 
 
+class _Stopper:
+    """SIGINT/SIGTERM in every state: while the run starts up (waiting for a lock or for
+    Redis) a signal ends it at once (130); once it runs, the runner stops within the grace,
+    and a second signal stops it at once."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.runner: Runner | None = None
+        self.startup = anyio.CancelScope()
+        self.interrupted = False
+
+    async def watch(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.runner is None:
+                    log.warning("stopping", signal=name, during="start-up")
+                    self.interrupted = True
+                    self.startup.cancel()
+                    continue
+                first = self.runner.summary.stopped != "signal"
+                log.warning("stopping", signal=name, grace_s=self.grace if first else 0)
+                self.runner.stop(self.grace if first else 0.0)
+
+
 async def run_async(settings: RunSettings) -> Summary:
+    stopper = _Stopper(settings.grace)
+    summary: Summary | None = None
+    async with anyio.create_task_group() as guard:
+        guard.start_soon(stopper.watch)
+        with stopper.startup:
+            summary = await _run(settings, stopper)
+        guard.cancel_scope.cancel()
+    if summary is None:  # stopped by a signal before the run began: nothing was sent
+        summary = Summary(run_id="-", stopped="signal")
+    log.info("run_summary", **summary.as_event())
+    if settings.progress or sys.stderr.isatty():
+        print_summary(summary, str(settings.results))
+    return summary
+
+
+async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
+    view = RunView()
     async with AsyncExitStack() as stack:
         # The result log first: checked and locked before anything else is read or sent.
         source_stat = _source_stat(settings)
@@ -64,9 +121,9 @@ async def run_async(settings: RunSettings) -> Summary:
             sandbox = await stack.enter_async_context(Sandbox())
             settings = replace(settings, base_url=sandbox.base_url, api_key=Secret(sandbox.api_key))
             log.info("sandbox_started", base_url=sandbox.base_url)
-        # Queue mode never skips by the local log: a message is acked in the same MULTI as its
-        # record in <stream>:results, so a redelivered one has no record there yet, and must
-        # get one (a resent DELETE answers 404: already_gone).
+        # Queue mode never skips by the local log: a message is acked with its record in
+        # <stream>:results, so a redelivered one has no record there yet, and must get one (a
+        # resent DELETE answers 404: already_gone).
         prior = None if settings.fresh or settings.queue else read_prior(settings.results)
         if prior and prior.bad_lines:
             log.warning(
@@ -75,14 +132,20 @@ async def run_async(settings: RunSettings) -> Summary:
                 lines=prior.bad_lines[:20],
                 count=len(prior.bad_lines),
             )
-        redis = None
         if settings.queue is not None:
             from worker.redis_conn import connect
 
-            redis = connect(settings.queue.url)
+            view.redis = connect(settings.queue.url)
+        if settings.metrics_port is not None:
+            from worker.cli.metrics import MetricsServer
+
+            await stack.enter_async_context(MetricsServer(view, port=settings.metrics_port))
+            log.info("metrics_listening", port=settings.metrics_port)
         source = await stack.enter_async_context(
-            open_source(settings.source, queue=settings.queue, redis=redis)
+            open_source(settings.source, queue=settings.queue, redis=view.redis)
         )
+        if isinstance(source, RedisSource):
+            view.queue = source
         state_dir = settings.state_dir
         if state_dir is None and not settings.sandbox and settings.persist_budget:
             state_dir = default_state_dir()
@@ -105,15 +168,16 @@ async def run_async(settings: RunSettings) -> Summary:
                 margin=settings.margin_for,
                 max_cooldown=settings.max_cooldown,
                 state_dir=state_dir,
-                redis=redis,
+                redis=view.redis,
                 backoff_base=settings.backoff_base,
                 backoff_cap=settings.backoff_cap,
             )
         )
+        view.session = session
         ops = Operations(
             session,
             run_id=Runner.new_run_id(),
-            claims=Claims(prior.done if prior else frozenset()),
+            claims=Claims(prior.done | prior.done_names if prior else frozenset()),
             dry_run=settings.dry_run,
             delete_monitors=settings.delete_monitors,
         )
@@ -127,18 +191,6 @@ async def run_async(settings: RunSettings) -> Summary:
             grace=settings.grace,
         )
         runner.summary.consumer = settings.queue is not None and not settings.queue.drain
-        if settings.metrics_port is not None:
-            from worker.cli.metrics import MetricsServer
-
-            await stack.enter_async_context(
-                MetricsServer(
-                    runner,
-                    session,
-                    port=settings.metrics_port,
-                    queue=source if isinstance(source, RedisSource) else None,
-                )
-            )
-            log.info("metrics_listening", port=settings.metrics_port)
         log.info(
             "run_started",
             run_id=runner.summary.run_id,
@@ -146,11 +198,12 @@ async def run_async(settings: RunSettings) -> Summary:
             results=str(settings.results),
             rate=str(settings.rate),
             concurrency=settings.concurrency,
-            skipping_done=ops.claims.done_before,
+            skipping_done=len(prior.done) if prior else 0,
         )
         budget = session.read_budget if settings.dry_run else session.delete_budget
+        # From here a signal stops the runner (within the grace), no longer the start-up.
+        view.runner = stopper.runner = runner
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, runner, settings.grace)
             tg.start_soon(source.keep_alive)
             tg.start_soon(
                 partial(watch, runner, total=source.total(), budget=budget, tty=settings.progress)
@@ -159,18 +212,4 @@ async def run_async(settings: RunSettings) -> Summary:
             tg.cancel_scope.cancel()
         runner.summary.sent = Counter(session.sent)
         runner.summary.retries = session.retries
-    summary = runner.summary
-    log.info("run_summary", **summary.as_event())
-    if settings.progress or sys.stderr.isatty():
-        print_summary(summary, str(settings.results))
-    return summary
-
-
-async def _stop_on_signals(runner: Runner, grace: float) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            first = runner.summary.stopped != "signal"
-            log.warning(
-                "stopping", signal=signal.Signals(signum).name, grace_s=grace if first else 0
-            )
-            runner.stop(grace if first else 0.0)
+    return runner.summary

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 
 import anyio
 
+from worker.cli.config import read_key_file
 from worker.cli.options import fail, is_loopback
-from worker.errors import ExitCode
+from worker.errors import ConfigError, ExitCode
 from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
 
 
@@ -29,7 +29,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         slow_seconds=args.slow_seconds,
         seed=args.seed,
     )
-    key = os.environ.get("XQUIK_API_KEY", "").strip()
+    # Never the user's XQUIK_API_KEY: the sandbox makes its own throwaway key and prints only
+    # that one; a key of the caller's choosing comes from a file and is never printed.
+    key = read_key_file(args.api_key_file) if args.api_key_file else ""
     return SandboxConfig(
         accounts=args.accounts,
         seed=args.seed,
@@ -47,7 +49,7 @@ def serve(args: argparse.Namespace) -> int:
         return fail("sandbox", "--host must be a loopback address")
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         return fail("sandbox", exc)
     anyio.run(_serve, config)
     return ExitCode.OK
@@ -56,11 +58,13 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(config: SandboxConfig) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Sandbox(config) as sandbox:
-            # The sandbox key is a throwaway, printed so scripts and tests can use it.
+            # A key the sandbox made is a throwaway, printed so scripts and tests can use it;
+            # one it was given is never printed.
+            made = not config.keys
             ready = {
                 "event": "sandbox_ready",
                 "base_url": sandbox.base_url,
-                "api_key": sandbox.api_key,
+                "api_key": sandbox.api_key if made else None,
                 "accounts": config.accounts,
             }
             print(json.dumps(ready), flush=True)

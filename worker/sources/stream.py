@@ -11,6 +11,7 @@ The job stream is never trimmed here: trimming by MAXLEN would delete pending pa
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -28,6 +29,26 @@ from worker.sources.parse import build_job
 
 log = get_logger()
 FIELDS = ("account_id", "username", "job_id", "delete_monitors")
+RECORDED_FOR = 7 * 86400  # seconds a settled message id is remembered (redeliveries come sooner)
+
+# Settles one message, atomically and at most once: its record goes to <stream>:results (and,
+# failed for good, its fields to <stream>:dead) only if no consumer recorded this message id
+# before, however often it was delivered (a Redis outage longer than --claim-idle, a takeover);
+# then it is acked either way.
+# KEYS: results, dead, stream, recorded. ARGV: group, message id, record ('' for none), dead
+# letter fields and values...
+SETTLE = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[4]))
+if ARGV[3] ~= '' and redis.call('ZADD', KEYS[4], 'NX', now, ARGV[2]) == 1 then
+  redis.call('XADD', KEYS[1], '*', 'message_id', ARGV[2], 'record', ARGV[3])
+  if #ARGV > 4 then
+    redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+  end
+end
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
 
 
 def default_consumer() -> str:
@@ -83,12 +104,13 @@ class RedisSource:
         self.name = config.stream
         self.consumer = config.consumer or default_consumer()
         self.redis = redis or connect(config.url)
-        self.pending_fields: dict[str, dict[str, str]] = {}
+        self.pending_fields: dict[str, dict[str, str]] = {}  # in progress here, by message id
+        self._settle_script = self.redis.register_script(SETTLE)
 
     async def __aenter__(self) -> RedisSource:
         import redis.exceptions
 
-        async for attempt in redis_retrying():
+        async for attempt in redis_retrying(self.redis, deadline=self.config.connect_timeout):
             with attempt:
                 try:
                     await self.redis.xgroup_create(
@@ -108,7 +130,7 @@ class RedisSource:
         return None  # a stream has no end
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        async for attempt in redis_retrying():
+        async for attempt in redis_retrying(self.redis):
             with attempt:
                 return await getattr(self.redis, name)(*args, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -146,8 +168,24 @@ class RedisSource:
 
     def _item(self, message_id: bytes | str, fields: dict[Any, Any]) -> Item:
         mid = _text(message_id)
-        decoded = {_text(k): _text(v) for k, v in fields.items()}
+        decoded: dict[str, str] = {}
+        undecodable: list[str] = []
+        for key, value in fields.items():
+            name = _readable(key)
+            try:
+                decoded[name] = _text(value)
+            except UnicodeDecodeError:
+                # A poison message must not kill the consumer (nor the next one to claim it):
+                # it becomes invalid, its raw bytes kept for the dead letter as base64.
+                undecodable.append(name)
+                decoded[f"{name}_base64"] = base64.b64encode(value).decode()
         self.pending_fields[mid] = decoded
+        if undecodable:
+            return Invalid(
+                f"{self.config.stream}#{mid}",
+                f"message field(s) {', '.join(undecodable)} not UTF-8 text",
+                receipt=mid,
+            )
         return parse_message(self.config.stream, mid, decoded)
 
     async def _claim(self) -> list[Item]:
@@ -162,7 +200,13 @@ class RedisSource:
             "0-0",
             count=cfg.batch,
         )
-        claimed = [(mid, fields) for mid, fields in answer[1] if fields is not None]
+        # A message still in progress here (Redis was away longer than --claim-idle, so its
+        # idle time grew) is ours already: never handed out twice.
+        claimed = [
+            (mid, fields)
+            for mid, fields in answer[1]
+            if fields is not None and _text(mid) not in self.pending_fields
+        ]
         if not claimed:
             return []
         ids = [_text(mid) for mid, _ in claimed]
@@ -247,24 +291,25 @@ class RedisSource:
             return
         cfg = self.config
         fields = self.pending_fields.pop(mid, {})
-        async for attempt in redis_retrying():
+        record = result.to_json() if result is not None else ""
+        dead: list[str] = []
+        if result is not None and result.outcome not in DONE:
+            for k, v in {**fields, "message_id": mid, "reason": result.error or ""}.items():
+                dead += [k, v]
+        keys = [f"{cfg.stream}:results", f"{cfg.stream}:dead", cfg.stream, f"{cfg.stream}:recorded"]
+        args = [cfg.group, mid, record, RECORDED_FOR, *dead]
+        async for attempt in redis_retrying(self.redis):
             with attempt:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    if result is not None:
-                        pipe.xadd(
-                            f"{cfg.stream}:results", {"message_id": mid, "record": result.to_json()}
-                        )
-                        if result.outcome not in DONE:
-                            pipe.xadd(
-                                f"{cfg.stream}:dead",
-                                {**fields, "message_id": mid, "reason": result.error or ""},
-                            )
-                    pipe.xack(cfg.stream, cfg.group, mid)
-                    await pipe.execute()
+                await self._settle_script(keys=keys, args=args)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _readable(value: bytes | str) -> str:
+    """A field name as text, whatever its bytes."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 async def enqueue(
