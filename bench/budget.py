@@ -97,7 +97,7 @@ async def no_limiter(sb: Sandbox, jobs: int, n: int, w: float, tmp: Path) -> Non
 
 
 STRATEGIES = {
-    "xquik-disconnect (sliding-window log)": ours,
+    "xquik-disconnect (held slots)": ours,
     "aiolimiter AsyncLimiter(N, W)": aiolimiter_baseline,
     "evenly spaced, W/N apart": evenly_spaced,
     "no limiter": no_limiter,

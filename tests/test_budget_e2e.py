@@ -4,6 +4,7 @@ even by back-to-back runs, and a foreign client's spending handled with one cool
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,3 +98,24 @@ async def test_foreign_spending_one_cooldown_at_most_concurrency_429s(
     assert max(rejected) - min(rejected) < 0.5  # one burst, one cooldown
     outcomes = {r["outcome"] for r in read_results(tmp_path / "results.jsonl")}
     assert outcomes == {"disconnected"}
+
+
+def test_no_429_under_ingress_jitter_and_a_busy_cpu(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """The server counts each request up to 500 ms after it was sent (a random delay on the
+    way in), and a busy loop competes for the CPU: with no margin at all, no 429, every
+    account gone, because a slot is held until a span after its answer."""
+    sb = sandbox_process("--accounts", "60", "--delete-limit", "10/1s", "--ingress-jitter-ms",
+                         "500", "--seed", "7")  # fmt: skip
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 61)])
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\n"
+                             "while time.time() < end: pass"])  # fmt: skip
+    try:
+        code = run_process(sb, jobs, tmp_path, "--rate", "10/1s", "--concurrency", "8")
+    finally:
+        busy.kill()
+        busy.wait()
+    assert code == 0
+    assert sb.stats()["rate_limited"] == 0
+    assert sb.stats()["accounts"] == 0

@@ -131,7 +131,7 @@ async def test_a_certificate_that_cannot_be_verified_stops_the_run(tmp_path: Pat
     assert 1 <= len(records) <= 2  # at most what was in flight
     assert all(r["error"].startswith("tls_verification_failed") for r in records)
     [state] = (tmp_path / "state").glob("budget-*-delete.json")
-    assert json.loads(state.read_text())["sends"] == []
+    assert json.loads(state.read_text())["slots"] == []
 
 
 async def test_unlimited_lifts_our_limit_never_the_servers(

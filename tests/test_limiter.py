@@ -27,57 +27,116 @@ def assert_never_over(starts: list[float], limit: int, span: float) -> None:
         assert starts[i + limit] - starts[i] >= span - 1e-9, (i, starts[i : i + limit + 1])
 
 
-@settings(max_examples=150, deadline=None)
+async def send(b: SlidingWindowBudget) -> object:
+    """A request whose answer comes at once: acquire, then release."""
+    slot = await b.acquire()
+    await b.release(slot)
+    return slot
+
+
+@settings(max_examples=200, deadline=None)
 @given(
-    limit=st.integers(1, 8),
-    window=st.floats(0.5, 60),
-    margin=st.floats(0, 1),
-    gaps=st.lists(st.floats(0, 30), min_size=1, max_size=60),
+    limit=st.integers(1, 5),
+    window=st.floats(0.5, 10),
+    workers=st.integers(1, 6),
+    requests=st.lists(
+        st.tuples(st.floats(0, 3), st.floats(0, 1), st.floats(0, 2)), min_size=1, max_size=30
+    ),
 )
-def test_never_more_than_n_in_any_span_and_no_slot_wasted(
-    limit: int, window: float, margin: float, gaps: list[float]
+def test_no_server_window_ever_counts_n_plus_1_and_no_start_is_late(
+    limit: int, window: float, workers: int, requests: list[tuple[float, float, float]]
 ) -> None:
-    """Random arrivals: every start is as early as the rule allows, and never earlier."""
+    """Adversarial latencies: each request takes any time to answer and reaches the server at
+    any moment between its send and its answer. Against a fixed-window server whose window may
+    open at any arrival, no window ever counts N+1 of ours; and no start comes later than the
+    rule allows (a free worker waits only while N slots are held)."""
 
     async def scenario() -> None:
         clock = FakeClock()
-        b = budget(clock, limit, window, margin=margin)
-        starts: list[float] = []
-        arrival = clock.now
-        for gap in gaps:
-            arrival += gap
-            clock.now = max(clock.now, arrival)
-            await b.acquire()
-            starts.append(clock.now)
-            # Work-conserving: the earliest time the sliding-window rule permits.
-            earliest = max(arrival, starts[-2] if len(starts) > 1 else arrival)
-            if len(starts) > limit:
-                earliest = max(earliest, starts[-limit - 1] + window + margin)
-            assert starts[-1] == pytest.approx(earliest)
-        assert_never_over(starts, limit, window + margin)
+        b = budget(clock, limit, window)
+        # (latency, where in it the request arrives, think time before the worker is free)
+        todo = list(requests)
+        free_at = [clock.now] * workers
+        in_flight: list[tuple[float, object]] = []  # (answer time, slot)
+        arrivals: list[float] = []
+        held: list[tuple[float, float]] = []  # (start, end + window) of every slot
+        while todo or in_flight:
+            ready = [w for w in range(workers) if free_at[w] <= clock.now]
+            if todo and ready and b.delay() <= 0:
+                latency, where, think = todo.pop(0)
+                worker = ready[0]
+                start = clock.now
+                # Tight: with a free worker waiting since free_at, N slots were held until now.
+                waited_from = max(free_at[worker], held[-1][0] if held else start)
+                if start > waited_from + 1e-9:
+                    just_before = start - 1e-7
+                    assert sum(s <= just_before < u for s, u in held) >= limit
+                slot = await b.acquire()
+                assert clock.now == start  # no sleep: delay() said now
+                arrivals.append(start + where * latency)
+                in_flight.append((start + latency, slot))
+                held.append((start, float("inf")))
+                free_at[worker] = start + latency + think
+                continue
+            events = [t for t, _ in in_flight] + [t for t in free_at if t > clock.now]
+            wait = b.delay()
+            if todo and ready and wait < float("inf"):
+                events.append(clock.now + wait)
+            clock.now = max(clock.now, min(events))
+            for answered, slot in [x for x in in_flight if x[0] <= clock.now]:
+                in_flight.remove((answered, slot))
+                await b.release(slot)
+                index = next(i for i, (s, u) in enumerate(held) if u == float("inf"))
+                held[index] = (held[index][0], answered + window)
+        arrivals.sort()
+        for first in arrivals:  # a server window opening at any of our arrivals
+            assert sum(first <= a < first + window for a in arrivals) <= limit
 
     anyio.run(scenario)
 
 
-async def test_burst_of_n_when_empty_then_wait_a_full_span(clock: FakeClock) -> None:
-    """An empty log gives N starts at once; the N+1st waits until the first leaves the span."""
+async def test_burst_of_n_when_empty_then_wait_a_full_span_after_the_answers(
+    clock: FakeClock,
+) -> None:
+    """Nothing held: N start at once; the N+1st waits a span after the first answer."""
     b = budget(clock, limit=3, window=10.0, margin=0.5)
     t0 = clock.now
-    for _ in range(3):
-        await b.acquire()
+    slots = [await b.acquire() for _ in range(3)]
     assert clock.now == t0
+    clock.now += 2.0  # the answers take 2 s
+    for slot in slots:
+        await b.release(slot)
     await b.acquire()
-    assert clock.now == pytest.approx(t0 + 10.5)
+    assert clock.now == pytest.approx(t0 + 2.0 + 10.5)
+
+
+async def test_a_slot_in_flight_is_held_until_its_answer(clock: FakeClock) -> None:
+    """With N requests in flight, the next one waits for an answer, however long it takes;
+    then for one span after it."""
+    b = budget(clock, limit=1, window=5.0)
+    slot = await b.acquire()
+    t0 = clock.now
+
+    async def answer_late() -> None:
+        await clock.sleep(30.0)
+        await b.release(slot)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(answer_late)
+        await b.acquire()
+    assert clock.now >= t0 + 30.0 + 5.0 - 1e-6
 
 
 async def test_concurrent_waiters_are_served_in_order_within_the_limit(clock: FakeClock) -> None:
-    """Twenty tasks at once: starts come in groups of N, one span apart, in arrival order."""
+    """Twenty tasks at once, answers at once: starts come in groups of N, one span apart,
+    in arrival order."""
     b = budget(clock, limit=5, window=2.0)
     order: list[tuple[int, float]] = []
 
     async def take(i: int) -> None:
-        await b.acquire()
+        slot = await b.acquire()
         order.append((i, clock.now))
+        await b.release(slot)
 
     async with anyio.create_task_group() as tg:
         for i in range(20):
@@ -90,8 +149,8 @@ async def test_concurrent_waiters_are_served_in_order_within_the_limit(clock: Fa
 async def test_retries_consume_slots(clock: FakeClock) -> None:
     """A retry is just another acquire: it takes a slot like a first attempt."""
     b = budget(clock, limit=2, window=10.0)
-    await b.acquire()  # first attempt of job A
-    await b.acquire()  # retry of job A
+    await send(b)  # first attempt of job A
+    await send(b)  # retry of job A
     assert b.delay() == pytest.approx(10.0)
 
 
@@ -169,7 +228,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     state = StateFile(tmp_path, "abc", "delete")
     first = SlidingWindowBudget(3, 60.0, state=state)
     for _ in range(3):
-        await first.acquire()
+        await send(first)
     await first.hold(5.0)
     second = SlidingWindowBudget(3, 60.0)
     assert state.load_into(second) == 3
@@ -198,29 +257,36 @@ def test_eta_counts_whole_windows(clock: FakeClock) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    latencies=st.lists(st.floats(0, 0.05), min_size=200, max_size=200),
+    latencies=st.lists(st.floats(0, 0.3), min_size=200, max_size=200),
+    where=st.lists(st.floats(0, 1), min_size=200, max_size=200),
     opened_at=st.floats(-2, 0),
 )
 def test_against_a_fixed_window_server_no_429_and_the_ideal_pace(
-    latencies: list[float], opened_at: float
+    latencies: list[float], where: list[float], opened_at: float
 ) -> None:
-    """20 per 2 s with δ = 50 ms, 200 sends reaching the server up to δ late, the server's
-    window opened at any moment: the server never rejects one, and the last send starts
-    exactly 9 spans after the first (the whole budget used, nothing more)."""
+    """20 per 2 s, one request at a time after another, each answered within 0.3 s and
+    counted by the server anywhere in between, the server's window opened at any moment: the
+    server never rejects one, and each group of 20 starts one span after the last answer of
+    the group before (the whole budget used, one round trip per window)."""
     from worker.sandbox.limits import FixedWindow
 
     async def scenario() -> None:
         clock = FakeClock()
-        b = budget(clock, 20, 2.0, margin=0.05)
+        b = budget(clock, 20, 2.0)
         server = FixedWindow(20, 2.0)
         server.start = clock.now + opened_at  # the server's window began at any phase
         starts: list[float] = []
-        for _ in range(200):
-            await b.acquire()
+        answers: list[float] = []
+        for latency in latencies:
+            slot = await b.acquire()
             starts.append(clock.now)
-        arrivals = sorted(t + lag for t, lag in zip(starts, latencies, strict=True))
+            clock.now += latency
+            answers.append(clock.now)
+            await b.release(slot)
+        arrivals = sorted(s + w * (a - s) for s, a, w in zip(starts, answers, where, strict=True))
         assert [server.hit(t) for t in arrivals] == [None] * 200
-        assert starts[-1] - starts[0] == pytest.approx(9 * 2.05)
+        for k in range(20, 200):
+            assert starts[k] == pytest.approx(max(answers[k - 1], answers[k - 20] + 2.0))
 
     anyio.run(scenario)
 
@@ -239,13 +305,13 @@ async def test_two_budgets_on_one_state_file_share_the_window(
 
     a, b = run(), run()
     for budget in (a, b, a):
-        await budget.acquire()
+        await send(budget)
     last = await b.acquire()
     assert clock.slept == []
-    a.refund(last)
-    await a.acquire()  # the refunded slot
+    await b.refund(last)  # b's request never left: a sees the slot free through the file
+    await send(a)
     assert clock.slept == []
-    await b.acquire()  # the fifth: waits for the first to leave the span
+    await send(b)  # the fifth: waits for the first answer's span to pass
     assert sum(clock.slept) == pytest.approx(60.0, abs=0.01)
 
 

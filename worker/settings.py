@@ -16,10 +16,6 @@ class Rate:
     limit: int | None
     period: float
 
-    def default_margin(self) -> float:
-        """δ for latency jitter: 0.5 s for a 60 s window, 50 ms for windows of 6 s or less."""
-        return min(1.0, max(0.05, self.period / 120))
-
     def __str__(self) -> str:
         return "unlimited" if self.limit is None else f"{self.limit}/{self.period:g}s"
 
@@ -55,7 +51,7 @@ class RunSettings:
     api_key: Secret = field(repr=False)
     rate: Rate
     read_rate: Rate
-    rate_margin: float | None
+    rate_margin: float | None  # extra seconds per slot; None: 0 (the budget is exact)
     concurrency: int = 4
     max_attempts: int = 5
     timeout: float = 30.0
@@ -76,5 +72,6 @@ class RunSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
 
-    def margin_for(self, rate: Rate) -> float:
-        return self.rate_margin if self.rate_margin is not None else rate.default_margin()
+    @property
+    def margin(self) -> float:
+        return self.rate_margin or 0.0

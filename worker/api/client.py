@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 from yarl import URL
 
 from worker import __version__
@@ -140,15 +141,23 @@ class XquikClient:
         attempt = _ATTEMPT.get(None)
         if attempt is not None:
             attempt.deadline = asyncio.get_running_loop().time() + self._timeout
+        left = True
         try:
             async with asyncio.timeout_at(attempt.deadline if attempt else None):
                 return await handler(req)
         except aiohttp.ClientConnectorError:
             # Refused, unreachable, TLS handshake failed: the request never left.
-            budget.refund(slot)
+            left = False
             self.refunded += 1
             self.sent[req.method] -= 1
             raise
+        finally:
+            # The answer's headers came (the server counted the request by then), or the
+            # attempt failed, timed out or was cancelled: from now on one span is left to the
+            # slot. Shielded, but bounded: a budget in Redis that is away keeps the slot held
+            # for its attempt's bound instead (safe, only slower).
+            with anyio.move_on_after(2, shield=True):
+                await (budget.release(slot) if left else budget.refund(slot))
 
     def url(self, *segments: str) -> URL:
         # Each id is one percent-encoded path segment: "../x" can never become another path.

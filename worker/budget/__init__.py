@@ -25,6 +25,7 @@ def make_budget(
     fingerprint: str,
     margin: float,
     max_cooldown: float,
+    attempt_bound: float = 60.0,
     redis: Any | None = None,
     state_dir: Path | None = None,
 ) -> Budget:
@@ -44,6 +45,7 @@ def make_budget(
             margin=margin,
             max_cooldown=max_cooldown,
             jitter=jitter,
+            attempt_bound=attempt_bound,
         )
     state = StateFile(state_dir, fingerprint, tier) if state_dir is not None else None
     budget = SlidingWindowBudget(
@@ -52,6 +54,7 @@ def make_budget(
         margin=margin,
         max_cooldown=max_cooldown,
         jitter=jitter,
+        attempt_bound=attempt_bound,
         state=state,
     )
     if state is not None and (restored := state.load_into(budget)):

@@ -18,11 +18,14 @@ class Budget(Protocol):
     """What the client asks before every real send."""
 
     async def acquire(self) -> object:
-        """Wait for a slot and take it; BudgetClosed once the run is stopping. Returns the
-        slot, for `refund`."""
+        """Wait for a slot and take it, just before the request is sent; BudgetClosed once the
+        run is stopping. Returns the slot, for `release` or `refund`."""
         ...
 
-    def refund(self, slot: object) -> None:
+    async def release(self, slot: object) -> None:
+        """The answer arrived (or the attempt failed): the slot stays held one more window."""
+
+    async def refund(self, slot: object) -> None:
         """Give back a slot whose request provably never left (the connection failed)."""
 
     async def hold(self, seconds: float | None) -> float:
@@ -91,7 +94,10 @@ class Unlimited:
                 return None
             await self._naps(wait)
 
-    def refund(self, slot: object) -> None:
+    async def release(self, slot: object) -> None:
+        return None
+
+    async def refund(self, slot: object) -> None:
         return None
 
     async def hold(self, seconds: float | None) -> float:

@@ -53,20 +53,26 @@ class StateFile:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def _read(self) -> tuple[list[float], float | None]:
+    def _read(self, span: float) -> tuple[list[tuple[str, float]], float | None]:
+        """Every run's held slots (id, until) and the cooldown, in wall-clock seconds."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            sends = [float(t) for t in data.get("sends", [])]
+            if "slots" in data:
+                slots = [(str(s), float(u)) for s, u in data["slots"]]
+            else:  # 0.1's file: send times, each held for a span after it
+                slots = [(f"legacy.{i}", float(t) + span) for i, t in enumerate(data["sends"])]
             until = data.get("cooldown_until")
-            return sends, float(until) if until is not None else None
+            return slots, float(until) if until is not None else None
         except FileNotFoundError:
             return [], None
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
             return [], None  # an unreadable state file is no worse than none
 
     def _write(self, budget: SlidingWindowBudget) -> None:
-        sends, cooldown = budget.snapshot()
-        data = json.dumps({"sends": [round(t, 4) for t in sends], "cooldown_until": cooldown})
+        slots, cooldown = budget.snapshot()
+        data = json.dumps(
+            {"slots": [[s, round(u, 4)] for s, u in slots], "cooldown_until": cooldown}
+        )
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(data, encoding="utf-8")
         os.replace(tmp, self.path)
@@ -91,8 +97,8 @@ class StateFile:
             yield
             return
         try:
-            sends, cooldown = self._read()
-            budget.restore(sends, cooldown)
+            slots, cooldown = self._read(budget.span)
+            budget.restore(slots, cooldown)
             yield
             if write:
                 try:

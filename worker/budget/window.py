@@ -1,17 +1,26 @@
-"""The rate budget: a sliding-window log with a key-wide cooldown.
+"""The rate budget: held slots with a key-wide cooldown, exact under any latency.
 
-Why a log and not a token bucket: the server counts requests in a fixed window that starts at
-the first request. A bucket with burst N can put N at the end of one server window and N more at
-the start of the next, or refill inside a window (15 at t=0, then one every 4 s): up to 2N-1 per
-window. Allowing at most N starts in any W + margin seconds is safe wherever the server's window
-begins, and the margin absorbs the latency between our start and the server's count.
+The server counts a request in a fixed window that starts at its first request, at the moment
+the request arrives: somewhere between our send and our receipt of its answer. So a request
+holds its slot from just before it is sent until W after its answer has arrived (or after it
+failed, timed out or its connection closed), and a request starts only while fewer than N slots
+are held: start_k >= end_(k-N) + W. Then no server window, wherever it starts, can count N+1 of
+ours, whatever the latencies. The cost is one round trip per window: W / (W + RTT), 99.5 % at
+60 s and 300 ms. A token bucket with burst N can put 2N-1 in one server window; a sliding log
+of send times with a guessed margin breaks as soon as a request is delayed longer than the
+margin on its way in (a busy event loop, a slow network, a proxy queue).
+
+A slot in flight is held until it is released; in the state file (shared with other runs on
+this machine) it stands as held until its start + the attempt's bound + W, so a run that
+crashes with requests in flight blocks nobody for longer than that.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import time
-from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
@@ -21,6 +30,8 @@ import anyio
 from worker.budget.base import Clock, Naps, Sleep
 from worker.errors import BudgetClosed
 
+INFLIGHT = float("inf")  # the end of a slot whose answer has not arrived yet
+
 
 class Exchange(Protocol):
     """Where a budget's state is shared with other runs (the state file)."""
@@ -29,20 +40,23 @@ class Exchange(Protocol):
 
 
 class SlidingWindowBudget:
-    """At most `limit` starts in any `window + margin` seconds; nothing at all during a cooldown."""
+    """At most `limit` slots held at once, a slot held from its send until `window + margin`
+    after its answer; nothing at all during a cooldown."""
 
     __slots__ = (
         "_clock",
         "_closed",
         "_cooldown_until",
+        "_ids",
         "_jitter",
         "_lock",
         "_max_cooldown",
         "_naps",
         "_rng",
-        "_sends",
+        "_slots",
         "_state",
         "_wall",
+        "attempt_bound",
         "limit",
         "span",
         "window",
@@ -56,6 +70,7 @@ class SlidingWindowBudget:
         margin: float = 0.0,
         max_cooldown: float = 900.0,
         jitter: float = 0.0,
+        attempt_bound: float = 60.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
@@ -67,6 +82,7 @@ class SlidingWindowBudget:
         self.limit = limit
         self.window = window
         self.span = window + margin
+        self.attempt_bound = attempt_bound  # no attempt lasts longer (--timeout)
         self._max_cooldown = max_cooldown
         self._jitter = jitter
         self._clock = clock
@@ -74,20 +90,24 @@ class SlidingWindowBudget:
         self._rng = rng or random.Random()
         self._state = state
         self._wall = wall  # the state file holds wall-clock times, shared between processes
-        self._sends: deque[float] = deque()
+        # slot id -> the moment it stops being held (INFLIGHT while in flight).
+        self._slots: dict[str, float] = {}
         self._cooldown_until = float("-inf")
         self._lock = anyio.Lock()
         self._closed = False
+        prefix = f"{os.getpid()}.{random.getrandbits(32):08x}"
+        self._ids = (f"{prefix}.{n}" for n in itertools.count())
 
     def delay(self) -> float:
-        """Seconds until the next start is allowed (<= 0: now)."""
+        """Seconds until the next start is allowed (<= 0: now; inf: when a slot is released)."""
         now = self._clock()
-        sends = self._sends
-        while sends and sends[0] <= now - self.span:
-            sends.popleft()
+        for slot, until in list(self._slots.items()):
+            if until <= now:
+                del self._slots[slot]
         wait = self._cooldown_until - now
-        if len(sends) >= self.limit:
-            wait = max(wait, sends[-self.limit] + self.span - now)
+        if len(self._slots) >= self.limit:
+            ends = sorted(self._slots.values())
+            wait = max(wait, ends[len(ends) - self.limit] - now)
         return wait
 
     async def acquire(self) -> object:
@@ -96,25 +116,31 @@ class SlidingWindowBudget:
             while True:
                 if self._closed:
                     raise BudgetClosed
-                # Decided under the state file's lock, with every run's sends on this key in
+                # Decided under the state file's lock, with every run's slots on this key in
                 # view, so concurrent runs together stay within the limit too.
                 with self._exchange():
                     wait = self.delay()
                     if wait <= 0:
-                        slot = self._clock()
-                        self._sends.append(slot)
+                        slot = next(self._ids)
+                        self._slots[slot] = INFLIGHT
                         return slot
-                await self._naps(wait)
+                # A release wakes this nap early: the slot it frees may be the one we wait for.
+                await self._naps(min(wait, self.span + self.attempt_bound))
 
-    def refund(self, slot: object) -> None:
-        """The request never left: its send no longer counts."""
-        if not isinstance(slot, float):
-            return
-        with self._exchange():
-            # The slot as read back from the state file may differ by its rounding.
-            nearest = min(self._sends, key=lambda t: abs(t - slot), default=None)
-            if nearest is not None and abs(nearest - slot) < 0.01:
-                self._sends.remove(nearest)
+    async def release(self, slot: object) -> None:
+        """The answer arrived (or the attempt failed): held for one more span from now."""
+        if isinstance(slot, str):
+            with self._exchange():
+                if slot in self._slots:
+                    self._slots[slot] = self._clock() + self.span
+            self._naps.wake_all()
+
+    async def refund(self, slot: object) -> None:
+        """The request never left (its connection could not be made): the slot is free."""
+        if isinstance(slot, str):
+            with self._exchange():
+                self._slots.pop(slot, None)
+            self._naps.wake_all()
 
     async def hold(self, seconds: float | None) -> float:
         """Close the budget for `seconds` (None: one window; capped, plus jitter); returns the
@@ -127,7 +153,7 @@ class SlidingWindowBudget:
         return seconds
 
     def _exchange(self) -> AbstractContextManager[None]:
-        """Other runs' sends and cooldown in, ours out (nothing without a state file)."""
+        """Other runs' slots and cooldown in, ours out (nothing without a state file)."""
         return self._state.exchange(self) if self._state is not None else nullcontext()
 
     def close(self) -> None:
@@ -139,35 +165,43 @@ class SlidingWindowBudget:
         return max(0.0, self._cooldown_until - self._clock())
 
     def sends_in_span(self) -> int:
+        """Slots held now (in flight, or answered less than a span ago)."""
         self.delay()
-        return len(self._sends)
+        return len(self._slots)
 
     def eta(self, jobs: int) -> float:
-        """Seconds needed to start `jobs` more requests from now, at best."""
+        """Seconds needed to start `jobs` more requests from now, at best (answers that come
+        at once): the free slots now, then `limit` more each span."""
         if jobs <= 0:
             return 0.0
-        now = self._clock()
         first = max(self.delay(), 0.0)
-        free_now = max(self.limit - len(self._sends), 0)
+        if first == INFLIGHT:
+            first = self.span
+        free_now = max(self.limit - len(self._slots), 0)
         if jobs <= free_now:
             return first
         windows = -(-(jobs - free_now) // self.limit)
-        start = self._sends[0] if self._sends else now
-        return max(first, start + windows * self.span - now)
+        return first + windows * self.span
 
-    # Persistence: send times as wall-clock seconds, so they survive a restart.
-    def snapshot(self) -> tuple[list[float], float | None]:
+    # Persistence: wall-clock times, so they survive a restart and cross processes.
+    def snapshot(self) -> tuple[list[tuple[str, float]], float | None]:
         offset = self._wall() - self._clock()
         self.delay()
+        now = self._clock()
+        slots = [
+            # In flight, for another process: held at most until our attempt's bound + a span.
+            (slot, (now + self.attempt_bound + self.span if until == INFLIGHT else until) + offset)
+            for slot, until in self._slots.items()
+        ]
         until = self._cooldown_until + offset if self.cooldown_remaining() > 0 else None
-        return [t + offset for t in self._sends], until
+        return slots, until
 
-    def restore(self, sends: Iterable[float], cooldown_until: float | None) -> None:
+    def restore(self, slots: Iterable[tuple[str, float]], cooldown_until: float | None) -> None:
         offset = self._wall() - self._clock()
         now = self._clock()
-        # A few seconds of slack for the future: another process's clock reading (and the
-        # file's rounding) may stand a little ahead of ours; a file from far ahead is bogus.
-        recent = sorted(t - offset for t in sends if now - self.span < t - offset <= now + 5)
-        self._sends = deque(recent[-self.limit :])
+        ours = {s: u for s, u in self._slots.items() if u == INFLIGHT}
+        horizon = now + self.attempt_bound + self.span + 5  # a file from far ahead is bogus
+        self._slots = {s: u - offset for s, u in slots if now < u - offset <= horizon}
+        self._slots.update(ours)  # our own in-flight slots stay in flight
         if cooldown_until is not None:
             self._cooldown_until = max(self._cooldown_until, cooldown_until - offset)

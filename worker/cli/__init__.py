@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="xquik-disconnect",
         description="Disconnect many X accounts from Xquik within the API's rate limit.",
-        epilog="Exit codes: 0 all done, 1 some job failed or invalid, 2 usage error, "
-        "3 API key rejected, 130 interrupted (rerun to resume).",
+        epilog="Exit codes: 0 all done, 1 some job failed or invalid, 2 usage or configuration "
+        "error (nothing sent), 3 API key rejected, 4 the result log could not be written "
+        "(free space, rerun), 70 internal error, 130 interrupted (rerun to resume).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)

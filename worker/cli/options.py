@@ -191,8 +191,8 @@ def run_options(p: argparse.ArgumentParser) -> None:
         type=seconds,
         default=env("RATE_MARGIN"),
         metavar="S",
-        help="seconds added to each window for latency jitter "
-        "(default: window/120, between 0.05 and 1)",
+        help="extra seconds each slot stays held after its answer (default 0: the budget is "
+        "already exact under any latency)",
     )
     p.add_argument(
         "--max-cooldown",
@@ -385,8 +385,20 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="accept this key (never printed); default: a throwaway key, printed",
     )
-    p.add_argument("--delete-limit", type=rate, default="15/60s", metavar="N/PERIOD")
-    p.add_argument("--read-limit", type=rate, default="60/1s", metavar="N/PERIOD")
+    p.add_argument(
+        "--delete-limit",
+        type=rate,
+        default="15/60s",
+        metavar="N/PERIOD",
+        help="the DELETE tier's fixed window (default 15/60s; unlimited)",
+    )
+    p.add_argument(
+        "--read-limit",
+        type=rate,
+        default="60/1s",
+        metavar="N/PERIOD",
+        help="the read tier's fixed window (default 60/1s; unlimited)",
+    )
     for name, help_text in (
         ("fail-403", "403 forbidden (permanent)"),
         ("fail-409", "409 conflict (permanent)"),
@@ -406,4 +418,17 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
             metavar="P",
             help=f"probability of: {help_text}",
         )
-    p.add_argument("--slow-seconds", type=seconds, default=2.0, metavar="S")
+    p.add_argument(
+        "--slow-seconds",
+        type=seconds,
+        default=2.0,
+        metavar="S",
+        help="how late a --slow answer comes (default 2)",
+    )
+    p.add_argument(
+        "--ingress-jitter-ms",
+        type=seconds,
+        default=0.0,
+        metavar="J",
+        help="delay each request a random 0..J ms before its limiter counts it (default 0)",
+    )

@@ -165,7 +165,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                 concurrency=settings.concurrency,
                 timeout=settings.timeout,
                 max_attempts=settings.max_attempts,
-                margin=settings.margin_for,
+                margin=settings.margin,
                 max_cooldown=settings.max_cooldown,
                 state_dir=state_dir,
                 redis=view.redis,

@@ -38,6 +38,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         delete_limit=(args.delete_limit.limit, args.delete_limit.period),
         read_limit=(args.read_limit.limit, args.read_limit.period),
         faults=faults,
+        ingress_jitter_ms=args.ingress_jitter_ms,
         keys={key} if key else set(),
         host=args.host,
         port=args.port,

@@ -8,6 +8,7 @@ Order per request, as a real gateway would: count it, authenticate (401), rate-l
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ class SandboxState:
     faults: FaultPlan
     stats: Stats = field(default_factory=Stats)
     clock: Any = time.monotonic
+    # Each request waits a random 0..ingress_jitter seconds before its tier's limiter counts
+    # it: the way in is slow and uneven (a busy proxy, a congested network), as a client that
+    # guesses a latency margin cannot afford.
+    ingress_jitter: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
 
 
 _INJECTED_ERRORS = {
@@ -102,6 +108,8 @@ async def gateway(request: web.Request, handler: Any) -> web.StreamResponse:
 async def _gate(request: web.Request, handler: Any, state: SandboxState) -> web.StreamResponse:
     if request.headers.get("x-api-key") not in state.keys:
         return _error(request, 401, "unauthenticated", "Missing or invalid API key.")
+    if state.ingress_jitter > 0:
+        await asyncio.sleep(state.rng.uniform(0, state.ingress_jitter))
     wait = state.limits[_tier(request.method)].hit(state.clock())
     if wait is not None:
         state.stats.rate_limited += 1

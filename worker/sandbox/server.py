@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.base_events
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class SandboxConfig:
     read_limit: tuple[int | None, float] = (60, 1.0)
     write_limit: tuple[int | None, float] = (30, 60.0)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    ingress_jitter_ms: float = 0.0
     keys: set[str] = field(default_factory=set)
     host: str = "127.0.0.1"
     port: int = 0
@@ -50,6 +52,8 @@ class Sandbox:
             },
             faults=FaultPlan(self.config.faults),
             clock=time.monotonic,
+            ingress_jitter=self.config.ingress_jitter_ms / 1000,
+            rng=random.Random(self.config.seed),
         )
         self._runner: web.AppRunner | None = None
         self.port = 0
