@@ -133,7 +133,7 @@ def test_second_signal_stops_at_once(
         "--accounts", "20", "--delete-limit", "unlimited", "--slow", "1", "--slow-seconds", "20"
     )
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 21)])
-    proc = start_run(jobs, sb, tmp_path, "--concurrency", "2", "--grace", "30")
+    proc = start_run(jobs, sb, tmp_path, "--concurrency", "2", "--grace", "30", "--no-precheck")
     deadline = time.monotonic() + 20
     while sb.stats()["received"] < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

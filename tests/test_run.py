@@ -172,7 +172,7 @@ async def test_permanent_error_fails_without_retry(
     """403, 409, 422: failed after exactly one attempt, the API's code recorded, one request."""
     sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0), faults={fault: 1.0})
     jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=5))
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=5, precheck=False))
     [record] = read_results(tmp_path / "results.jsonl")
     assert (record["outcome"], record["attempts"], record["http_status"]) == ("failed", 1, status)
     assert record["error"].startswith(code)
@@ -194,3 +194,56 @@ async def test_transient_error_exhausts_retries(
     assert record["http_status"] == 500
     assert record["error"].startswith("retries_exhausted after 3 attempts: internal_error")
     assert summary.exit_code() == 1
+
+
+async def test_no_delete_is_spent_on_an_account_already_gone(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """1,000 jobs of which 500 are gone already: exactly 500 DELETEs reach the server; the
+    gone ones are already_gone with checked: true, confirmed by a GET each, no DELETE."""
+    sandbox: Sandbox = await sandbox_factory(
+        accounts=1000, delete_limit=(None, 60.0), read_limit=(None, 1.0)
+    )
+    for i in range(1, 1001, 2):
+        del sandbox.state.store.accounts[str(i)]
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 1001)])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, concurrency=8))
+    assert summary.exit_code() == 0
+    deletes = [p for _, m, p, _ in sandbox.state.stats.log if m == "DELETE"]
+    assert len(deletes) == 500
+    records = read_results(tmp_path / "results.jsonl")
+    gone = [r for r in records if r["outcome"] == "already_gone"]
+    assert len(gone) == 500
+    assert all(r["checked"] and int(r["account_id"]) % 2 == 1 for r in gone)
+    assert all(not r["checked"] for r in records if r["outcome"] == "disconnected")
+    assert sandbox.state.store.accounts == {}
+
+
+async def test_a_listing_cut_short_never_makes_a_wrong_already_gone(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """The listing shows only 5 of 20 live accounts: the other 15 are confirmed live by their
+    GET and disconnected, never recorded already_gone."""
+    sandbox: Sandbox = await sandbox_factory(
+        accounts=20, delete_limit=(None, 60.0), read_limit=(None, 1.0), list_limit=5
+    )
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 21)])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
+    assert summary.exit_code() == 0
+    records = read_results(tmp_path / "results.jsonl")
+    assert {r["outcome"] for r in records} == {"disconnected"}
+    assert sandbox.state.store.accounts == {}
+
+
+async def test_no_precheck_sends_every_delete(sandbox: Sandbox, tmp_path: Path) -> None:
+    """--no-precheck: no listing, no GET; a gone id costs a DELETE and its 404."""
+    del sandbox.state.store.accounts["1"]
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2"])
+    await run_async(settings_for(sandbox, jobs, tmp_path, precheck=False))
+    methods = [m for _, m, _, _ in sandbox.state.stats.log]
+    assert methods == ["DELETE", "DELETE"]
+    records = read_results(tmp_path / "results.jsonl")
+    assert {r["account_id"]: (r["outcome"], r["checked"]) for r in records} == {
+        "1": ("already_gone", False),
+        "2": ("disconnected", False),
+    }

@@ -94,6 +94,7 @@ class Result:
     attempts: int = 0
     elapsed_ms: int = 0
     monitor_id: str | None = None
+    checked: bool = False  # already_gone confirmed by a GET: no DELETE was spent on it
     ts: str = field(default_factory=utc_now_iso)
 
     def __post_init__(self) -> None:
@@ -120,6 +121,7 @@ class Result:
             "error": self.error,
             "attempts": self.attempts,
             "elapsed_ms": self.elapsed_ms,
+            "checked": self.checked,
         }
         if self.op is Op.DELETE_MONITOR:
             record["monitor_id"] = self.monitor_id

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 from worker.api import Call, Session, describe
+from worker.api.call import FATAL
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Op, Outcome, Result
 from worker.seen import Claims
@@ -26,12 +27,14 @@ class Operations:
         claims: Claims | None = None,
         dry_run: bool = False,
         delete_monitors: bool = False,
+        precheck: bool = True,
     ) -> None:
         self.session = session
         self.run_id = run_id
         self.claims = claims or Claims()
         self.dry_run = dry_run
         self.delete_monitors = delete_monitors
+        self.precheck = precheck and not dry_run
         self._client = session.client
         self._call = session.call
         self._directory = session.directory
@@ -57,6 +60,13 @@ class Operations:
                 return []
             if claim == "duplicate":
                 return [self.duplicate(job, account_id)]
+        elif self.precheck:
+            # Not in the listing: confirm with a GET (read tier) before spending a DELETE slot.
+            # Ids are never reused, so a 404 now is a 404 for ever.
+            checked = await self._precheck(job, account_id, started)
+            if isinstance(checked, Result):
+                return [checked]
+            account = checked
         elif monitors:
             # Learn the account's X user id before it is gone, to match its monitors.
             found = await self._directory.find(account_id=account_id)
@@ -138,6 +148,33 @@ class Operations:
         if call.answer is not None:
             outcome = Outcome.MISSING if call.answer.status == 404 else Outcome.EXISTS
         return self._result(job, started, call, account_id=account_id, outcome=outcome)
+
+    async def _precheck(
+        self, job: Job, account_id: str, started: float
+    ) -> dict[str, Any] | Result | None:
+        """The listed account (None when the listing cannot tell), or the record that ends
+        the job without a DELETE: already_gone, confirmed by GET /x/accounts/{id}."""
+        listed = await self._directory.listed(account_id)
+        if isinstance(listed, Call):
+            if isinstance(listed.error, FATAL):  # the key is stopping: say why, send nothing
+                return self._result(job, started, listed, account_id=account_id)
+            return None  # the listing is unavailable: the DELETE itself will tell
+        if listed is not None:
+            return listed
+        call = await self._call(partial(self._client.get_account, account_id))
+        if call.answer is not None and call.answer.status == 404:
+            return self._result(
+                job, started, call, account_id=account_id, outcome=Outcome.ALREADY_GONE,
+                checked=True,
+            )  # fmt: skip
+        if call.answer is None and isinstance(call.error, FATAL):
+            return self._result(job, started, call, account_id=account_id)
+        # Listed nowhere but there (a listing cut short), or the GET failed: the DELETE decides.
+        return (
+            call.answer.body
+            if call.answer is not None and isinstance(call.answer.body, dict)
+            else None
+        )
 
     async def _resolve(self, job: Job, started: float) -> dict[str, Any] | Result:
         """The account of a username-only job, or the failed Result explaining why not."""

@@ -67,6 +67,7 @@ class RunSettings:
     progress: bool = False
     metrics_port: int | None = None
     wait_lock: bool = False
+    precheck: bool = True  # confirm an unlisted id with a GET before spending a DELETE on it
     queue: QueueConfig | None = None  # set when SOURCE is a redis:// URL
     # Backoff between retries (full jitter, exponential); not flags, tests shorten them.
     backoff_base: float = 0.5

@@ -50,6 +50,7 @@ class Directory:
         self._accounts: list[dict[str, Any]] | None = None
         self._accounts_at = float("-inf")
         self._monitors: dict[str, dict[str, Any]] | None = None
+        self._failed: tuple[Call, float] | None = None
 
     async def accounts(self, *, refresh: bool = False) -> list[dict[str, Any]] | Call:
         """The connected accounts, or the failed Call when they cannot be listed. `refresh`
@@ -63,6 +64,19 @@ class Directory:
                 self._accounts = call.answer.body
                 self._accounts_at = self._clock()
             return self._accounts
+
+    async def listed(self, account_id: str) -> dict[str, Any] | Call | None:
+        """The listed account with this id, None when the listing lacks it (listed again on a
+        miss at most every REFRESH_AFTER s), or the failed Call; a failed listing is not asked
+        again for REFRESH_AFTER s (every job would wait for its retries)."""
+        async with self._lock:
+            if self._failed is not None and self._clock() - self._failed[1] < REFRESH_AFTER:
+                return self._failed[0]
+        found = await self.find(account_id=account_id)
+        if isinstance(found, Call):
+            async with self._lock:
+                self._failed = (found, self._clock())
+        return found
 
     async def find(
         self, *, username: str | None = None, account_id: str | None = None

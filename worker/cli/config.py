@@ -64,6 +64,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         queue=queue,
         metrics_port=args.metrics_port,
         wait_lock=args.wait_lock,
+        precheck=not args.no_precheck,
     )
 
 

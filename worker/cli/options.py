@@ -222,6 +222,12 @@ def run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
     p.add_argument(
+        "--no-precheck",
+        action="store_true",
+        help="send a DELETE even for an id missing from the account listing (default: confirm "
+        "it gone with a GET, no DELETE spent)",
+    )
+    p.add_argument(
         "--limit",
         type=positive_int,
         default=env("LIMIT"),
@@ -424,6 +430,13 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
         default=2.0,
         metavar="S",
         help="how late a --slow answer comes (default 2)",
+    )
+    p.add_argument(
+        "--list-limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="GET /x/accounts lists only the first N accounts (a listing cut short)",
     )
     p.add_argument(
         "--ingress-jitter-ms",

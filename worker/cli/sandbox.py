@@ -39,6 +39,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         read_limit=(args.read_limit.limit, args.read_limit.period),
         faults=faults,
         ingress_jitter_ms=args.ingress_jitter_ms,
+        list_limit=args.list_limit,
         keys={key} if key else set(),
         host=args.host,
         port=args.port,

@@ -55,6 +55,7 @@ class SandboxState:
     # it: the way in is slow and uneven (a busy proxy, a congested network), as a client that
     # guesses a latency margin cannot afford.
     ingress_jitter: float = 0.0
+    list_limit: int | None = None
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -149,7 +150,9 @@ def _drop(request: web.Request) -> None:
 
 # The API ---------------------------------------------------------------------------------
 async def list_accounts(request: web.Request) -> web.Response:
-    return web.json_response({"accounts": list(request.app[STATE].store.accounts.values())})
+    state = request.app[STATE]
+    accounts = list(state.store.accounts.values())
+    return web.json_response({"accounts": accounts[: state.list_limit]})
 
 
 async def get_account(request: web.Request) -> web.Response:

@@ -31,6 +31,7 @@ class SandboxConfig:
     write_limit: tuple[int | None, float] = (30, 60.0)
     faults: FaultConfig = field(default_factory=FaultConfig)
     ingress_jitter_ms: float = 0.0
+    list_limit: int | None = None  # GET /x/accounts lists only this many (a listing cut short)
     keys: set[str] = field(default_factory=set)
     host: str = "127.0.0.1"
     port: int = 0
@@ -53,6 +54,7 @@ class Sandbox:
             faults=FaultPlan(self.config.faults),
             clock=time.monotonic,
             ingress_jitter=self.config.ingress_jitter_ms / 1000,
+            list_limit=self.config.list_limit,
             rng=random.Random(self.config.seed),
         )
         self._runner: web.AppRunner | None = None

@@ -290,7 +290,9 @@ class RedisSource:
             self.pending_fields.pop(mid, None)
             return
         cfg = self.config
-        fields = self.pending_fields.pop(mid, {})
+        # Still "in progress here" until settled: while Redis is away the message's idle time
+        # grows, and our own XAUTOCLAIM must not hand it out a second time.
+        fields = self.pending_fields.get(mid, {})
         record = result.to_json() if result is not None else ""
         dead: list[str] = []
         if result is not None and result.outcome not in DONE:
@@ -301,6 +303,7 @@ class RedisSource:
         async for attempt in redis_retrying(self.redis):
             with attempt:
                 await self._settle_script(keys=keys, args=args)
+        self.pending_fields.pop(mid, None)
 
 
 def _text(value: bytes | str) -> str:
