@@ -1,5 +1,6 @@
 """Peak memory of a run over 10k, 100k and 1M jobs: it must stay flat (at most 20 MB more at 1M
-than at 10k). Rate unlimited; the sandbox has no accounts, so every DELETE is a quick 404.
+than at 10k). Rate unlimited; the sandbox has no accounts, so every job is a quick 404 (a GET:
+the precheck).
 
     python bench/memory.py            # 10k, 100k, 1M jobs (about 5 minutes: 1.1M requests)
     python bench/memory.py --smoke    # 1k, 5k

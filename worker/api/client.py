@@ -60,16 +60,9 @@ class Answer:
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # nothing to encode
 
 
-class _Attempt:
-    """The deadline of the attempt in progress, set once its budget slot is taken."""
-
-    __slots__ = ("deadline",)
-
-    def __init__(self) -> None:
-        self.deadline = float("inf")
-
-
-_ATTEMPT: contextvars.ContextVar[_Attempt] = contextvars.ContextVar("xquik_attempt")
+# The timeout of the request in progress: it starts unset, and its deadline is set when the
+# attempt has its budget slot (the wait for the budget is not part of an attempt's bound).
+_ATTEMPT: contextvars.ContextVar[asyncio.Timeout] = contextvars.ContextVar("xquik_attempt")
 
 
 def origin(url: URL) -> str:
@@ -140,11 +133,12 @@ class XquikClient:
         self.sent[req.method] += 1
         attempt = _ATTEMPT.get(None)
         if attempt is not None:
-            attempt.deadline = asyncio.get_running_loop().time() + self._timeout
+            attempt.reschedule(asyncio.get_running_loop().time() + self._timeout)
+        if slot is None:  # a budget without slots (unlimited): nothing to give back
+            return await handler(req)
         left = True
         try:
-            async with asyncio.timeout_at(attempt.deadline if attempt else None):
-                return await handler(req)
+            return await handler(req)
         except aiohttp.ClientConnectorError:
             # Refused, unreachable, TLS handshake failed: the request never left.
             left = False
@@ -170,14 +164,14 @@ class XquikClient:
         """Send one request; return 2xx (and 404 if allowed) answers, raise the rest."""
         assert self._session is not None, "use the client as an async context manager"
         url = self.url(*segments)
-        attempt = _Attempt()
-        token = _ATTEMPT.set(attempt)
         self.in_flight += 1
+        token = None
         try:
-            async with self._session.request(method, url, allow_redirects=False) as resp:
-                async with asyncio.timeout_at(attempt.deadline):
+            async with asyncio.timeout(None) as attempt:
+                token = _ATTEMPT.set(attempt)
+                async with self._session.request(method, url, allow_redirects=False) as resp:
                     raw = await _read_bounded(resp, limit)
-                status, headers = resp.status, resp.headers
+                    status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise RequestTimeout(f"no whole answer within {self._timeout:g} s") from exc
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -189,7 +183,8 @@ class XquikClient:
             raise NetworkError(detail) from exc
         finally:
             self.in_flight -= 1
-            _ATTEMPT.reset(token)
+            if token is not None:
+                _ATTEMPT.reset(token)
         body = parse_json(raw.decode("utf-8", "replace"))
         decision = decide(status)
         if decision is Decision.SUCCESS or (decision is Decision.GONE and allow_404):

@@ -51,6 +51,8 @@ class Directory:
         self._accounts_at = float("-inf")
         self._monitors: dict[str, dict[str, Any]] | None = None
         self._failed: tuple[Call, float] | None = None
+        self._by_id: dict[str, dict[str, Any]] = {}
+        self._by_name: dict[str, dict[str, Any]] = {}
 
     async def accounts(self, *, refresh: bool = False) -> list[dict[str, Any]] | Call:
         """The connected accounts, or the failed Call when they cannot be listed. `refresh`
@@ -63,6 +65,9 @@ class Directory:
                     return call
                 self._accounts = call.answer.body
                 self._accounts_at = self._clock()
+                # Indexed once per listing: a lookup per job must not scan 10,000 accounts.
+                self._by_id = {str(a.get("id")): a for a in self._accounts}
+                self._by_name = {str(a.get("xUsername", "")).lower(): a for a in self._accounts}
             return self._accounts
 
     async def listed(self, account_id: str) -> dict[str, Any] | Call | None:
@@ -86,12 +91,10 @@ class Directory:
             listed = await self.accounts(refresh=refresh)
             if isinstance(listed, Call):
                 return listed
-            for account in listed:
-                if account_id is not None and str(account.get("id")) == account_id:
-                    return account
-                name = str(account.get("xUsername", "")).lower()
-                if username is not None and name == username.lower():
-                    return account
+            if account_id is not None and account_id in self._by_id:
+                return self._by_id[account_id]
+            if username is not None and username.lower() in self._by_name:
+                return self._by_name[username.lower()]
         return None
 
     async def monitors(self) -> list[dict[str, Any]] | Call:
