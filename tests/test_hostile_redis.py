@@ -210,3 +210,25 @@ def test_redis_away_longer_than_claim_idle_still_one_record_per_job(
         assert sb.stats()["accounts"] == 0
     finally:
         server.stop()
+
+
+def test_file_mode_runs_share_a_budget_in_redis(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """--budget redis://…: two file-mode runs on one key with nothing else in common (their own
+    logs and state dirs, as on two machines) keep one budget: 0 429s, never 11 in 2 s."""
+    sb = sandbox_process("--accounts", "40", "--delete-limit", "10/2s")
+    procs = []
+    for name, ids in (("a", range(1, 21)), ("b", range(21, 41))):
+        jobs = write_jobs(tmp_path / f"{name}.txt", [str(i) for i in range(ids.start, ids.stop)])
+        argv = run_argv(jobs, sb, "--state-dir", str(tmp_path / f"state-{name}"), "--rate",
+                        "10/2s", "--budget", redis_server.url)  # fmt: skip
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        env = cli_env(XQUIK_API_KEY=sb.api_key)
+        procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, **quiet))  # type: ignore[call-overload]
+    assert [p.wait(timeout=90) for p in procs] == [0, 0]
+    assert sb.stats()["rate_limited"] == 0
+    assert sb.stats()["accounts"] == 0
+    times = sorted(t for method, _, _, t in sb.requests() if method == "DELETE")
+    assert len(times) == 40
+    assert all(times[i + 10] - times[i] >= 2.0 for i in range(len(times) - 10))

@@ -68,6 +68,8 @@ class RunSettings:
     metrics_port: int | None = None
     wait_lock: bool = False
     precheck: bool = True  # confirm an unlisted id with a GET before spending a DELETE on it
+    budget_url: str | None = None  # file mode: keep the budget in this Redis, as queue mode does
+    budget_connect_timeout: float = 30.0
     queue: QueueConfig | None = None  # set when SOURCE is a redis:// URL
     # Backoff between retries (full jitter, exponential); not flags, tests shorten them.
     backoff_base: float = 0.5

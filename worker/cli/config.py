@@ -65,6 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         metrics_port=args.metrics_port,
         wait_lock=args.wait_lock,
         precheck=not args.no_precheck,
+        budget_url=_budget_url(args.budget, queue),
+        budget_connect_timeout=args.redis_connect_timeout or 30.0,
     )
 
 
@@ -142,6 +144,19 @@ def api_access(args: argparse.Namespace) -> tuple[str, str]:
         )
     register(key)
     return base_url, key
+
+
+def _budget_url(url: str | None, queue: QueueConfig | None) -> str | None:
+    """--budget: a Redis URL; in queue mode the queue's own Redis already keeps the budget."""
+    if not url:
+        return None
+    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"--budget {url!r} is not a redis:// URL")
+    if queue is not None:
+        raise ConfigError(
+            "--budget is for file-mode runs: a queue consumer's budget is in its Redis"
+        )
+    return url
 
 
 def _connect_timeout(given: float | None, drain: bool) -> float | None:

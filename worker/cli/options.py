@@ -235,6 +235,13 @@ def run_options(p: argparse.ArgumentParser) -> None:
         help="handle at most N jobs (a canary batch)",
     )
     p.add_argument(
+        "--budget",
+        metavar="URL",
+        default=env("BUDGET"),
+        help="keep the budget (slots, cooldown) in this Redis, redis://… or rediss://…, "
+        "shared with queue consumers and runs on other machines (default: the state file)",
+    )
+    p.add_argument(
         "--wait-lock",
         action="store_true",
         help="wait for another run holding the same result log (default: exit 2 at once)",

@@ -132,10 +132,21 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                 lines=prior.bad_lines[:20],
                 count=len(prior.bad_lines),
             )
+        budget_redis = None
         if settings.queue is not None:
             from worker.redis_conn import connect
 
-            view.redis = connect(settings.queue.url)
+            view.redis = budget_redis = connect(settings.queue.url)
+        elif settings.budget_url is not None:
+            from worker.redis_conn import connect, redis_retrying
+
+            budget_redis = connect(settings.budget_url)
+            stack.push_async_callback(budget_redis.aclose)
+            deadline = settings.budget_connect_timeout
+            async for attempt in redis_retrying(budget_redis, deadline=deadline):
+                with attempt:
+                    await budget_redis.ping()
+            view.redis = budget_redis
         if settings.metrics_port is not None:
             from worker.cli.metrics import MetricsServer
 
@@ -168,7 +179,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                 margin=settings.margin,
                 max_cooldown=settings.max_cooldown,
                 state_dir=state_dir,
-                redis=view.redis,
+                redis=budget_redis,
                 backoff_base=settings.backoff_base,
                 backoff_cap=settings.backoff_cap,
             )
