@@ -79,12 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up (exit 2) when Redis cannot be reached for S seconds (default 30)",
     )
-    enqueue.add_argument(
-        "--log-format",
-        choices=("json", "console"),
-        default=options.env("LOG_FORMAT"),
-        help="logs on stderr (default: console on a TTY, else json)",
-    )
+    options.log_format_option(enqueue)
     plan = sub.add_parser(
         "plan",
         help="list connected accounts and write jobs (JSONL) to stdout",

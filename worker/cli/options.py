@@ -296,6 +296,10 @@ def api_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run against the built-in sandbox API, in-process (no key needed)",
     )
+    log_format_option(p)
+
+
+def log_format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-format",
         choices=("json", "console"),
