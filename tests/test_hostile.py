@@ -588,3 +588,11 @@ def test_an_internal_error_is_one_line_and_exit_70(
     err = capsys.readouterr().err
     assert "internal error (RuntimeError: unexpected state)" in err
     assert "Traceback" not in err
+
+
+def test_a_bad_log_format_in_the_environment_is_refused(tmp_path: Path) -> None:
+    """XQUIK_LOG_FORMAT=yaml is not accepted in silence: exit 2 naming the variable."""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
+    done = run_cli("run", str(jobs), "--sandbox", env=cli_env(XQUIK_LOG_FORMAT="yaml"))
+    assert done.returncode == 2
+    assert "XQUIK_LOG_FORMAT (environment): 'yaml' is not json or console" in done.stderr

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
 from worker.cli.run import run_async
 from worker.logs import configure
+from worker.results import read_prior
 from worker.sandbox import Sandbox
 from worker.settings import Rate, Secret
 
@@ -133,7 +134,15 @@ async def test_dry_run_sends_no_delete(sandbox: Sandbox, tmp_path: Path) -> None
     assert summary.exit_code() == 0
     outcomes = {r["account_id"]: r["outcome"] for r in read_results(tmp_path / "results.jsonl")}
     assert outcomes == {"1": "exists", "2": "exists", "404404": "missing", "3": "exists"}
+    assert {r["op"] for r in read_results(tmp_path / "results.jsonl")} == {"check"}
     assert not any(method == "DELETE" for _, method, _, _ in sandbox.state.stats.log)
+    # A check is never taken for a deletion: a real run afterwards skips nothing.
+    from worker.cli.report import build
+
+    report = build(tmp_path / "results.jsonl")
+    assert report.checks == {"exists": 3, "missing": 1}
+    assert report.done == set()
+    assert read_prior(tmp_path / "results.jsonl").done == set()
     assert len(sandbox.state.store.accounts) == 50
 
 

@@ -30,6 +30,7 @@ class Outcome(StrEnum):
 class Op(StrEnum):
     DISCONNECT = "disconnect"
     DELETE_MONITOR = "delete_monitor"
+    CHECK = "check"  # a dry run's GET: never counts as a disconnect
 
 
 # 404 counts as done: the connection is gone, which is what the job asked for.

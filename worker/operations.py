@@ -147,7 +147,7 @@ class Operations:
         outcome = None
         if call.answer is not None:
             outcome = Outcome.MISSING if call.answer.status == 404 else Outcome.EXISTS
-        return self._result(job, started, call, account_id=account_id, outcome=outcome)
+        return self._result(job, started, call, account_id=account_id, outcome=outcome, op=Op.CHECK)
 
     async def _precheck(
         self, job: Job, account_id: str, started: float

@@ -299,9 +299,19 @@ def api_options(p: argparse.ArgumentParser) -> None:
     log_format_option(p)
 
 
+@checked
+def log_format(text: str) -> str:
+    """json or console; checked for XQUIK_LOG_FORMAT too (argparse checks `choices` only for
+    values given on the command line)."""
+    if text not in ("json", "console"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not json or console")
+    return text
+
+
 def log_format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-format",
+        type=log_format,
         choices=("json", "console"),
         default=env("LOG_FORMAT"),
         help="logs on stderr (default: console on a TTY, else json)",

@@ -117,9 +117,18 @@ def print_summary(summary: Summary, results: str) -> None:
     if summary.not_finished:
         table.add_row("[yellow]not finished (rerun)", f"[yellow]{summary.not_finished}")
     event: dict[str, Any] = summary.as_event()
+    requests = ", ".join(f"{n} {method}" for method, n in sorted(summary.sent.items())) or "none"
+    stopped = {
+        None: "",
+        "signal": "; stopped by a signal (rerun to resume)",
+        "auth": "; stopped: API key rejected",
+        "tls": "; stopped: the server's certificate cannot be verified",
+        "write": "; stopped: the result log could not be written",
+    }.get(summary.stopped, f"; stopped: {summary.stopped}")
     console = Console(file=sys.stderr)
     console.print(table)
     console.print(
-        f"{event['records']} records in {event['elapsed_s']} s, requests {event['requests']}, "
-        f"retries {event['retries']}, exit {event['exit_code']}; results: {results}"
+        f"{event['records']} records in {event['elapsed_s']} s; requests: {requests}; "
+        f"retries: {event['retries']}; exit code {event['exit_code']}{stopped}; "
+        f"results: {results}"
     )

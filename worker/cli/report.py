@@ -37,6 +37,7 @@ class Report:
     unreadable_lines: list[int] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)  # of disconnects (and checks)
     monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
+    checks: Counter[str] = field(default_factory=Counter)  # of dry-run GETs
     runs: dict[str, RunInfo] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     last_failure: dict[str, str] = field(default_factory=dict)  # account -> error
@@ -55,6 +56,7 @@ class Report:
             "records": self.records,
             "outcomes": dict(sorted(self.outcomes.items())),
             "monitors": dict(sorted(self.monitors.items())),
+            "checks": dict(sorted(self.checks.items())),
             "accounts_done": len(self.done),
             "failed_outstanding": self.outstanding(),
             "invalid_lines": [{"source": s, "error": e} for s, e in self.invalid],
@@ -89,7 +91,11 @@ def build(path: Path) -> Report:
             report.records += 1
             run = report.runs.setdefault(run_id, RunInfo(run_id, ts, ts))
             run.last_ts = max(run.last_ts, ts)
-            if record.get("op", "disconnect") != "disconnect":
+            op = record.get("op", "disconnect")
+            if op == "check":  # a dry run's GET: never a deletion
+                report.checks[outcome] += 1
+                continue
+            if op != "disconnect":
                 report.monitors[outcome] += 1
                 continue
             report.outcomes[outcome] += 1
@@ -109,16 +115,17 @@ def render(report: Report, out: TextIO) -> None:
     w(f"{report.records} records, {len(report.done)} accounts done\n\noutcomes:\n")
     for outcome, count in sorted(report.outcomes.items()):
         w(f"  {outcome:<14} {count}\n")
-    if report.monitors:
-        w("\nmonitors:\n")
-        for outcome, count in sorted(report.monitors.items()):
-            w(f"  {outcome:<14} {count}\n")
+    for title, counts in (("monitors", report.monitors), ("dry-run checks", report.checks)):
+        if counts:
+            w(f"\n{title}:\n")
+            for outcome, count in sorted(counts.items()):
+                w(f"  {outcome:<14} {count}\n")
     w(f"\nruns ({len(report.runs)}):\n")
     for run in report.runs.values():
         rate = run.deletes_per_min()
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(run.outcomes.items()))
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(run.outcomes.items()))
         w(
-            f"  {run.run_id}  {run.first_ts} .. {run.last_ts}  {counts}"
+            f"  {run.run_id}  {run.first_ts} .. {run.last_ts}  {shown}"
             f"{f'  ({rate} DELETE/min)' if rate else ''}\n"
         )
     outstanding = report.outstanding()
