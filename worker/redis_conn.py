@@ -23,6 +23,11 @@ from worker.logs import get_logger
 log = get_logger()
 
 
+def is_redis_url(url: str) -> bool:
+    """redis://, rediss:// or unix:// (a socket): what redis-py connects to."""
+    return urlsplit(url).scheme in {"redis", "rediss", "unix"}
+
+
 def address(url: str) -> str:
     """host:port/db of a Redis URL, never its password."""
     parts = urlsplit(url)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -40,6 +41,15 @@ class Budget(Protocol):
         """Seconds needed to start `jobs` more requests at best; None when the budget cannot
         tell (no limit: the pace so far says more)."""
         ...
+
+
+def cooldown_seconds(
+    asked: float | None, *, window: float, cap: float, jitter: float = 0.0, rng: Any = random
+) -> float:
+    """How long a 429 closes a budget, the one rule for every budget: what the server asked
+    (None: the budget's own window), capped at --max-cooldown, plus a jitter that only adds."""
+    seconds = window if asked is None else asked
+    return min(max(seconds, 0.0), cap) + (rng.uniform(0, jitter) if jitter else 0.0)
 
 
 class Naps:
@@ -101,8 +111,7 @@ class Unlimited:
         return None
 
     async def hold(self, seconds: float | None) -> float:
-        seconds = self.window if seconds is None else seconds
-        seconds = min(max(seconds, 0.0), self._max_cooldown)
+        seconds = cooldown_seconds(seconds, window=self.window, cap=self._max_cooldown)
         self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
         return seconds
 

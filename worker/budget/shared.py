@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from worker.budget.base import Clock, Naps, Sleep
+from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
 from worker.errors import BudgetClosed
 from worker.redis_conn import redis_retrying
 
@@ -129,8 +129,9 @@ class RedisBudget:
         self._naps.wake_all()
 
     async def hold(self, seconds: float | None) -> float:
-        seconds = self.window if seconds is None else seconds
-        seconds = min(max(seconds, 0.0), self._max_cooldown) + random.uniform(0, self._jitter)
+        seconds = cooldown_seconds(
+            seconds, window=self.window, cap=self._max_cooldown, jitter=self._jitter
+        )
         left_ms = float(await self._script(self._hold, keys=self._keys[1:], args=[seconds]))
         self._cooldown_until = self._clock() + left_ms / 1000
         return seconds

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import anyio
 
-from worker.budget.base import Clock, Naps, Sleep
+from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
 from worker.errors import BudgetClosed
 
 INFLIGHT = float("inf")  # the end of a slot whose answer has not arrived yet
@@ -145,9 +145,9 @@ class SlidingWindowBudget:
     async def hold(self, seconds: float | None) -> float:
         """Close the budget for `seconds` (None: one window; capped, plus jitter); returns the
         seconds applied."""
-        seconds = self.window if seconds is None else seconds
-        seconds = min(max(seconds, 0.0), self._max_cooldown)
-        seconds += self._rng.uniform(0, self._jitter)
+        seconds = cooldown_seconds(
+            seconds, window=self.window, cap=self._max_cooldown, jitter=self._jitter, rng=self._rng
+        )
         with self._exchange():
             self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
         return seconds

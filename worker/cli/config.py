@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from worker.cli.options import is_loopback
 from worker.errors import ConfigError
 from worker.redact import register
+from worker.redis_conn import is_redis_url
 from worker.settings import DEFAULT_BASE_URL, QueueConfig, RunSettings, Secret
 from worker.sources.file import FileSource
 
@@ -150,7 +151,7 @@ def _budget_url(url: str | None, queue: QueueConfig | None) -> str | None:
     """--budget: a Redis URL; in queue mode the queue's own Redis already keeps the budget."""
     if not url:
         return None
-    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+    if not is_redis_url(url):
         raise ConfigError(f"--budget {url!r} is not a redis:// URL")
     if queue is not None:
         raise ConfigError(

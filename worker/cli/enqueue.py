@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 
@@ -12,7 +11,7 @@ from worker.cli.options import fail, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure
 from worker.models import Invalid
-from worker.redis_conn import address, connect, redis_errors, redis_retrying
+from worker.redis_conn import address, connect, is_redis_url, redis_errors, redis_retrying
 from worker.sources import FileSource
 from worker.sources.stream import enqueue
 
@@ -32,7 +31,7 @@ async def _enqueue(
 
 
 def main(args: argparse.Namespace) -> int:
-    if urlsplit(args.redis).scheme not in {"redis", "rediss", "unix"}:
+    if not is_redis_url(args.redis):
         return fail("enqueue", f"--redis {args.redis!r} is not a redis:// URL")
     if args.jobs != "-":
         try:
