@@ -119,3 +119,39 @@ def test_no_429_under_ingress_jitter_and_a_busy_cpu(
     assert code == 0
     assert sb.stats()["rate_limited"] == 0
     assert sb.stats()["accounts"] == 0
+
+
+async def test_auto_rate_learns_the_live_limit_and_the_next_run_starts_at_it(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """The sandbox at 12 per 1 s, `--rate auto:40/1s`, concurrency 4, 120 jobs: every 429 of
+    the run falls in its first window and there are at most 4; the summary says the limit was
+    learned. A second run on the same state dir starts at the learned 12: no 429 at all."""
+    sandbox: Sandbox = await sandbox_factory(accounts=240, delete_limit=(12, 1.0))
+    auto = Rate(40, 1.0, auto=True)
+    first = write_jobs(tmp_path / "first.txt", [str(i) for i in range(1, 121)])
+    summary = await run_async(settings_for(sandbox, first, tmp_path, rate=auto, concurrency=4))
+    assert summary.exit_code() == 0
+    deletes = [
+        (t, status) for t, method, _, status in sandbox.state.stats.log if method == "DELETE"
+    ]
+    rejected = [t for t, status in deletes if status == 429]
+    assert 1 <= len(rejected) <= 4
+    assert all(t < deletes[0][0] + 1.0 for t in rejected)
+    assert summary.rate == {
+        "limit": 12, "window_s": 1.0, "mode": "auto", "learned": True, "ceiling": 40
+    }  # fmt: skip
+    assert len([s for _, s in deletes if s == 200]) == 120
+
+    before = len(deletes)
+    second = write_jobs(tmp_path / "second.txt", [str(i) for i in range(121, 241)])
+    again = settings_for(
+        sandbox, second, tmp_path, rate=auto, concurrency=4, results=tmp_path / "second.jsonl"
+    )
+    summary = await run_async(again)
+    assert summary.exit_code() == 0
+    later = [s for t, method, _, s in sandbox.state.stats.log if method == "DELETE"][before:]
+    assert later.count(429) == 0
+    assert later.count(200) == 120
+    assert summary.rate["limit"] == 12
+    assert sandbox.state.store.accounts == {}

@@ -3,6 +3,7 @@ problem, nothing sent on a usage error, and the key kept out of every output."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -22,6 +23,10 @@ from tests.conftest import ROOT, SandboxProcess, cli_env, read_results, run_cli,
     [
         (["--rate", "0/5s"], "--rate"),
         (["--rate", "fast"], "--rate"),
+        (["--rate", "auto:unlimited"], "the ceiling of auto is N/PERIOD"),
+        (["--rate", "auto:0/60s"], "--rate"),
+        (["--relearn", "0"], "--relearn"),
+        (["--relearn", "soon"], "--relearn: 'soon' is not a duration"),
         (["--read-rate", "10/0s"], "--read-rate"),
         (["--concurrency", "0"], "--concurrency"),
         (["--max-attempts", "zero"], "--max-attempts"),
@@ -161,6 +166,7 @@ def test_help_lists_every_documented_run_option() -> None:
         "--rate",
         "--read-rate",
         "--rate-margin",
+        "--relearn",
         "--max-cooldown",
         "--state-dir",
         "--grace",
@@ -237,3 +243,35 @@ def test_progress_bar_and_summary_table_on_a_tty(
     assert "run " in screen
     assert "disconnected" in screen
     assert "skipped (done earlier)" in screen
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auto", "auto:60/60s"),
+        ("AUTO", "auto:60/60s"),
+        ("auto:40/4s", "auto:40/4s"),
+        ("auto:120/2m", "auto:120/120s"),
+        ("15/60s", "15/60s"),
+        ("unlimited", "unlimited"),
+    ],
+)
+def test_rate_auto_and_fixed(text: str, expected: str) -> None:
+    """`--rate auto` learns under the 60/60s ceiling, `auto:N/PERIOD` under another; a fixed
+    rate stays fixed; `--read-rate` knows no auto."""
+    from worker.cli.options import delete_rate, rate
+
+    assert str(delete_rate(text)) == expected
+    assert delete_rate(text).auto == text.lower().startswith("auto")
+    if text.lower().startswith("auto"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rate(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("24h", 86400), ("30m", 1800), ("90", 90), ("1d", 86400), ("0.5h", 1800)]
+)
+def test_relearn_durations(text: str, seconds: float) -> None:
+    from worker.cli.options import duration
+
+    assert duration(text) == seconds

@@ -29,6 +29,7 @@ from tests.conftest import (
     write_jobs,
 )
 from tests.hostile_servers import Server, answer, flood, redirect, trickle
+from worker.budget import SlidingWindowBudget, StateFile
 from worker.sandbox import Sandbox
 
 KEY = "xq_" + "ab12" * 16
@@ -134,7 +135,10 @@ async def test_a_certificate_that_cannot_be_verified_stops_the_run(tmp_path: Pat
     assert all(r["error"].startswith("tls_verification_failed") for r in records)
     states = list((tmp_path / "state").glob("budget-*.json"))
     assert states  # the precheck's listing (read tier) tried, at least
-    assert all(json.loads(state.read_text())["slots"] == [] for state in states)
+    for state in states:  # every slot taken was given back: none is held
+        fingerprint, tier = state.stem.removeprefix("budget-").rsplit("-", 1)
+        held = StateFile(state.parent, fingerprint, tier).load_into(SlidingWindowBudget(1, 60.0))
+        assert held == 0, state.read_text()
 
 
 async def test_unlimited_lifts_our_limit_never_the_servers(

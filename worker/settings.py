@@ -11,13 +11,18 @@ DEFAULT_BASE_URL = "https://xquik.com/api/v1"
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """N requests per `period` seconds; `limit` None means unlimited."""
+    """N requests per `period` seconds; `limit` None means unlimited. With `auto`, `limit` is
+    the ceiling and the limit in force is learned from the server's 429s."""
 
     limit: int | None
     period: float
+    auto: bool = False
 
     def __str__(self) -> str:
-        return "unlimited" if self.limit is None else f"{self.limit}/{self.period:g}s"
+        if self.limit is None:
+            return "unlimited"
+        fixed = f"{self.limit}/{self.period:g}s"
+        return f"auto:{fixed}" if self.auto else fixed
 
 
 class Secret(str):
@@ -52,6 +57,7 @@ class RunSettings:
     rate: Rate
     read_rate: Rate
     rate_margin: float | None  # extra seconds per slot; None: 0 (the budget is exact)
+    relearn: float = 86400.0  # with an auto rate: try the ceiling again after this long
     concurrency: int = 4
     max_attempts: int = 5
     timeout: float = 30.0

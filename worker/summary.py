@@ -9,6 +9,23 @@ from worker.errors import ExitCode
 from worker.models import Outcome
 
 
+def limit_words(rate: dict[str, object]) -> str:
+    """The DELETE limit in force, for a person: `12/60s learned (ceiling 60/60s)`,
+    `60/60s (auto, the ceiling)`, `15/60s fixed`, `unlimited`."""
+    if not rate:
+        return ""
+    limit, window = rate.get("limit"), rate.get("window_s")
+    if limit is None:
+        return "unlimited"
+    per = f"{limit}/{window:g}s" if isinstance(window, (int, float)) else str(limit)
+    if rate.get("mode") != "auto":
+        return f"{per} fixed"
+    ceiling = f"{rate.get('ceiling')}/{window:g}s" if isinstance(window, (int, float)) else "?"
+    if rate.get("learned"):
+        return f"{per} learned (ceiling {ceiling})"
+    return f"{per} (auto: the ceiling, nothing learned)"
+
+
 @dataclass(slots=True)
 class Summary:
     run_id: str
@@ -22,6 +39,7 @@ class Summary:
     sent: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     attempts: int = 0
+    rate: dict[str, object] = field(default_factory=dict)  # the DELETE limit in force at the end
 
     @property
     def records(self) -> int:
@@ -57,5 +75,6 @@ class Summary:
             "requests": dict(sorted(self.sent.items())),
             "retries": self.retries,
             "deletes_per_min": round(60 * deletes / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "rate": self.rate,
             "exit_code": int(self.exit_code()),
         }

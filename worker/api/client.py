@@ -137,8 +137,11 @@ class XquikClient:
         if slot is None:  # a budget without slots (unlimited): nothing to give back
             return await handler(req)
         left = True
+        status: int | None = None
         try:
-            return await handler(req)
+            resp = await handler(req)
+            status = resp.status
+            return resp
         except aiohttp.ClientConnectorError:
             # Refused, unreachable, TLS handshake failed: the request never left.
             left = False
@@ -151,7 +154,7 @@ class XquikClient:
             # slot. Shielded, but bounded: a budget in Redis that is away keeps the slot held
             # for its attempt's bound instead (safe, only slower).
             with anyio.move_on_after(2, shield=True):
-                await (budget.release(slot) if left else budget.refund(slot))
+                await (budget.release(slot, status) if left else budget.refund(slot))
 
     def url(self, *segments: str) -> URL:
         # Each id is one percent-encoded path segment: "../x" can never become another path.

@@ -39,6 +39,7 @@ class Session:
         max_attempts: int = 5,
         margin: float = 0.0,
         max_cooldown: float = 900.0,
+        relearn: float = 86400.0,
         state_dir: Path | None = None,
         redis: Any | None = None,
         backoff_base: float = 0.5,
@@ -54,6 +55,7 @@ class Session:
                 margin=margin,
                 attempt_bound=timeout,
                 max_cooldown=max_cooldown,
+                relearn=relearn,
                 redis=redis,
                 state_dir=state_dir,
             )

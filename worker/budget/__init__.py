@@ -11,7 +11,7 @@ from typing import Any
 
 from worker.budget.base import Budget, Clock, Naps, Sleep, Unlimited
 from worker.budget.state import StateFile, default_state_dir
-from worker.budget.window import SlidingWindowBudget
+from worker.budget.window import Learned, Learner, SlidingWindowBudget
 from worker.logs import get_logger
 from worker.settings import Rate
 
@@ -26,11 +26,13 @@ def make_budget(
     margin: float,
     max_cooldown: float,
     attempt_bound: float = 60.0,
+    relearn: float = 86400.0,
     redis: Any | None = None,
     state_dir: Path | None = None,
 ) -> Budget:
     """The budget of one tier of one key. With `redis` it lives there, shared by every worker
-    using the key; else it is local, and its recent sends persist in `state_dir` (if any)."""
+    using the key; else it is local, and its held slots persist in `state_dir` (if any). An
+    `auto` rate learns the limit in force (kept with the slots) under its ceiling."""
     if rate.limit is None:
         return Unlimited(window=rate.period, max_cooldown=max_cooldown)
     jitter = min(1.0, rate.period * 0.02)
@@ -46,6 +48,8 @@ def make_budget(
             max_cooldown=max_cooldown,
             jitter=jitter,
             attempt_bound=attempt_bound,
+            auto=rate.auto,
+            relearn=relearn,
         )
     state = StateFile(state_dir, fingerprint, tier) if state_dir is not None else None
     budget = SlidingWindowBudget(
@@ -56,15 +60,20 @@ def make_budget(
         jitter=jitter,
         attempt_bound=attempt_bound,
         state=state,
+        learner=Learner(rate.limit, relearn) if rate.auto else None,
     )
     if state is not None and (restored := state.load_into(budget)):
         log.info("budget_restored", tier=tier, recent_sends=restored, state_file=str(state.path))
+    if budget.learner is not None and budget.learner.is_learned():
+        log.info("rate_learned_earlier", tier=tier, limit=budget.limit, ceiling=rate.limit)
     return budget
 
 
 __all__ = [
     "Budget",
     "Clock",
+    "Learned",
+    "Learner",
     "Naps",
     "Sleep",
     "SlidingWindowBudget",

@@ -23,8 +23,9 @@ class Budget(Protocol):
         run is stopping. Returns the slot, for `release` or `refund`."""
         ...
 
-    async def release(self, slot: object) -> None:
-        """The answer arrived (or the attempt failed): the slot stays held one more window."""
+    async def release(self, slot: object, status: int | None = None) -> None:
+        """The answer arrived with `status` (None: the attempt failed): the slot stays held one
+        more window. A budget that learns the limit learns it from a 429 here."""
 
     async def refund(self, slot: object) -> None:
         """Give back a slot whose request provably never left (the connection failed)."""
@@ -36,6 +37,11 @@ class Budget(Protocol):
 
     def close(self) -> None: ...
     def cooldown_remaining(self) -> float: ...
+
+    def describe(self) -> dict[str, object]:
+        """The limit in force: limit (None: unlimited), window_s, mode (fixed, auto or
+        unlimited), learned, ceiling."""
+        ...
 
     def eta(self, jobs: int) -> float | None:
         """Seconds needed to start `jobs` more requests at best; None when the budget cannot
@@ -104,7 +110,7 @@ class Unlimited:
                 return None
             await self._naps(wait)
 
-    async def release(self, slot: object) -> None:
+    async def release(self, slot: object, status: int | None = None) -> None:
         return None
 
     async def refund(self, slot: object) -> None:
@@ -121,6 +127,15 @@ class Unlimited:
 
     def cooldown_remaining(self) -> float:
         return max(0.0, self._cooldown_until - self._clock())
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "limit": None,
+            "window_s": self.window,
+            "mode": "unlimited",
+            "learned": False,
+            "ceiling": None,
+        }
 
     def eta(self, jobs: int) -> float | None:
         return None

@@ -17,35 +17,76 @@ from typing import Any
 import anyio
 
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
+from worker.budget.window import RATE_LIMITED
 from worker.errors import BudgetClosed
+from worker.logs import get_logger
 from worker.redis_conn import redis_retrying
 
-# KEYS: slots (zset: member -> held until, ms), cooldown (ms, until). ARGV: in-flight hold ms,
-# limit, member. Returns 0 when a slot was taken, else the ms to wait.
+# KEYS: slots (zset: member -> held until, ms), cooldown (ms, until), learned (hash: limit,
+# at, cap). ARGV: in-flight hold ms, limit (the ceiling with auto), member, auto, relearn ms.
+# Returns {ms to wait (0: the slot was taken), the limit in force, learned (0/1)}.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local bound, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local learned = 0
+if ARGV[4] == '1' then
+  local l = redis.call('HMGET', KEYS[3], 'limit', 'at')
+  if l[1] and l[2] and now - tonumber(l[2]) < tonumber(ARGV[5]) then
+    limit = math.min(limit, tonumber(l[1]))
+    learned = 1
+  end
+end
 local cooldown = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cooldown > now then return tostring(cooldown - now) end
+if cooldown > now then return {tostring(cooldown - now), limit, learned} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
 if n < limit then
   redis.call('ZADD', KEYS[1], now + bound, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil(bound) + 1000)
-  return '0'
+  return {'0', limit, learned}
 end
 local first = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
-return tostring(tonumber(first[2]) - now)
+return {tostring(tonumber(first[2]) - now), limit, learned}
 """
 
-# KEYS: slots. ARGV: span ms, member. The answer came: held one span from now (if still held).
+# KEYS: slots, accepted (zset: member -> held until, ms), cooldown, learned. ARGV: span ms,
+# member, answer ("a" accepted, "r" a 429, "u" none), auto, the limit the slot was taken under,
+# relearn ms. The answer came: held one span from now (if still held). With auto, a 429 sets
+# the limit to the accepted slots held (at most the limit it was sent under - 1), and an
+# accepted answer during the cooldown (a request that was in flight at the 429) raises it.
+# Returns the new limit when it changed, else -1.
 RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
-return 1
+local span = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], 'XX', now + span, ARGV[2])
+if ARGV[3] == 'a' then
+  redis.call('ZADD', KEYS[2], now + span, ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], math.ceil(span) + 1000)
+end
+if ARGV[4] ~= '1' or ARGV[3] == 'u' then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local accepted = redis.call('ZCARD', KEYS[2])
+local l = redis.call('HMGET', KEYS[4], 'limit', 'cap')
+local old = tonumber(l[1] or '-1')
+local new
+if ARGV[3] == 'r' then
+  local cap = math.max(1, tonumber(ARGV[5]) - 1)
+  new = math.max(1, math.min(accepted, cap))
+  redis.call('HSET', KEYS[4], 'limit', new, 'at', now, 'cap', cap)
+else
+  local cooldown = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if old < 0 or cooldown <= now or accepted <= old or old >= tonumber(l[2]) then return -1 end
+  new = math.min(accepted, tonumber(l[2]))
+  redis.call('HSET', KEYS[4], 'limit', new)
+end
+redis.call('PEXPIRE', KEYS[4], math.ceil(tonumber(ARGV[6])) + 1000)
+if new == old then return -1 end
+return new
 """
+
+log = get_logger()
 
 # KEYS: cooldown. ARGV: seconds. Extends, never shortens. Returns the ms left.
 HOLD = """
@@ -62,7 +103,8 @@ return tostring(current - now)
 
 
 class RedisBudget:
-    """Same contract as SlidingWindowBudget, with its state in Redis under `prefix`."""
+    """Same contract as SlidingWindowBudget, with its state in Redis under `prefix`. With
+    `auto`, `limit` is the ceiling and the limit in force is learned, shared by every worker."""
 
     def __init__(
         self,
@@ -75,12 +117,19 @@ class RedisBudget:
         max_cooldown: float = 900.0,
         jitter: float = 0.0,
         attempt_bound: float = 60.0,
+        auto: bool = False,
+        relearn: float = 86400.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
     ) -> None:
         self._redis = redis
-        self._keys = [f"{prefix}:slots", f"{prefix}:cooldown"]
-        self.limit = limit
+        self._keys = [f"{prefix}:slots", f"{prefix}:cooldown", f"{prefix}:learned"]
+        self._accepted_key = f"{prefix}:accepted"
+        self.ceiling = limit
+        self.limit = limit  # in force, as last seen
+        self.learned = False
+        self.auto = auto
+        self.relearn = relearn
         self.window = window
         self.span = window + margin
         self.attempt_bound = attempt_bound
@@ -95,6 +144,7 @@ class RedisBudget:
         self._closed = False
         self._cooldown_until = float("-inf")
         self._ids = itertools.count()
+        self._under: dict[str, int] = {}  # auto: our slot -> the limit it was taken under
         self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         # Another worker's release wakes nobody here: poll at least this often while waiting.
         self._poll = max(0.05, min(1.0, self.span / 20))
@@ -102,16 +152,21 @@ class RedisBudget:
     async def acquire(self) -> object:
         async with self._lock:  # one poller per process; the script arbitrates between them
             bound_ms = (self.attempt_bound + self.span) * 1000
+            auto = "1" if self.auto else "0"
             while True:
                 if self._closed:
                     raise BudgetClosed
                 member = f"{self._me}:{next(self._ids)}"
-                wait_ms = float(
-                    await self._script(
-                        self._acquire, keys=self._keys, args=[bound_ms, self.limit, member]
-                    )
+                wait, limit, learned = await self._script(
+                    self._acquire,
+                    keys=[self._keys[0], self._keys[1], self._keys[2]],
+                    args=[bound_ms, self.ceiling, member, auto, self.relearn * 1000],
                 )
+                self.limit, self.learned = int(limit), bool(int(learned))
+                wait_ms = float(wait)
                 if wait_ms <= 0:
+                    if self.auto:
+                        self._under[member] = self.limit
                     return member
                 if wait_ms > bound_ms:  # only a cooldown is that long
                     self._cooldown_until = self._clock() + wait_ms / 1000
@@ -119,12 +174,37 @@ class RedisBudget:
                 else:
                     await self._naps(min(wait_ms / 1000, self._poll))
 
-    async def release(self, slot: object) -> None:
-        await self._script(self._release, keys=self._keys[:1], args=[self.span * 1000, slot])
+    async def release(self, slot: object, status: int | None = None) -> None:
+        under = self._under.pop(str(slot), self.limit)
+        answer = "u" if status is None else "r" if status == RATE_LIMITED else "a"
+        new = int(
+            await self._script(
+                self._release,
+                keys=[self._keys[0], self._accepted_key, self._keys[1], self._keys[2]],
+                args=[
+                    self.span * 1000,
+                    slot,
+                    answer,
+                    "1" if self.auto else "0",
+                    under,
+                    self.relearn * 1000,
+                ],
+            )
+        )
+        if new > 0:
+            log.info(
+                "rate_learned",
+                limit=new,
+                window_s=self.window,
+                ceiling=self.ceiling,
+                was=self.limit,
+            )
+            self.limit, self.learned = new, True
         self._naps.wake_all()
 
     async def refund(self, slot: object) -> None:
         """The request never left: its member leaves the shared slots."""
+        self._under.pop(str(slot), None)
         await self._script(self._redis.zrem, self._keys[0], str(slot))
         self._naps.wake_all()
 
@@ -132,7 +212,7 @@ class RedisBudget:
         seconds = cooldown_seconds(
             seconds, window=self.window, cap=self._max_cooldown, jitter=self._jitter
         )
-        left_ms = float(await self._script(self._hold, keys=self._keys[1:], args=[seconds]))
+        left_ms = float(await self._script(self._hold, keys=[self._keys[1]], args=[seconds]))
         self._cooldown_until = self._clock() + left_ms / 1000
         return seconds
 
@@ -150,6 +230,15 @@ class RedisBudget:
     def cooldown_remaining(self) -> float:
         """The cooldown as last seen from this process (the shared one may be longer)."""
         return max(0.0, self._cooldown_until - self._clock())
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "window_s": self.window,
+            "mode": "auto" if self.auto else "fixed",
+            "learned": self.learned,
+            "ceiling": self.ceiling if self.auto else None,
+        }
 
     def eta(self, jobs: int) -> float | None:
         """At best: the cooldown, then `limit` starts per span (other consumers may take some)."""

@@ -1,7 +1,15 @@
-"""The budget's recent send times on disk, shared by every run on this machine that uses the
-same key: a restarted or back-to-back run cannot burst past the server's window, and neither
-can two runs at once (a manual run beside a cron run). A small JSON file per (API key, base
-URL, tier); each decision reads it, decides and writes it back under an exclusive lock."""
+"""The budget's held slots, cooldown and learned limit on disk, shared by every run on this
+machine that uses the same key: a restarted or back-to-back run cannot burst past the server's
+window, and neither can two runs at once (a manual run beside a cron run).
+
+One file per (API key, base URL, tier), a log of JSON lines, each a change: slots held until a
+wall-clock time (`slots`), slots given back (`drop`), the cooldown, the learned limit. Each
+decision takes the lock, reads what other runs appended since it last looked, decides and
+appends its own change: O(1) per send however many slots are held (rewriting the whole state
+after every send made a large finite rate quadratic). When the log has grown to several times
+the state it describes, it is rewritten as one line (a new file, renamed over the old: readers
+notice the new inode and read it whole). Every change is written before the request is sent,
+so a crash loses nothing a restart needs."""
 
 from __future__ import annotations
 
@@ -9,9 +17,9 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
 from worker.logs import get_logger
@@ -21,6 +29,8 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
+COMPACT_BYTES = 64 * 1024  # never rewrite a log smaller than this
+
 
 def default_state_dir() -> Path:
     import platformdirs  # only when a budget is persisted
@@ -29,11 +39,27 @@ def default_state_dir() -> Path:
 
 
 class StateFile:
-    __slots__ = ("_failed", "_lock_fd", "path")
+    __slots__ = (
+        "_cooldown",
+        "_failed",
+        "_fd",
+        "_ino",
+        "_learned_at",
+        "_lock_fd",
+        "_pos",
+        "_tail_ok",
+        "path",
+    )
 
     def __init__(self, directory: Path, fingerprint: str, tier: str) -> None:
         self.path = directory / f"budget-{fingerprint}-{tier}.json"
         self._failed = False
+        self._fd = -1
+        self._ino = -1
+        self._pos = 0
+        self._tail_ok = True  # the log ends with a newline (a crash mid-write may leave none)
+        self._cooldown: float | None = None  # the last cooldown and finding we wrote
+        self._learned_at: float | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(
@@ -49,45 +75,106 @@ class StateFile:
             ) from None
 
     def close(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
 
-    def _read(self, span: float) -> tuple[list[tuple[str, float]], float | None]:
-        """Every run's held slots (id, until) and the cooldown, in wall-clock seconds."""
+    def _open(self) -> bool:
+        """The current log open at our position; False if there is none yet."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if "slots" in data:
-                slots = [(str(s), float(u)) for s, u in data["slots"]]
-            else:  # 0.1's file: send times, each held for a span after it
-                slots = [(f"legacy.{i}", float(t) + span) for i, t in enumerate(data["sends"])]
-            until = data.get("cooldown_until")
-            return slots, float(until) if until is not None else None
+            ino = os.stat(self.path).st_ino
         except FileNotFoundError:
-            return [], None
-        except (OSError, ValueError, TypeError, AttributeError, KeyError):
-            return [], None  # an unreadable state file is no worse than none
+            ino = -1
+        if ino != self._ino or self._fd < 0:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._ino, self._pos, self._tail_ok = -1, 0, True
+            if ino == -1:
+                return False
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            self._ino = os.fstat(self._fd).st_ino
+        return True
 
-    def _write(self, budget: SlidingWindowBudget) -> None:
-        slots, cooldown = budget.snapshot()
-        data = json.dumps(
-            {"slots": [[s, round(u, 4)] for s, u in slots], "cooldown_until": cooldown}
-        )
+    def _read_into(self, budget: SlidingWindowBudget) -> None:
+        """What was appended since we last looked, into `budget`."""
+        if not self._open():
+            return
+        size = os.fstat(self._fd).st_size
+        if size <= self._pos:
+            return
+        data = os.pread(self._fd, size - self._pos, self._pos)
+        self._pos = size
+        self._tail_ok = data.endswith(b"\n")
+        for line in data.split(b"\n"):
+            if line.strip():
+                _apply(line, budget)
+
+    def _append(self, budget: SlidingWindowBudget) -> None:
+        held, dropped = budget.changes()
+        change: dict[str, Any] = {}
+        if held:
+            change["slots"] = [[s, round(u, 4), 1] if a else [s, round(u, 4)] for s, u, a in held]
+        if dropped:
+            change["drop"] = dropped
+        cooldown = budget.cooldown_wall()
+        if cooldown is not None and cooldown != self._cooldown:
+            change["cooldown_until"] = round(cooldown, 4)
+            self._cooldown = cooldown
+        learned = budget.learner.learned if budget.learner is not None else None
+        if learned is not None and learned.at != self._learned_at:
+            change["learned"] = {"limit": learned.limit, "at": learned.at, "cap": learned.cap}
+            self._learned_at = learned.at
+        if not change:
+            return
+        if (
+            self._fd >= 0
+            and self._pos > COMPACT_BYTES
+            and self._pos > 8 * 64 * (budget.sends_in_span() + 4)
+        ):
+            self._rewrite(budget)
+            return
+        line = json.dumps(change, separators=(",", ":")).encode() + b"\n"
+        if not self._tail_ok:
+            line = b"\n" + line  # end a line torn by a crash; it is skipped as unreadable
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            self._ino = os.fstat(self._fd).st_ino
+        os.write(self._fd, line)
+        self._pos += len(line)
+        self._tail_ok = True
+
+    def _rewrite(self, budget: SlidingWindowBudget) -> None:
+        """The whole state as one line, in a new file renamed over the log."""
+        learned = budget.learner.learned if budget.learner is not None else None
+        state: dict[str, Any] = {
+            "slots": [
+                [s, round(u, 4), 1] if a else [s, round(u, 4)] for s, u, a in budget.entries()
+            ],
+            "cooldown_until": budget.cooldown_wall(),
+        }
+        if learned is not None:
+            state["learned"] = {"limit": learned.limit, "at": learned.at, "cap": learned.cap}
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(data, encoding="utf-8")
+        tmp.write_bytes(json.dumps(state, separators=(",", ":")).encode() + b"\n")
         os.replace(tmp, self.path)
+        self._open()
+        self._pos = os.fstat(self._fd).st_size
 
     def load_into(self, budget: SlidingWindowBudget) -> int:
-        """Restore the recent sends into `budget`; returns how many are still in its window."""
+        """Restore the held slots into `budget` (the whole log, read from its start);
+        returns how many are still held."""
+        self._ino = -1
         with self.exchange(budget, write=False):
             pass
         return budget.sends_in_span()
 
     @contextmanager
     def exchange(self, budget: SlidingWindowBudget, *, write: bool = True) -> Iterator[None]:
-        """Under the lock: every run's recent sends into `budget`, then (after the caller
-        decided) `budget`'s back out. A state dir that fails mid-run (disk full) is logged
-        once; the in-memory budget still holds for this run."""
+        """Under the lock: every run's changes into `budget`, then (after the caller decided)
+        `budget`'s own out. A state dir that fails mid-run (disk full) is logged once; the
+        in-memory budget still holds for this run."""
         if self._failed or self._lock_fd < 0:
             yield
             return
@@ -97,14 +184,47 @@ class StateFile:
             yield
             return
         try:
-            slots, cooldown = self._read(budget.span)
-            budget.restore(slots, cooldown)
+            with suppress(OSError):  # an unreadable state file is no worse than none
+                self._read_into(budget)
             yield
             if write:
                 try:
-                    self._write(budget)
+                    self._append(budget)
                 except OSError as exc:
                     self._failed = True
                     log.warning("state_file_unavailable", file=str(self.path), error=exc.strerror)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+
+def _apply(line: bytes, budget: SlidingWindowBudget) -> None:
+    """One line of the log into `budget`; an unreadable line (a torn write, another format) is
+    skipped: it is no worse than no state."""
+    from worker.budget.window import Learned
+
+    try:
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            return
+        slots: list[tuple[str, float, bool]] = []
+        if "sends" in data:  # 0.1's file: send times, each held for a span after it
+            slots = [
+                (f"legacy.{i}", float(t) + budget.span, False) for i, t in enumerate(data["sends"])
+            ]
+        for entry in data.get("slots", ()):
+            slots.append((str(entry[0]), float(entry[1]), len(entry) > 2 and bool(entry[2])))
+        dropped = [str(s) for s in data.get("drop", ())]
+        until = data.get("cooldown_until")
+        found = data.get("learned")
+        learned = (
+            Learned(
+                int(found["limit"]),
+                float(found["at"]),
+                int(found["cap"] if "cap" in found else found["limit"]),
+            )
+            if isinstance(found, dict)
+            else None
+        )
+        budget.merge(slots, dropped, float(until) if until is not None else None, learned)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return

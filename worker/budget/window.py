@@ -1,4 +1,5 @@
-"""The rate budget: held slots with a key-wide cooldown, exact under any latency.
+"""The rate budget: held slots with a key-wide cooldown, exact under any latency, and the
+server's live limit learned under a ceiling.
 
 The server counts a request in a fixed window that starts at its first request, at the moment
 the request arrives: somewhere between our send and our receipt of its answer. So a request
@@ -10,6 +11,9 @@ ours, whatever the latencies. The cost is one round trip per window: W / (W + RT
 of send times with a guessed margin breaks as soon as a request is delayed longer than the
 margin on its way in (a busy event loop, a slow network, a proxy queue).
 
+With `--rate auto` N is learned (`Learner`): it starts at the last limit learned for the key,
+else at the ceiling; a 429 sets it to the requests the server accepted in the window.
+
 A slot in flight is held until it is released; in the state file (shared with other runs on
 this machine) it stands as held until its start + the attempt's bound + W, so a run that
 crashes with requests in flight blocks nobody for longer than that.
@@ -17,20 +21,89 @@ crashes with requests in flight blocks nobody for longer than that.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import random
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
 from worker.errors import BudgetClosed
+from worker.logs import get_logger
+
+log = get_logger()
 
 INFLIGHT = float("inf")  # the end of a slot whose answer has not arrived yet
+RATE_LIMITED = 429
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A limit learned from a 429: `limit` requests per window, at wall-clock `at`, when the
+    limit in force was above `cap` + 1 (a later count in the same cooldown may raise it to
+    `cap`, never above)."""
+
+    limit: int
+    at: float
+    cap: int
+
+
+class Learner:
+    """`--rate auto`: the limit in force, learned under a ceiling. Fixed rates learn nothing."""
+
+    __slots__ = ("_wall", "ceiling", "learned", "relearn")
+
+    def __init__(self, ceiling: int, relearn: float, wall: Clock = time.time) -> None:
+        self.ceiling = ceiling
+        self.relearn = relearn
+        self.learned: Learned | None = None
+        self._wall = wall
+
+    def limit(self) -> int:
+        """The learned limit while it is fresh, else the ceiling (tried again after
+        --relearn without a 429: a plan upgrade is picked up)."""
+        learned = self.learned
+        if learned is None or self._wall() - learned.at >= self.relearn:
+            return self.ceiling
+        return min(learned.limit, self.ceiling)
+
+    def is_learned(self) -> bool:
+        """The limit in force was learned (not the ceiling, nor the ceiling tried again)."""
+        learned = self.learned
+        return learned is not None and self._wall() - learned.at < self.relearn
+
+    def rejected(self, accepted: int, limit_at_send: int, *, first: bool = True) -> bool:
+        """A 429 for a request sent under `limit_at_send`, while `accepted` of our requests
+        were accepted in the server's window: the new limit (a later 429 of the same window,
+        `first` False, can only raise it). True if it changed."""
+        cap = max(1, limit_at_send - 1)
+        limit = max(1, min(accepted, cap))
+        old = self.learned
+        if not first and old is not None:
+            limit, cap = max(limit, old.limit), max(cap, old.cap)
+        self.learned = Learned(limit, self._wall(), cap)
+        return old is None or limit != old.limit
+
+    def counted(self, accepted: int) -> bool:
+        """During the cooldown after a 429 nothing new is sent: an accepted answer now is a
+        request that was in flight at the 429 and counted in that window. True if it raised
+        the limit."""
+        learned = self.learned
+        if learned is None or accepted <= learned.limit or learned.limit >= learned.cap:
+            return False
+        self.learned = Learned(min(accepted, learned.cap), learned.at, learned.cap)
+        return True
+
+    def adopt(self, other: Learned | None) -> None:
+        """Another run's newer finding wins."""
+        if other is not None and (self.learned is None or other.at > self.learned.at):
+            self.learned = other
 
 
 class Exchange(Protocol):
@@ -41,23 +114,38 @@ class Exchange(Protocol):
 
 class SlidingWindowBudget:
     """At most `limit` slots held at once, a slot held from its send until `window + margin`
-    after its answer; nothing at all during a cooldown."""
+    after its answer; nothing at all during a cooldown. O(log n) per decision: the ends of the
+    released slots are kept sorted."""
 
     __slots__ = (
+        "_accepted",
         "_clock",
         "_closed",
         "_cooldown_until",
+        "_dirty",
+        "_ends",
+        "_episode",
+        "_episode_end",
         "_ids",
+        "_inflight",
         "_jitter",
         "_lock",
         "_max_cooldown",
         "_naps",
+        "_opener",
+        "_pending",
+        "_prefix",
         "_rng",
+        "_sent_at",
+        "_sent_under",
         "_slots",
         "_state",
         "_wall",
+        "_win_end",
+        "_win_start",
         "attempt_bound",
-        "limit",
+        "fixed_limit",
+        "learner",
         "span",
         "window",
     )
@@ -76,10 +164,12 @@ class SlidingWindowBudget:
         rng: random.Random | None = None,
         state: Exchange | None = None,
         wall: Clock = time.time,
+        learner: Learner | None = None,
     ) -> None:
         if limit < 1 or window <= 0 or margin < 0:
             raise ValueError("limit must be >= 1, window > 0, margin >= 0")
-        self.limit = limit
+        self.fixed_limit = limit
+        self.learner = learner  # None: a fixed limit
         self.window = window
         self.span = window + margin
         self.attempt_bound = attempt_bound  # no attempt lasts longer (--timeout)
@@ -90,24 +180,88 @@ class SlidingWindowBudget:
         self._rng = rng or random.Random()
         self._state = state
         self._wall = wall  # the state file holds wall-clock times, shared between processes
-        # slot id -> the moment it stops being held (INFLIGHT while in flight).
+        # Every held slot: id -> the moment it stops being held (INFLIGHT while in flight).
         self._slots: dict[str, float] = {}
+        self._inflight: set[str] = set()
+        self._ends: list[tuple[float, str]] = []  # (end, id) of the released slots, sorted
+        self._accepted: set[str] = set()  # held slots whose request the server accepted
+        self._sent_under: dict[str, int] = {}  # auto: our slot -> the limit when it was taken
+        self._sent_at: dict[str, float] = {}  # auto: our held slot -> when it was taken
         self._cooldown_until = float("-inf")
+        # auto: where the server's current window began, as far as our sends tell (each window
+        # opens at the first request after the last one ended), and the start of the window
+        # that gave the last 429.
+        self._win_start = float("-inf")
+        self._opener: str | None = None  # the request that opened it (in our estimate)
+        self._win_end = float("-inf")  # the latest it can end: the opener's answer + W
+        self._episode = float("-inf")
+        self._episode_end = float("-inf")  # the last 429 of that window
+        self._pending: set[str] = set()  # ours, in flight at that 429
         self._lock = anyio.Lock()
         self._closed = False
-        prefix = f"{os.getpid()}.{random.getrandbits(32):08x}"
-        self._ids = (f"{prefix}.{n}" for n in itertools.count())
+        self._dirty: set[str] = set()  # our slots changed since the state file last saw them
+        self._prefix = f"{os.getpid()}.{random.getrandbits(32):08x}."
+        self._ids = (f"{self._prefix}{n}" for n in itertools.count())
+
+    @property
+    def limit(self) -> int:
+        """The limit in force."""
+        return self.learner.limit() if self.learner is not None else self.fixed_limit
+
+    # The held slots.
+    def _set(
+        self, slot: str, until: float, accepted: bool | None = None, mine: bool = True
+    ) -> None:
+        if mine and self._state is not None:
+            self._dirty.add(slot)
+        old = self._slots.get(slot)
+        if old is not None and old != INFLIGHT:
+            i = bisect.bisect_left(self._ends, (old, slot))
+            if i < len(self._ends) and self._ends[i] == (old, slot):
+                del self._ends[i]
+        self._slots[slot] = until
+        if until == INFLIGHT:
+            self._inflight.add(slot)
+        else:
+            self._inflight.discard(slot)
+            bisect.insort(self._ends, (until, slot))
+        if accepted:
+            self._accepted.add(slot)
+        elif accepted is not None:
+            self._accepted.discard(slot)
+
+    def _drop(self, slot: str, mine: bool = True) -> None:
+        if mine and self._state is not None:
+            self._dirty.add(slot)
+        until = self._slots.pop(slot, None)
+        if until is None:
+            return
+        self._inflight.discard(slot)
+        self._accepted.discard(slot)
+        self._sent_at.pop(slot, None)
+        if until != INFLIGHT:
+            i = bisect.bisect_left(self._ends, (until, slot))
+            if i < len(self._ends) and self._ends[i] == (until, slot):
+                del self._ends[i]
+
+    def _expire(self, now: float) -> None:
+        ends = self._ends
+        if ends and ends[0][0] <= now:
+            n = bisect.bisect_right(ends, (now, "\U0010ffff"))
+            for _, slot in ends[:n]:
+                del self._slots[slot]
+                self._accepted.discard(slot)
+                self._sent_at.pop(slot, None)
+            del ends[:n]
 
     def delay(self) -> float:
         """Seconds until the next start is allowed (<= 0: now; inf: when a slot is released)."""
         now = self._clock()
-        for slot, until in list(self._slots.items()):
-            if until <= now:
-                del self._slots[slot]
+        self._expire(now)
         wait = self._cooldown_until - now
-        if len(self._slots) >= self.limit:
-            ends = sorted(self._slots.values())
-            wait = max(wait, ends[len(ends) - self.limit] - now)
+        over = len(self._slots) - self.limit  # held beyond the limit: wait for the ends
+        if over >= 0:
+            wait = max(wait, self._ends[over][0] - now if over < len(self._ends) else INFLIGHT)
         return wait
 
     async def acquire(self) -> object:
@@ -122,24 +276,91 @@ class SlidingWindowBudget:
                     wait = self.delay()
                     if wait <= 0:
                         slot = next(self._ids)
-                        self._slots[slot] = INFLIGHT
+                        self._set(slot, INFLIGHT)
+                        if self.learner is not None:
+                            now = self._clock()
+                            self._sent_under[slot] = self.limit
+                            self._sent_at[slot] = now
+                            # It arrived after its send, before its answer: a window it
+                            # opened ends W after its answer at the latest; only a send
+                            # after that surely opens the next one.
+                            if self._opener is None or now >= self._win_end:
+                                self._opener, self._win_start = slot, now
+                                self._win_end = INFLIGHT
                         return slot
                 # A release wakes this nap early: the slot it frees may be the one we wait for.
                 await self._naps(min(wait, self.span + self.attempt_bound))
 
-    async def release(self, slot: object) -> None:
-        """The answer arrived (or the attempt failed): held for one more span from now."""
-        if isinstance(slot, str):
-            with self._exchange():
-                if slot in self._slots:
-                    self._slots[slot] = self._clock() + self.span
-            self._naps.wake_all()
+    async def release(self, slot: object, status: int | None = None) -> None:
+        """The answer arrived with `status` (None: the attempt failed, timed out or was
+        cancelled): held for one more span from now. With a learner, a 429 teaches the
+        limit."""
+        if not isinstance(slot, str):
+            return
+        with self._exchange():
+            if slot in self._slots:
+                accepted = status is not None and status != RATE_LIMITED
+                self._set(slot, self._clock() + self.span, accepted)
+            under = self._sent_under.pop(slot, None)
+            if slot == self._opener:
+                self._win_end = self._clock() + self.window
+            if self.learner is not None and status is not None:
+                self._learn(slot, status, under)
+            self._pending.discard(slot)
+        self._naps.wake_all()
+
+    def _learn(self, slot: str, status: int, under: int | None) -> None:
+        assert self.learner is not None
+        before = self.learner.limit()
+        now = self._clock()
+        self._expire(now)
+        if status == RATE_LIMITED:
+            first = self.cooldown_remaining() <= 0  # the first 429 of this window
+            if first:
+                self._episode = self._win_start
+                self._pending.clear()
+            self._episode_end = now
+            self._pending.update(s for s in self._inflight if s in self._sent_under)
+            self._pending.discard(slot)
+            accepted = self._accepted_since(self._episode)
+            changed = self.learner.rejected(accepted, under or before, first=first)
+        elif slot in self._pending and self.cooldown_remaining() > 0:
+            # In flight at the 429, accepted before the cooldown (the rest of the server's
+            # window) is over: it was counted in the window that rejected us. Answered later,
+            # it may have opened the next one: it teaches nothing.
+            self._pending.discard(slot)
+            changed = self.learner.counted(self._accepted_since(self._episode))
+        else:
+            return
+        if changed:
+            log.info(
+                "rate_learned",
+                limit=self.learner.limit(),
+                window_s=self.window,
+                ceiling=self.learner.ceiling,
+                was=before,
+            )
+
+    def _accepted_since(self, start: float) -> int:
+        """Accepted requests in the server's window that began at `start` and rejected us:
+        ours sent between then and the 429; another run's answered in between (its send time
+        is not known)."""
+        n = 0
+        for slot in self._accepted:
+            sent = self._sent_at.get(slot)
+            if sent is None:
+                sent = self._slots[slot] - self.span
+            n += start <= sent <= self._episode_end
+        return n
 
     async def refund(self, slot: object) -> None:
         """The request never left (its connection could not be made): the slot is free."""
         if isinstance(slot, str):
             with self._exchange():
-                self._slots.pop(slot, None)
+                self._drop(slot)
+                self._sent_under.pop(slot, None)
+                if slot == self._opener:
+                    self._opener = None
             self._naps.wake_all()
 
     async def hold(self, seconds: float | None) -> float:
@@ -150,6 +371,7 @@ class SlidingWindowBudget:
         )
         with self._exchange():
             self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
+            self._opener = None  # the server's window ends before the cooldown does
         return seconds
 
     def _exchange(self) -> AbstractContextManager[None]:
@@ -166,8 +388,19 @@ class SlidingWindowBudget:
 
     def sends_in_span(self) -> int:
         """Slots held now (in flight, or answered less than a span ago)."""
-        self.delay()
+        self._expire(self._clock())
         return len(self._slots)
+
+    def describe(self) -> dict[str, object]:
+        """The limit in force, for the progress view, the summary and the metrics."""
+        learner = self.learner
+        return {
+            "limit": self.limit,
+            "window_s": self.window,
+            "mode": "fixed" if learner is None else "auto",
+            "learned": learner is not None and learner.is_learned(),
+            "ceiling": None if learner is None else learner.ceiling,
+        }
 
     def eta(self, jobs: int) -> float:
         """Seconds needed to start `jobs` more requests from now, at best (answers that come
@@ -177,31 +410,73 @@ class SlidingWindowBudget:
         first = max(self.delay(), 0.0)
         if first == INFLIGHT:
             first = self.span
-        free_now = max(self.limit - len(self._slots), 0)
+        limit = self.limit
+        free_now = max(limit - len(self._slots), 0)
         if jobs <= free_now:
             return first
-        windows = -(-(jobs - free_now) // self.limit)
+        windows = -(-(jobs - free_now) // limit)
         return first + windows * self.span
 
     # Persistence: wall-clock times, so they survive a restart and cross processes.
-    def snapshot(self) -> tuple[list[tuple[str, float]], float | None]:
-        offset = self._wall() - self._clock()
-        self.delay()
-        now = self._clock()
-        slots = [
-            # In flight, for another process: held at most until our attempt's bound + a span.
-            (slot, (now + self.attempt_bound + self.span if until == INFLIGHT else until) + offset)
-            for slot, until in self._slots.items()
-        ]
-        until = self._cooldown_until + offset if self.cooldown_remaining() > 0 else None
-        return slots, until
+    def offset(self) -> float:
+        """Wall clock minus this budget's clock."""
+        return self._wall() - self._clock()
 
-    def restore(self, slots: Iterable[tuple[str, float]], cooldown_until: float | None) -> None:
-        offset = self._wall() - self._clock()
+    def entry(self, slot: str) -> tuple[str, float, bool] | None:
+        """One held slot as another process sees it: (id, held until wall time, accepted); in
+        flight, held at most until our attempt's bound + a span."""
+        until = self._slots.get(slot)
+        if until is None:
+            return None
         now = self._clock()
-        ours = {s: u for s, u in self._slots.items() if u == INFLIGHT}
-        horizon = now + self.attempt_bound + self.span + 5  # a file from far ahead is bogus
-        self._slots = {s: u - offset for s, u in slots if now < u - offset <= horizon}
-        self._slots.update(ours)  # our own in-flight slots stay in flight
+        if until == INFLIGHT:
+            until = now + self.attempt_bound + self.span
+        return slot, until + self.offset(), slot in self._accepted
+
+    def entries(self) -> list[tuple[str, float, bool]]:
+        """Every held slot, ours and others'."""
+        self._expire(self._clock())
+        return [e for slot in list(self._slots) if (e := self.entry(slot)) is not None]
+
+    def changes(self) -> tuple[list[tuple[str, float, bool]], list[str]]:
+        """Our slots taken, released or given back since the last call: (held, dropped)."""
+        held, dropped = [], []
+        for slot in self._dirty:
+            entry = self.entry(slot)
+            if entry is None:
+                dropped.append(slot)
+            else:
+                held.append(entry)
+        self._dirty.clear()
+        return held, dropped
+
+    def cooldown_wall(self) -> float | None:
+        return self._cooldown_until + self.offset() if self.cooldown_remaining() > 0 else None
+
+    def merge(
+        self,
+        slots: Iterable[tuple[str, float, bool]],
+        dropped: Iterable[str],
+        cooldown_until: float | None,
+        learned: Learned | None,
+    ) -> None:
+        """Other runs' slots, refunds, cooldown and finding (wall-clock times) into ours. Our
+        own in-flight slots stay in flight; a time far ahead is bogus and ignored."""
+        offset = self.offset()
+        now = self._clock()
+        horizon = now + self.attempt_bound + self.span + 5
+        for slot, until, accepted in slots:
+            if slot.startswith(self._prefix):
+                continue  # ours: this budget knows better
+            local = until - offset
+            if now < local <= horizon:
+                self._set(slot, local, accepted, mine=False)
+            else:
+                self._drop(slot, mine=False)
+        for slot in dropped:
+            if not slot.startswith(self._prefix):
+                self._drop(slot, mine=False)
         if cooldown_until is not None:
             self._cooldown_until = max(self._cooldown_until, cooldown_until - offset)
+        if self.learner is not None:
+            self.learner.adopt(learned)

@@ -49,6 +49,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         rate=args.rate,
         read_rate=args.read_rate,
         rate_margin=args.rate_margin,
+        relearn=args.relearn,
         concurrency=args.concurrency,
         max_attempts=args.max_attempts,
         timeout=args.timeout,

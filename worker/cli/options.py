@@ -102,10 +102,37 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def parse_rate(text: str) -> Rate:
-    """`15/60s`, `60/1m`, `200/1s`, `unlimited`; ValueError naming the text otherwise."""
-    if text.strip().lower() == "unlimited":
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|min|h|d)?\s*")
+
+
+@checked
+def duration(text: str) -> float:
+    """`24h`, `30m`, `90s`, `1d` or plain seconds; more than 0."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration, e.g. 24h, 30m, 90s")
+    value = float(match[1]) * {**_UNITS, "d": 86400.0}[match[2]]
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 100d")
+    return value
+
+
+AUTO_CEILING = Rate(60, 60.0, auto=True)  # the newest docs' limit; 15/60 keys learn theirs
+
+
+def parse_rate(text: str, *, allow_auto: bool = False) -> Rate:
+    """`15/60s`, `60/1m`, `200/1s`, `unlimited` (and `auto`, `auto:N/PERIOD` where learning is
+    allowed); ValueError naming the text otherwise."""
+    word = text.strip().lower()
+    if word == "unlimited":
         return Rate(None, 1.0)
+    if allow_auto and word == "auto":
+        return AUTO_CEILING
+    if allow_auto and word.startswith("auto:"):
+        ceiling = parse_rate(text.strip()[5:])
+        if ceiling.limit is None:
+            raise ValueError(f"{text!r}: the ceiling of auto is N/PERIOD, e.g. auto:60/60s")
+        return Rate(ceiling.limit, ceiling.period, auto=True)
     match = _RATE.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not N/PERIOD, e.g. 15/60s, 60/1m, 200/1s or unlimited")
@@ -124,6 +151,15 @@ def rate(text: str) -> Rate:
         return parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@checked
+def delete_rate(text: str) -> Rate:
+    try:
+        return parse_rate(text, allow_auto=True)
+    except ValueError as exc:
+        message = str(exc).replace(" or unlimited", ", unlimited, auto or auto:N/PERIOD")
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -181,10 +217,20 @@ def run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rate",
-        type=rate,
-        default=env("RATE", "15/60s"),
-        metavar="N/PERIOD",
-        help="DELETE budget for the key: 15/60s, 60/1m, 200/1s or unlimited (default 15/60s)",
+        type=delete_rate,
+        default=env("RATE", "auto"),
+        metavar="RATE",
+        help="DELETE budget for the key: auto (learn the server's live limit under a ceiling "
+        "of 60/60s), auto:N/PERIOD (another ceiling), or fixed: 15/60s, 60/1m, unlimited "
+        "(default auto)",
+    )
+    p.add_argument(
+        "--relearn",
+        type=duration,
+        default=env("RELEARN", "24h"),
+        metavar="DURATION",
+        help="with --rate auto: try the ceiling again after this long without a 429, "
+        "e.g. 24h, 30m, 3600 (default 24h)",
     )
     p.add_argument(
         "--rate-margin",
@@ -234,13 +280,7 @@ def run_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="handle at most N jobs (a canary batch)",
     )
-    p.add_argument(
-        "--budget",
-        metavar="URL",
-        default=env("BUDGET"),
-        help="keep the budget (slots, cooldown) in this Redis, redis://… or rediss://…, "
-        "shared with queue consumers and runs on other machines (default: the state file)",
-    )
+    budget_option(p)
     p.add_argument(
         "--wait-lock",
         action="store_true",
@@ -251,6 +291,17 @@ def run_options(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar (default: on for a TTY)",
+    )
+
+
+def budget_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--budget",
+        metavar="URL",
+        default=env("BUDGET"),
+        help="keep the key's budget (slots, cooldown, learned limit) in this Redis, "
+        "redis://… or rediss://…, shared with queue consumers and runs on other machines "
+        "(default: the state file)",
     )
 
 
@@ -319,6 +370,7 @@ def log_format_option(p: argparse.ArgumentParser) -> None:
 
 
 def plan_options(p: argparse.ArgumentParser) -> None:
+    budget_option(p)
     p.add_argument(
         "--usernames",
         metavar="FILE",

@@ -12,7 +12,7 @@ import anyio
 
 from worker.budget import Budget
 from worker.logs import get_logger
-from worker.summary import Summary
+from worker.summary import Summary, limit_words
 
 if TYPE_CHECKING:
     from worker.runner import Runner
@@ -45,6 +45,7 @@ def _status_line(summary: Summary, budget: Budget) -> str:
     cooling = budget.cooldown_remaining()
     if cooling > 0:
         parts.append(f"cooldown {cooling:.0f}s")
+    parts.append(f"limit {limit_words(budget.describe())}")
     return ", ".join(parts)
 
 
@@ -62,6 +63,7 @@ async def watch(runner: Runner, *, total: int | None, budget: Budget, tty: bool)
                 total=total,
                 outcomes=dict(s.outcomes),
                 cooldown_s=round(budget.cooldown_remaining(), 1),
+                rate=budget.describe(),
                 eta_s=None if eta is None else round(eta),
             )
     from rich.console import Console
@@ -132,3 +134,5 @@ def print_summary(summary: Summary, results: str) -> None:
         f"retries: {event['retries']}; exit code {event['exit_code']}{stopped}; "
         f"results: {results}"
     )
+    if summary.rate:
+        console.print(f"DELETE limit in force: {limit_words(summary.rate)}")

@@ -178,6 +178,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                 max_attempts=settings.max_attempts,
                 margin=settings.margin,
                 max_cooldown=settings.max_cooldown,
+                relearn=settings.relearn,
                 state_dir=state_dir,
                 redis=budget_redis,
                 backoff_base=settings.backoff_base,
@@ -224,4 +225,5 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             tg.cancel_scope.cancel()
         runner.summary.sent = Counter(session.sent)
         runner.summary.retries = session.retries
+        runner.summary.rate = session.delete_budget.describe()
     return runner.summary
