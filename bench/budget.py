@@ -59,16 +59,27 @@ async def ours(sb: Sandbox, jobs: int, n: int, w: float, tmp: Path) -> None:
 async def _plain(
     sb: Sandbox, jobs: int, before: Callable[[int], Awaitable[None]], gate: Gate
 ) -> None:
+    # A bounded loop: the semaphore is taken before each task is created, so at most
+    # CONCURRENCY tasks exist at once (as in ours), not one task per job up front.
     sem = asyncio.Semaphore(CONCURRENCY)
     async with aiohttp.ClientSession(headers={"x-api-key": sb.api_key}) as session:
 
         async def one(i: int) -> None:
-            await before(i)
-            url = f"{sb.base_url}/x/accounts/{i}"
-            async with sem, gate(), session.delete(url) as resp:
-                await resp.read()
+            try:
+                await before(i)
+                url = f"{sb.base_url}/x/accounts/{i}"
+                async with gate(), session.delete(url) as resp:
+                    await resp.read()
+            finally:
+                sem.release()
 
-        await asyncio.gather(*(one(i) for i in range(1, jobs + 1)))
+        tasks: set[asyncio.Task[None]] = set()
+        for i in range(1, jobs + 1):
+            await sem.acquire()
+            task = asyncio.ensure_future(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
 
 
 async def aiolimiter_baseline(sb: Sandbox, jobs: int, n: int, w: float, tmp: Path) -> None:

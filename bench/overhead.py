@@ -77,7 +77,10 @@ def run_strategy(name: str, jobs: int, tmp: Path) -> tuple[float, float] | None:
     ids.write_text("".join(f"{i}\n" for i in range(1, jobs + 1)))
     sb = SandboxProc(jobs, "--delete-limit", "unlimited", "--read-limit", "unlimited")
     try:
-        if name == "ours":
+        if name in ("ours", "ours_finite"):
+            # ours_finite: a large finite rate, so every send goes through the held-slot
+            # budget and its state file (O(1) appends, not a rewrite per send).
+            rate = "unlimited" if name == "ours" else "1000000/60s"
             env = {"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"}
             return timed(
                 [
@@ -89,7 +92,7 @@ def run_strategy(name: str, jobs: int, tmp: Path) -> tuple[float, float] | None:
                     "--base-url",
                     sb.base_url,
                     "--rate",
-                    "unlimited",
+                    rate,
                     "--read-rate",
                     "unlimited",
                     "--concurrency",
@@ -97,7 +100,7 @@ def run_strategy(name: str, jobs: int, tmp: Path) -> tuple[float, float] | None:
                     "--log-format",
                     "json",
                     "--results",
-                    str(tmp / "ours.jsonl"),
+                    str(tmp / f"{name}.jsonl"),
                     "--state-dir",
                     str(tmp),
                 ],
@@ -169,11 +172,13 @@ def main() -> None:
         )
     results: dict[str, tuple[float, float, int] | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, jobs in (("ours", n), ("minimal", n), ("curl", n_curl), ("wrk", n)):
+        strategies = (("ours", n), ("ours_finite", n), ("minimal", n), ("curl", n_curl), ("wrk", n))
+        for name, jobs in strategies:
             measured = run_strategy(name, jobs, Path(tmp))
             results[name] = None if measured is None else (*measured, jobs)
     labels = {
         "ours": "xquik-disconnect",
+        "ours_finite": "xquik-disconnect --rate 1000000/60s (state file)",
         "minimal": "minimal aiohttp + Semaphore loop",
         "curl": f"xargs -P {CONCURRENCY} curl -X DELETE",
         "wrk": "sandbox ceiling (wrk)",
@@ -201,6 +206,13 @@ def main() -> None:
         f"\nratios, ours / minimal loop: CPU per job {cpu_ratio:.2f}x (target <= 1.5), "
         f"throughput {speed_ratio:.2f}x (target >= 0.7)"
     )
+    finite = results["ours_finite"]
+    if finite is not None:
+        print(
+            f"ours at a finite rate / ours unlimited: throughput "
+            f"{(finite[2] / finite[0]) / (ours[2] / ours[0]):.2f}x (the budget's state file "
+            "costs O(1) per send; 0.1 rewrote it per send: 61 s against 3.6 s at 10,000)"
+        )
     if curl is not None:
         print(
             f"ours / xargs+curl throughput: {(ours[2] / ours[0]) / (curl[2] / curl[0]):.1f}x "

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
-    "script", ["resume", "budget", "overhead", "memory", "startup", "queue_mode"]
+    "script", ["resume", "budget", "overhead", "memory", "startup", "queue_mode", "learn"]
 )
 def test_benchmark_smoke(script: str) -> None:
     """The benchmark finishes and prints its table."""

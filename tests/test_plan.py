@@ -19,6 +19,7 @@ from tests.conftest import (
     settings_for,
     write_jobs,
 )
+from tests.redis_server import RedisServer
 from worker.cli.run import run_async
 from worker.sandbox import Sandbox
 from worker.settings import Rate
@@ -156,3 +157,26 @@ async def test_job_level_delete_monitors_flag(sandbox: Sandbox, tmp_path: Path) 
     users = {m["username"] for m in store.monitors.values()}
     assert "user5" not in users
     assert "user6" in users
+
+
+def test_plan_keeps_its_read_budget_in_redis_with_budget(
+    sandbox_process: Callable[..., SandboxProcess], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """`plan --budget redis://…` (the CronJob beside the consumers): its listing takes its slot
+    from the key's read budget in that Redis, not from a budget of its own; a --budget that is
+    not a Redis URL exits 2 before any request."""
+    import redis
+
+    sb = sandbox_process()
+    proc = plan(sb, "--all", "--budget", redis_server.url)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == len(sb.get("/x/accounts")["accounts"])
+    client = redis.Redis.from_url(redis_server.url)
+    [key] = client.keys("xquik:budget:*:read:slots")
+    assert client.zcard(key) >= 1
+    client.close()
+    before = sb.stats()["requests"]
+    proc = plan(sb, "--all", "--budget", "http://127.0.0.1:6379")
+    assert proc.returncode == 2
+    assert "--budget" in proc.stderr
+    assert sb.stats()["requests"] == before

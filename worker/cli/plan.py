@@ -22,6 +22,7 @@ from worker.cli.config import api_access
 from worker.cli.options import fail
 from worker.errors import AuthError, ConfigError, ExitCode, TlsError
 from worker.logs import configure, get_logger
+from worker.redis_conn import is_redis_url
 from worker.settings import Rate
 
 log = get_logger()
@@ -163,9 +164,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         filters = filters_from_args(args)
         base_url, key = api_access(args)
+        if args.budget and not is_redis_url(args.budget):
+            raise ConfigError(f"--budget {args.budget!r} is not a redis:// URL")
     except ConfigError as exc:
         return fail("plan", exc)
-    return anyio.run(_plan, args, filters, base_url, key)
+    try:
+        return anyio.run(_plan, args, filters, base_url, key)
+    except ConfigError as exc:  # --budget: Redis unreachable
+        return fail("plan", exc)
 
 
 async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: str) -> int:
@@ -176,6 +182,15 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
             sandbox = await stack.enter_async_context(Sandbox())
             base_url, key = sandbox.base_url, sandbox.api_key
         rejected: list[AuthError | TlsError] = []
+        redis = None
+        if args.budget:  # the key's read budget, shared with the consumers and runs using it
+            from worker.redis_conn import connect, redis_retrying
+
+            redis = connect(args.budget)
+            stack.push_async_callback(redis.aclose)
+            async for attempt in redis_retrying(redis, deadline=30.0):
+                with attempt:
+                    await redis.ping()
         # Plans only read: the DELETE tier is never used, so it needs no budget of its own.
         session = await stack.enter_async_context(
             Session(
@@ -186,6 +201,7 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
                 on_fatal=rejected.append,
                 timeout=args.timeout,
                 max_attempts=args.max_attempts,
+                redis=redis,
             )
         )
         listed = await session.directory.accounts()
