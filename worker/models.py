@@ -33,6 +33,11 @@ class Op(StrEnum):
     CHECK = "check"  # a dry run's GET: never counts as a disconnect
 
 
+# --strict-missing: an id that was not connected when the run began fails with this error.
+NOT_CONNECTED = (
+    "not_connected: not connected when the run began (removed earlier, or a mistyped id)"
+)
+
 # 404 counts as done: the connection is gone, which is what the job asked for.
 DONE = frozenset({Outcome.DISCONNECTED, Outcome.ALREADY_GONE, Outcome.DELETED})
 
@@ -79,6 +84,23 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def audit(account: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields that say who an account was, from a listing's (or GET's) account object."""
+    if not account:
+        return {}
+
+    def text(key: str) -> str | None:
+        value = account.get(key)
+        return None if value is None else str(value)
+
+    return {
+        "x_username": text("xUsername"),
+        "x_user_id": text("xUserId"),
+        "health": text("health"),
+        "status": text("status"),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """One line of the result log."""
@@ -96,6 +118,15 @@ class Result:
     elapsed_ms: int = 0
     monitor_id: str | None = None
     checked: bool = False  # already_gone confirmed by a GET: no DELETE was spent on it
+    # Who was removed: the account as listed just before (None when it was not listed).
+    x_username: str | None = None
+    x_user_id: str | None = None
+    health: str | None = None
+    status: str | None = None
+    key_id: str | None = None  # which key did it: 12 hex digits of its SHA-256, never the key
+    # already_gone: was the account connected when the run began (in its listing)? False for
+    # an id that was not: removed earlier, or a mistyped id. None when no listing was read.
+    seen_connected: bool | None = None
     ts: str = field(default_factory=utc_now_iso)
 
     def __post_init__(self) -> None:
@@ -123,9 +154,17 @@ class Result:
             "attempts": self.attempts,
             "elapsed_ms": self.elapsed_ms,
             "checked": self.checked,
+            "key_id": self.key_id,
         }
         if self.op is Op.DELETE_MONITOR:
             record["monitor_id"] = self.monitor_id
+        else:
+            record["x_username"] = self.x_username
+            record["x_user_id"] = self.x_user_id
+            record["health"] = self.health
+            record["status"] = self.status
+        if self.outcome is Outcome.ALREADY_GONE or self.error == NOT_CONNECTED:
+            record["seen_connected"] = self.seen_connected
         return record
 
     def to_json(self) -> str:

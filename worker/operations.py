@@ -10,7 +10,7 @@ from typing import Any
 from worker.api import Call, Session, describe
 from worker.api.call import FATAL
 from worker.logs import get_logger
-from worker.models import DONE, Invalid, Job, Op, Outcome, Result
+from worker.models import DONE, NOT_CONNECTED, Invalid, Job, Op, Outcome, Result, audit
 from worker.seen import Claims
 
 log = get_logger()
@@ -28,9 +28,12 @@ class Operations:
         dry_run: bool = False,
         delete_monitors: bool = False,
         precheck: bool = True,
+        strict_missing: bool = False,
     ) -> None:
         self.session = session
         self.run_id = run_id
+        self.key_id = session.key_id
+        self.strict_missing = strict_missing
         self.claims = claims or Claims()
         self.dry_run = dry_run
         self.delete_monitors = delete_monitors
@@ -71,9 +74,11 @@ class Operations:
             # Learn the account's X user id before it is gone, to match its monitors.
             found = await self._directory.find(account_id=account_id)
             account = found if isinstance(found, dict) else None
+        else:
+            account = self._directory.known(account_id)  # who it was, if a listing is held
         if self.dry_run:
-            return [await self._check(job, account_id, started)]
-        result = await self._disconnect(job, account_id, started)
+            return [await self._check(job, account_id, started, account)]
+        result = await self._disconnect(job, account_id, started, account)
         if not monitors:
             return [result]
         return [result, *await self._delete_monitors(job, account, result)]
@@ -88,6 +93,7 @@ class Operations:
             account_id=item.account_id,
             outcome=item.outcome,
             error=item.error,
+            key_id=self.key_id,
         )
 
     def duplicate(self, job: Job, account_id: str | None = None) -> Result:
@@ -99,6 +105,7 @@ class Operations:
             username=job.username,
             outcome=Outcome.DUPLICATE,
             error="the same account appears earlier in this run",
+            key_id=self.key_id,
         )
 
     def internal_error(self, job: Job, name: str) -> Result:
@@ -110,6 +117,7 @@ class Operations:
             username=job.username,
             outcome=Outcome.FAILED,
             error=f"internal_error: {name}",
+            key_id=self.key_id,
         )
 
     # The requests ----------------------------------------------------------------------------
@@ -123,6 +131,7 @@ class Operations:
                 fields["error"] = describe(call.error, call.attempts)
                 fields["http_status"] = getattr(call.error, "status", None)
         fields.setdefault("account_id", job.account_id)
+        fields.setdefault("key_id", self.key_id)
         return Result(
             run_id=self.run_id,
             source=job.source,
@@ -132,22 +141,54 @@ class Operations:
             **fields,
         )
 
-    async def _disconnect(self, job: Job, account_id: str, started: float) -> Result:
+    async def _disconnect(
+        self, job: Job, account_id: str, started: float, account: dict[str, Any] | None
+    ) -> Result:
         call = await self._call(partial(self._client.delete_account, account_id))
-        outcome = None
-        if call.answer is not None:
-            # 404 is success for us: the connection is gone, whoever removed it (maybe our own
-            # earlier attempt whose answer was lost).
-            gone = call.answer.status == 404
-            outcome = Outcome.ALREADY_GONE if gone else Outcome.DISCONNECTED
-        return self._result(job, started, call, account_id=account_id, outcome=outcome)
+        if call.answer is None or call.answer.status != 404:
+            outcome = None if call.answer is None else Outcome.DISCONNECTED
+            return self._result(
+                job, started, call, account_id=account_id, outcome=outcome, **audit(account)
+            )
+        # 404 is success for us: the connection is gone, whoever removed it (maybe our own
+        # earlier attempt whose answer was lost).
+        seen = account is not None if self._directory.has_listing else None
+        return self._gone(job, started, call, account_id, account, seen=seen, checked=False)
 
-    async def _check(self, job: Job, account_id: str, started: float) -> Result:
+    def _gone(
+        self,
+        job: Job,
+        started: float,
+        call: Call,
+        account_id: str,
+        account: dict[str, Any] | None,
+        *,
+        seen: bool | None,
+        checked: bool,
+    ) -> Result:
+        """already_gone; with --strict-missing, an id not connected when the run began (a
+        mistyped id looks just like that) fails instead."""
+        fields: dict[str, Any] = {"outcome": Outcome.ALREADY_GONE}
+        if seen is False and self.strict_missing:
+            fields = {"outcome": Outcome.FAILED, "error": NOT_CONNECTED}
+        return self._result(
+            job, started, call, account_id=account_id, checked=checked, seen_connected=seen,
+            **fields, **audit(account),
+        )  # fmt: skip
+
+    async def _check(
+        self, job: Job, account_id: str, started: float, account: dict[str, Any] | None
+    ) -> Result:
         call = await self._call(partial(self._client.get_account, account_id))
         outcome = None
         if call.answer is not None:
             outcome = Outcome.MISSING if call.answer.status == 404 else Outcome.EXISTS
-        return self._result(job, started, call, account_id=account_id, outcome=outcome, op=Op.CHECK)
+            if account is None and call.answer.status != 404 and isinstance(call.answer.body, dict):
+                account = call.answer.body
+        return self._result(
+            job, started, call, account_id=account_id, outcome=outcome, op=Op.CHECK,
+            **audit(account),
+        )  # fmt: skip
 
     async def _precheck(
         self, job: Job, account_id: str, started: float
@@ -163,10 +204,7 @@ class Operations:
             return listed
         call = await self._call(partial(self._client.get_account, account_id))
         if call.answer is not None and call.answer.status == 404:
-            return self._result(
-                job, started, call, account_id=account_id, outcome=Outcome.ALREADY_GONE,
-                checked=True,
-            )  # fmt: skip
+            return self._gone(job, started, call, account_id, None, seen=False, checked=True)
         if call.answer is None and isinstance(call.error, FATAL):
             return self._result(job, started, call, account_id=account_id)
         # Listed nowhere but there (a listing cut short), or the GET failed: the DELETE decides.

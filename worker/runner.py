@@ -253,6 +253,8 @@ class Runner:
         counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
         counts[str(result.outcome)] += 1
         self.summary.attempts += result.attempts
+        if result.seen_connected is False:
+            self.summary.not_connected += 1
         if result.outcome is Outcome.FAILED:
             log.warning("job_failed", error=result.error, http_status=result.http_status)
         return True

@@ -32,8 +32,9 @@ class Summary:
     outcomes: Counter[str] = field(default_factory=Counter)  # of the jobs' disconnects
     monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
     skipped_done: int = 0
+    not_connected: int = 0  # ids not connected when the run began: removed earlier, or typos
     not_finished: int = 0
-    stopped: str | None = None  # "auth", "tls", "write", "internal" or "signal"
+    stopped: str | None = None  # "auth", "tls", "write", "internal", "signal" or "declined"
     consumer: bool = False  # queue mode: a signal is the normal way to stop
     elapsed_s: float = 0.0
     sent: Counter[str] = field(default_factory=Counter)
@@ -54,12 +55,18 @@ class Summary:
             return ExitCode.WRITE
         if self.stopped == "internal":
             return ExitCode.SOFTWARE
+        if self.stopped == "declined":  # the person at the terminal said no: nothing sent
+            return ExitCode.INTERRUPTED
         if self.stopped == "signal":
             return ExitCode.OK if self.consumer else ExitCode.INTERRUPTED
         failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]
         if failed or self.outcomes[Outcome.INVALID]:
             return ExitCode.FAILED
         return ExitCode.OK
+
+    def _window(self) -> float:
+        window = self.rate.get("window_s")
+        return float(window) if isinstance(window, (int, float)) else 60.0
 
     def as_event(self) -> dict[str, object]:
         deletes = self.sent.get("DELETE", 0)
@@ -69,12 +76,17 @@ class Summary:
             "monitors": dict(sorted(self.monitors.items())),
             "records": self.records,
             "skipped_done": self.skipped_done,
+            "not_connected_at_start": self.not_connected,
             "not_finished": self.not_finished,
             "stopped": self.stopped,
             "elapsed_s": round(self.elapsed_s, 3),
             "requests": dict(sorted(self.sent.items())),
             "retries": self.retries,
-            "deletes_per_min": round(60 * deletes / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            # Per minute only over at least one window: a few DELETEs in a few milliseconds
+            # are not a rate (they read like a violation of the budget).
+            "deletes_per_min": round(60 * deletes / self.elapsed_s, 1)
+            if self.elapsed_s >= self._window()
+            else None,
             "rate": self.rate,
             "exit_code": int(self.exit_code()),
         }

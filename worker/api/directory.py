@@ -70,6 +70,15 @@ class Directory:
                 self._by_name = {str(a.get("xUsername", "")).lower(): a for a in self._accounts}
             return self._accounts
 
+    @property
+    def has_listing(self) -> bool:
+        """An account listing has been read in this run."""
+        return self._accounts is not None
+
+    def known(self, account_id: str) -> dict[str, Any] | None:
+        """The account with this id in the listing already held; never asks the API."""
+        return self._by_id.get(account_id)
+
     async def listed(self, account_id: str) -> dict[str, Any] | Call | None:
         """The listed account with this id, None when the listing lacks it (listed again on a
         miss at most every REFRESH_AFTER s), or the failed Call; a failed listing is not asked

@@ -18,6 +18,12 @@ from worker.budget import Budget, make_budget
 from worker.settings import Rate
 
 
+def key_id(api_key: str) -> str:
+    """Which key did it, for the records: the first 12 hex digits of its SHA-256. Safe to
+    show: it cannot be turned back into the key, and it is the same on every machine."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
 def fingerprint(api_key: str, base_url: str) -> str:
     """Names the state of one key on one API without revealing the key."""
     return hashlib.sha256(f"{api_key}\0{base_url}".encode()).hexdigest()[:16]
@@ -46,6 +52,7 @@ class Session:
         backoff_cap: float = 30.0,
     ) -> None:
         self.fingerprint = fingerprint(api_key, base_url)
+        self.key_id = key_id(api_key)
 
         def budget(r: Rate, tier: str) -> Budget:
             return make_budget(

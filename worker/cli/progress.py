@@ -116,6 +116,11 @@ def print_summary(summary: Summary, results: str) -> None:
     for outcome, count in sorted(summary.monitors.items()):
         table.add_row(f"monitor {outcome}", str(count))
     table.add_row("[dim]skipped (done earlier)", f"[dim]{summary.skipped_done}")
+    if summary.not_connected:
+        table.add_row(
+            "[yellow]not connected when the run began",
+            f"[yellow]{summary.not_connected}",
+        )
     if summary.not_finished:
         table.add_row("[yellow]not finished (rerun)", f"[yellow]{summary.not_finished}")
     event: dict[str, Any] = summary.as_event()
@@ -123,6 +128,7 @@ def print_summary(summary: Summary, results: str) -> None:
     stopped = {
         None: "",
         "signal": "; stopped by a signal (rerun to resume)",
+        "declined": "; not confirmed: nothing was sent",
         "auth": "; stopped: API key rejected",
         "tls": "; stopped: the server's certificate cannot be verified",
         "write": "; stopped: the result log could not be written",
@@ -136,3 +142,8 @@ def print_summary(summary: Summary, results: str) -> None:
     )
     if summary.rate:
         console.print(f"DELETE limit in force: {limit_words(summary.rate)}")
+    if summary.not_connected:
+        console.print(
+            f"not connected when the run began: {summary.not_connected} — already removed, or "
+            "a mistyped id (records with seen_connected: false; --strict-missing fails them)"
+        )

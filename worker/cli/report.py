@@ -17,6 +17,8 @@ from worker.cli.options import fail
 from worker.errors import ExitCode
 from worker.models import DONE
 
+WINDOW = 60.0  # the API's DELETE window: rates are told per window, never extrapolated
+
 
 @dataclass
 class RunInfo:
@@ -24,11 +26,26 @@ class RunInfo:
     first_ts: str
     last_ts: str
     outcomes: Counter[str] = field(default_factory=Counter)
+    deletes: list[float] = field(default_factory=list)  # when each DELETE was answered
+
+    def seconds(self) -> float:
+        return (_parse_ts(self.last_ts) - _parse_ts(self.first_ts)).total_seconds()
 
     def deletes_per_min(self) -> float | None:
-        sent = sum(n for o, n in self.outcomes.items() if o in DONE or o == "failed")
-        seconds = (_parse_ts(self.last_ts) - _parse_ts(self.first_ts)).total_seconds()
-        return round(sent / seconds * 60, 2) if seconds > 0 else None
+        """Over the whole run; None for a run shorter than one window (a few DELETEs in a few
+        milliseconds are not a rate: the peak per window says what the budget allowed)."""
+        seconds = self.seconds()
+        return round(len(self.deletes) / seconds * 60, 2) if seconds >= WINDOW else None
+
+    def peak_per_window(self) -> int:
+        """The most DELETEs answered within any WINDOW seconds of this run."""
+        times = sorted(self.deletes)
+        peak, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= WINDOW:
+                start += 1
+            peak = max(peak, end - start + 1)
+        return peak
 
 
 @dataclass
@@ -42,6 +59,7 @@ class Report:
     done: set[str] = field(default_factory=set)
     last_failure: dict[str, str] = field(default_factory=dict)  # account -> error
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (source, error)
+    not_connected: list[str] = field(default_factory=list)  # seen_connected: false
 
     def outstanding(self) -> dict[str, list[str]]:
         """Accounts whose latest failure no later record has made done, grouped by error."""
@@ -60,6 +78,7 @@ class Report:
             "accounts_done": len(self.done),
             "failed_outstanding": self.outstanding(),
             "invalid_lines": [{"source": s, "error": e} for s, e in self.invalid],
+            "not_connected_at_start": self.not_connected,
             "runs": [
                 {
                     "run_id": r.run_id,
@@ -67,6 +86,7 @@ class Report:
                     "last_ts": r.last_ts,
                     "outcomes": dict(sorted(r.outcomes.items())),
                     "deletes_per_min": r.deletes_per_min(),
+                    "peak_deletes_per_60s": r.peak_per_window(),
                 }
                 for r in self.runs.values()
             ],
@@ -101,6 +121,11 @@ def build(path: Path) -> Report:
             report.outcomes[outcome] += 1
             run.outcomes[outcome] += 1
             account = record.get("account_id") or ("@" + str(record.get("username")))
+            answered = (outcome in DONE or outcome == "failed") and record.get("http_status")
+            if answered and not record.get("checked"):  # a checked already_gone: no DELETE
+                run.deletes.append(_parse_ts(ts).timestamp())
+            if record.get("seen_connected") is False:
+                report.not_connected.append(account)
             if outcome in DONE:
                 report.done.add(account)
             elif outcome == "failed":
@@ -124,16 +149,25 @@ def render(report: Report, out: TextIO) -> None:
     for run in report.runs.values():
         rate = run.deletes_per_min()
         shown = ", ".join(f"{k} {v}" for k, v in sorted(run.outcomes.items()))
-        w(
-            f"  {run.run_id}  {run.first_ts} .. {run.last_ts}  {shown}"
-            f"{f'  ({rate} DELETE/min)' if rate else ''}\n"
-        )
+        pace = f"peak {run.peak_per_window()} DELETEs in any {WINDOW:g} s" if run.deletes else ""
+        if rate is not None and run.deletes:
+            pace += f", {rate:g} per minute over {run.seconds() / 60:.1f} min"
+        pace = f"  ({pace})" if pace else ""
+        w(f"  {run.run_id}  {run.first_ts} .. {run.last_ts}  {shown}{pace}\n")
     outstanding = report.outstanding()
     if outstanding:
         w("\nfailed, not done since:\n")
         for error, accounts in outstanding.items():
             shown = ", ".join(accounts[:20]) + (" …" if len(accounts) > 20 else "")
             w(f"  {len(accounts)} x {error}\n      {shown}\n")
+    if report.not_connected:
+        shown = ", ".join(report.not_connected[:20]) + (
+            " …" if len(report.not_connected) > 20 else ""
+        )
+        w(
+            f"\nnot connected when the run began: {len(report.not_connected)} — already removed, "
+            f"or a mistyped id\n      {shown}\n"
+        )
     if report.invalid:
         w(f"\ninvalid lines ({len(report.invalid)}):\n")
         for source, error in report.invalid[:50]:
