@@ -220,7 +220,7 @@ def test_progress_bar_and_summary_table_on_a_tty(
         os.chdir(ROOT)
         os.execve(
             sys.executable,
-            [sys.executable, "-m", "worker", "run", str(jobs), "--rate", "10/1s"],
+            [sys.executable, "-m", "worker", "run", str(jobs), "--rate", "10/1s", "--yes"],
             env,
         )
     chunks = []

@@ -74,6 +74,10 @@ class RunSettings:
     metrics_port: int | None = None
     wait_lock: bool = False
     precheck: bool = True  # confirm an unlisted id with a GET before spending a DELETE on it
+    strict_missing: bool = False  # an id not connected at the start fails (a typo?)
+    notify_url: Secret | None = field(default=None, repr=False)  # POST the summary here
+    yes: bool = False  # --yes: never ask before deleting
+    confirm_over: int = 10  # on a terminal, ask before deleting more accounts than this
     budget_url: str | None = None  # file mode: keep the budget in this Redis, as queue mode does
     budget_connect_timeout: float = 30.0
     queue: QueueConfig | None = None  # set when SOURCE is a redis:// URL

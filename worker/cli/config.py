@@ -67,9 +67,28 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         metrics_port=args.metrics_port,
         wait_lock=args.wait_lock,
         precheck=not args.no_precheck,
+        strict_missing=args.strict_missing,
+        yes=args.yes,
+        notify_url=_notify_url(args.notify),
+        confirm_over=args.confirm_over,
         budget_url=_budget_url(args.budget, queue),
         budget_connect_timeout=args.redis_connect_timeout or 30.0,
     )
+
+
+def _notify_url(url: str | None) -> Secret | None:
+    """--notify: https (plain http only to loopback), masked from here on."""
+    if not url:
+        return None
+    from worker.cli.notify import protect
+
+    protect(url)
+    try:
+        check_base_url(url)
+    except ValueError as exc:
+        message = str(exc).replace(repr(url), "the URL").replace("base URL", "URL")
+        raise ConfigError(f"--notify: {message}") from None
+    return Secret(url)
 
 
 def check_base_url(url: str) -> str:

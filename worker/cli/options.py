@@ -70,6 +70,17 @@ def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 @checked
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+@checked
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -268,6 +279,26 @@ def run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
     p.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="do not ask: on a terminal a run that deletes more than --confirm-over accounts "
+        "first shows what it will do and asks (never without a terminal)",
+    )
+    p.add_argument(
+        "--confirm-over",
+        type=non_negative_int,
+        default=env("CONFIRM_OVER", "10"),
+        metavar="N",
+        help="ask before deleting more than N accounts, on a terminal (default 10)",
+    )
+    p.add_argument(
+        "--strict-missing",
+        action="store_true",
+        help="an id that was not connected when the run began (removed earlier, or a "
+        "mistyped id) fails as not_connected instead of counting as already_gone",
+    )
+    p.add_argument(
         "--no-precheck",
         action="store_true",
         help="send a DELETE even for an id missing from the account listing (default: confirm "
@@ -281,6 +312,13 @@ def run_options(p: argparse.ArgumentParser) -> None:
         help="handle at most N jobs (a canary batch)",
     )
     budget_option(p)
+    p.add_argument(
+        "--notify",
+        metavar="URL",
+        default=env("NOTIFY"),
+        help="POST the run's summary (a text for a Slack-style webhook, and the summary "
+        "object) to this URL when the run ends, however it ends; a secret, never logged",
+    )
     p.add_argument(
         "--wait-lock",
         action="store_true",

@@ -9,11 +9,13 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import anyio
 
 from worker.api import Session
 from worker.budget import default_state_dir
+from worker.cli.confirm import confirm, preview, should_ask
 from worker.cli.metrics import RunView
 from worker.cli.options import fail
 from worker.cli.progress import print_summary, watch
@@ -102,6 +104,10 @@ async def run_async(settings: RunSettings) -> Summary:
     log.info("run_summary", **summary.as_event())
     if settings.progress or sys.stderr.isatty():
         print_summary(summary, str(settings.results))
+    if settings.notify_url is not None:
+        from worker.cli.notify import notify
+
+        await notify(settings.notify_url, summary, str(settings.results))
     return summary
 
 
@@ -186,6 +192,26 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             )
         )
         view.session = session
+        if should_ask(settings, yes=settings.yes):
+            done = prior.done | prior.done_names if prior else frozenset()
+            preview_ = await anyio.to_thread.run_sync(
+                partial(
+                    preview,
+                    Path(settings.source),
+                    frozenset(done),
+                    delete_monitors=settings.delete_monitors,
+                    limit=settings.limit,
+                )
+            )
+            go = await anyio.to_thread.run_sync(
+                partial(
+                    confirm, preview_, over=settings.confirm_over, budget=session.delete_budget
+                ),
+                abandon_on_cancel=True,
+            )
+            if not go:
+                log.warning("not_confirmed", accounts=preview_.accounts, sent=0)
+                return Summary(run_id=Runner.new_run_id(), stopped="declined")
         ops = Operations(
             session,
             run_id=Runner.new_run_id(),
@@ -193,6 +219,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             dry_run=settings.dry_run,
             delete_monitors=settings.delete_monitors,
             precheck=settings.precheck,
+            strict_missing=settings.strict_missing,
         )
         runner = Runner(
             ops,

@@ -1,0 +1,113 @@
+"""Look before you leap, driven in a real pseudo-terminal: the preview and the question come
+before any request; `n` sends nothing, `y` runs; --yes and a pipe never ask."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import ROOT, SandboxProcess, cli_env, run_argv, write_jobs
+
+PROMPT = b"[y/N]"
+
+
+def in_a_terminal(
+    argv: list[str], env: dict[str, str], answer: bytes | None, timeout: float = 60
+) -> tuple[int, bytes]:
+    """Run `argv` with stdin, stdout and stderr on a pty; type `answer` at the prompt."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, close_fds=True
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    answered = False
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed the terminal: it has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if answer is not None and not answered and PROMPT in seen:
+                os.write(master, answer + b"\n")
+                answered = True
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), seen
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_no_sends_nothing_and_yes_runs(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """20 accounts, 2 of them done earlier, one invalid line: the preview counts 18 to
+    disconnect and the invalid line, names the limit, and asks. `n`: exit 130, the sandbox saw
+    no request at all. `y`: the 18 are disconnected."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    jobs = write_jobs(tmp_path / "jobs.txt", [*(str(i) for i in range(1, 21)), "bad id!"])
+    results = tmp_path / "results.jsonl"
+    results.write_text(
+        "".join(
+            f'{{"ts": "2026-11-28T00:00:00Z", "run_id": "old", "source": "x", '
+            f'"account_id": "{i}", "op": "disconnect", "outcome": "disconnected"}}\n'
+            for i in (1, 2)
+        )
+    )
+    env = cli_env(XQUIK_API_KEY=sb.api_key, TERM="dumb")
+    argv = run_argv(jobs, sb, "--results", str(results), "--state-dir", str(tmp_path / "s"))
+    code, seen = in_a_terminal(argv, env, b"n")
+    text = seen.decode("utf-8", "replace")
+    assert code == 130, text
+    assert "disconnect 18 accounts" in text
+    assert "skipped, done by an earlier run: 2" in text
+    assert "invalid lines, recorded and skipped: 1" in text
+    assert "DELETE limit:" in text
+    assert "Disconnect 18 accounts? [y/N]" in text
+    assert sb.stats()["requests"] == 0
+    code, seen = in_a_terminal(argv, env, b"y")
+    assert code == 1, seen.decode("utf-8", "replace")  # the invalid line makes it 1
+    assert sb.stats()["by_status"].get("DELETE 200") == 18
+
+
+def test_yes_a_pipe_and_a_small_run_never_ask(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """--yes on a terminal, stdin not a terminal, and a run under --confirm-over: no prompt."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    env = cli_env(XQUIK_API_KEY=sb.api_key, TERM="dumb")
+    many = write_jobs(tmp_path / "many.txt", [str(i) for i in range(1, 16)])
+    state = ("--state-dir", str(tmp_path / "s"))
+    code, seen = in_a_terminal(
+        run_argv(many, sb, "--yes", "--results", str(tmp_path / "a.jsonl"), *state), env, None
+    )
+    assert code == 0, seen.decode("utf-8", "replace")
+    assert PROMPT not in seen
+    few = write_jobs(tmp_path / "few.txt", [str(i) for i in range(16, 26)])
+    code, seen = in_a_terminal(
+        run_argv(few, sb, "--results", str(tmp_path / "b.jsonl"), *state), env, None
+    )
+    assert code == 0, seen.decode("utf-8", "replace")
+    assert PROMPT not in seen  # 10 accounts: not over --confirm-over 10
+    more = write_jobs(tmp_path / "more.txt", [str(i) for i in range(26, 41)])
+    proc = subprocess.run(
+        run_argv(more, sb, "--results", str(tmp_path / "c.jsonl"), *state),
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[y/N]" not in proc.stderr
+    assert sb.stats()["by_status"].get("DELETE 200") == 40
