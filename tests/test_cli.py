@@ -275,3 +275,21 @@ def test_relearn_durations(text: str, seconds: float) -> None:
     from worker.cli.options import duration
 
     assert duration(text) == seconds
+
+
+def test_log_level_quiet_and_verbose(tmp_path: Path) -> None:
+    """-q leaves warnings only, -v adds debug events, and a bad XQUIK_LOG_LEVEL exits 2
+    naming the variable."""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "bad id!"])
+    base = ["run", str(jobs), "--sandbox", "--log-format", "json", "--no-progress", "--yes"]
+    quiet = run_cli(*base, "-q", "--results", str(tmp_path / "q.jsonl"), env=cli_env())
+    events = [
+        json.loads(line)["level"] for line in quiet.stderr.splitlines() if line.startswith("{")
+    ]
+    assert events
+    assert set(events) <= {"warning", "error"}
+    normal = run_cli(*base, "--results", str(tmp_path / "n.jsonl"), env=cli_env())
+    assert '"level": "info"' in normal.stderr
+    bad = run_cli(*base, env=cli_env(XQUIK_LOG_LEVEL="loud"))
+    assert bad.returncode == 2
+    assert "XQUIK_LOG_LEVEL" in bad.stderr

@@ -180,3 +180,41 @@ def test_plan_keeps_its_read_budget_in_redis_with_budget(
     assert proc.returncode == 2
     assert "--budget" in proc.stderr
     assert sb.stats()["requests"] == before
+
+
+def test_usernames_and_report_read_stdin(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """`plan --usernames -` takes the handles from stdin; `report -` takes the log."""
+    sb = sandbox_process()
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "plan", "--usernames", "-"],
+        input="@user4\nUSER9\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(XQUIK_API_KEY=sb.api_key, XQUIK_BASE_URL=sb.base_url),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(line)["account_id"] for line in proc.stdout.splitlines()) == [
+        "4", "9",
+    ]  # fmt: skip
+    log = tmp_path / "r.jsonl"
+    log.write_text(
+        '{"ts": "2026-11-29T00:00:00Z", "run_id": "a", "source": "x", "account_id": "4", '
+        '"op": "disconnect", "outcome": "failed", "error": "forbidden"}\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "report", "-", "--json"],
+        input=log.read_text(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["failed_outstanding"] == {"forbidden": ["4"]}

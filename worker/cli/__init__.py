@@ -100,9 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="summarise a result log",
         description="Summarise a result log: outcomes, runs, failures not "
         "done since (grouped by error). Exit 1 if any are outstanding.",
+        epilog="examples:\n  xquik-disconnect report jobs.csv.results.jsonl\n"
+        "  xquik-disconnect report results.jsonl --html offboarding.html --rate 15/60s\n"
+        "  ssh host cat results.jsonl | xquik-disconnect report -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    report.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)")
+    report.add_argument("results", metavar="RESULTS", help="a result log (.jsonl), - for stdin")
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write one self-contained HTML page (no network): summary, a chart of "
+        "DELETEs per window against the limit, failures, invalid lines, the audit table",
+    )
+    report.add_argument(
+        "--rate",
+        type=options.rate,
+        default=options.env("RATE_LINE", "15/60s"),
+        metavar="N/PERIOD",
+        help="the limit the HTML chart draws, and its window (default 15/60s)",
+    )
     return parser
 
 
@@ -158,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ConfigError as exc:
         return options.fail("run", exc)
-    return execute(settings, log_format=args.log_format)
+    return execute(settings, log_format=args.log_format, log_level=options.log_level(args))
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -176,7 +193,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from worker.cli.report import main as report
 
-    return report(args.results, as_json=args.json)
+    return report(args.results, as_json=args.json, html=args.html, rate=args.rate)
 
 
 def _sandbox(args: argparse.Namespace) -> int:

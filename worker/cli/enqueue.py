@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 
-from worker.cli.options import fail, say
+from worker.cli.options import fail, log_level, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure
 from worker.models import Invalid
@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
             FileSource(Path(args.jobs)).check()
         except ConfigError as exc:
             return fail("enqueue", exc)
-    configure(args.log_format)
+    configure(args.log_format, level=log_level(args))
     timeout = args.redis_connect_timeout
     try:
         added, invalid = anyio.run(

@@ -397,6 +397,15 @@ def log_format(text: str) -> str:
     return text
 
 
+@checked
+def level(text: str) -> str:
+    """debug, info, warning or error (XQUIK_LOG_LEVEL too: argparse checks `choices` only for
+    values given on the command line)."""
+    if text.lower() not in ("debug", "info", "warning", "error"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not debug, info, warning or error")
+    return text.lower()
+
+
 def log_format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-format",
@@ -405,6 +414,28 @@ def log_format_option(p: argparse.ArgumentParser) -> None:
         default=env("LOG_FORMAT"),
         help="logs on stderr (default: console on a TTY, else json)",
     )
+    p.add_argument(
+        "--log-level",
+        type=level,
+        choices=("debug", "info", "warning", "error"),
+        default=env("LOG_LEVEL", "info"),
+        help="the least important events shown (default info)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only (--log-level warning)"
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug events too (--log-level debug)"
+    )
+
+
+def log_level(args: argparse.Namespace) -> str:
+    """-v and -q win over --log-level (and XQUIK_LOG_LEVEL)."""
+    if getattr(args, "verbose", False):
+        return "debug"
+    if getattr(args, "quiet", False):
+        return "warning"
+    return str(getattr(args, "log_level", "info"))
 
 
 def plan_options(p: argparse.ArgumentParser) -> None:
@@ -412,7 +443,7 @@ def plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--usernames",
         metavar="FILE",
-        help="handles to disconnect, one per line, @ optional, any case",
+        help="handles to disconnect, one per line, @ optional, any case; - for stdin",
     )
     p.add_argument(
         "--health", metavar="LIST", help="comma-separated health states, e.g. needsReauth,suspended"

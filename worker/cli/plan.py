@@ -19,7 +19,7 @@ import anyio
 
 from worker.api import Call, Session, describe, tracking
 from worker.cli.config import api_access
-from worker.cli.options import fail
+from worker.cli.options import fail, log_level
 from worker.errors import AuthError, ConfigError, ExitCode, TlsError
 from worker.logs import configure, get_logger
 from worker.redis_conn import is_redis_url
@@ -66,10 +66,16 @@ def parse_when(text: str) -> datetime | None:
 
 
 def read_usernames(path: Path) -> frozenset[str]:
+    """Handles, one a line, `@` optional; `-` reads them from stdin."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        if str(path) == "-":
+            lines = sys.stdin.buffer.read().decode("utf-8-sig").splitlines()
+        else:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
         raise ConfigError(f"--usernames {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--usernames {path}: not UTF-8 text ({exc.reason})") from exc
     names = set()
     for line in lines:
         text = line.strip()
@@ -160,7 +166,7 @@ def filters_from_args(args: argparse.Namespace) -> Filters:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure(args.log_format)
+    configure(args.log_format, level=log_level(args))
     try:
         filters = filters_from_args(args)
         base_url, key = api_access(args)

@@ -6,7 +6,9 @@ no later run has done the account. Exit 1 when something is outstanding, for scr
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +18,7 @@ from typing import Any, TextIO
 from worker.cli.options import fail
 from worker.errors import ExitCode
 from worker.models import DONE
+from worker.settings import Rate
 
 WINDOW = 60.0  # the API's DELETE window: rates are told per window, never extrapolated
 
@@ -115,15 +118,15 @@ def build(path: Path) -> Report:
             if op == "check":  # a dry run's GET: never a deletion
                 report.checks[outcome] += 1
                 continue
+            answered = (outcome in DONE or outcome == "failed") and record.get("http_status")
+            if answered and not record.get("checked"):  # a checked already_gone: no DELETE
+                run.deletes.append(_parse_ts(ts).timestamp())  # monitor DELETEs share the tier
             if op != "disconnect":
                 report.monitors[outcome] += 1
                 continue
             report.outcomes[outcome] += 1
             run.outcomes[outcome] += 1
             account = record.get("account_id") or ("@" + str(record.get("username")))
-            answered = (outcome in DONE or outcome == "failed") and record.get("http_status")
-            if answered and not record.get("checked"):  # a checked already_gone: no DELETE
-                run.deletes.append(_parse_ts(ts).timestamp())
             if record.get("seen_connected") is False:
                 report.not_connected.append(account)
             if outcome in DONE:
@@ -176,11 +179,26 @@ def render(report: Report, out: TextIO) -> None:
         w(f"\nunreadable lines (torn by a crash?): {report.unreadable_lines[:20]}\n")
 
 
-def main(path: str, *, as_json: bool) -> int:
+def main(path: str, *, as_json: bool, html: str | None = None, rate: Rate | None = None) -> int:
+    stdin_copy = None
     try:
-        report = build(Path(path))
+        if path == "-":  # read once, into a temporary file both readers can open
+            stdin_copy = tempfile.NamedTemporaryFile(prefix="xquik-report-", suffix=".jsonl")  # noqa: SIM115
+            shutil.copyfileobj(sys.stdin.buffer, stdin_copy)
+            stdin_copy.flush()
+            source = Path(stdin_copy.name)
+        else:
+            source = Path(path)
+        report = build(source)
+        if html:
+            from worker.cli.html_report import write
+
+            write(source, Path(html), rate=rate or Rate(15, 60.0), label=path)
     except OSError as exc:
-        return fail("report", f"{path}: {exc.strerror}")
+        return fail("report", f"{exc.filename or path}: {exc.strerror}")
+    finally:
+        if stdin_copy is not None:
+            stdin_copy.close()
     if as_json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -33,8 +33,10 @@ from worker.summary import Summary
 log = get_logger()
 
 
-def execute(settings: RunSettings, *, log_format: LogFormat | None = None) -> int:
-    configure(log_format)
+def execute(
+    settings: RunSettings, *, log_format: LogFormat | None = None, log_level: str = "info"
+) -> int:
+    configure(log_format, level=log_level)
     try:
         summary = anyio.run(run_async, settings)
     except ConfigError as exc:

@@ -1,0 +1,317 @@
+"""`report RESULTS --html FILE`: one self-contained page a person understands in ten seconds.
+
+No network at all: inline CSS, an inline SVG chart, a few lines of inline JavaScript for sorting
+and filtering the audit table. Every value from the log is HTML-escaped (a job id or an error
+text is data, never markup)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from worker.models import DONE
+from worker.settings import Rate
+
+MAX_ROWS = 20_000  # audit rows on the page; the log itself keeps every record
+
+
+@dataclass
+class Page:
+    """What the page shows, gathered in one pass over the log."""
+
+    records: int = 0
+    unreadable: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    monitors: dict[str, int] = field(default_factory=dict)
+    deletes: list[float] = field(default_factory=list)  # answer times of real DELETEs
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows_total: int = 0
+    failed: dict[str, list[str]] = field(default_factory=dict)  # error -> accounts (latest)
+    done: set[str] = field(default_factory=set)
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    not_connected: list[str] = field(default_factory=list)
+    runs: dict[str, list[str]] = field(default_factory=dict)  # run -> [first ts, last ts]
+    key_ids: set[str] = field(default_factory=set)
+
+
+def gather(path: Path) -> Page:
+    page = Page()
+    last_failure: dict[str, str] = {}
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                outcome, run_id, ts = r["outcome"], r["run_id"], r["ts"]
+            except (ValueError, KeyError, TypeError):
+                page.unreadable += 1
+                continue
+            page.records += 1
+            span = page.runs.setdefault(run_id, [ts, ts])
+            span[0], span[1] = min(span[0], ts), max(span[1], ts)
+            if r.get("key_id"):
+                page.key_ids.add(str(r["key_id"]))
+            op = r.get("op", "disconnect")
+            if op == "check":
+                continue
+            sent = (outcome in DONE or outcome == "failed") and r.get("http_status")
+            if sent and not r.get("checked"):
+                page.deletes.append(_when(ts))
+            if op == "delete_monitor":
+                page.monitors[outcome] = page.monitors.get(outcome, 0) + 1
+                continue
+            page.outcomes[outcome] = page.outcomes.get(outcome, 0) + 1
+            account = str(r.get("account_id") or f"@{r.get('username')}")
+            if outcome in DONE:
+                page.done.add(account)
+            elif outcome == "failed":
+                last_failure[account] = str(r.get("error"))
+            elif outcome == "invalid":
+                page.invalid.append((str(r.get("source")), str(r.get("error"))))
+            if r.get("seen_connected") is False:
+                page.not_connected.append(account)
+            page.rows_total += 1
+            if len(page.rows) < MAX_ROWS:
+                page.rows.append(r)
+    for account, error in last_failure.items():
+        if account not in page.done:
+            page.failed.setdefault(error, []).append(account)
+    return page
+
+
+def _when(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def windows(times: list[float], w: float) -> list[tuple[float, int]]:
+    """The server's fixed windows over the DELETE times, each opened by the first DELETE after
+    the last one ended: (start, count)."""
+    out: list[tuple[float, int]] = []
+    end = -math.inf
+    for t in sorted(times):
+        if t >= end:
+            out.append((t, 0))
+            end = t + w
+        start, n = out[-1]
+        out[-1] = (start, n + 1)
+    return out
+
+
+def chart(page: Page, rate: Rate) -> str:
+    """DELETEs per window as bars, the limit as a line, pauses of a window or more shaded."""
+    w = rate.period
+    bins = windows(page.deletes, w)
+    if not bins:
+        return '<p class="muted">No DELETE was answered in this log.</p>'
+    limit = rate.limit or max(n for _, n in bins)
+    top = max(limit, *(n for _, n in bins)) * 1.15
+    width, height, left, bottom = 960, 260, 44, 28
+    t0 = bins[0][0]
+    t1 = max(page.deletes) + w
+    x_scale = (width - left - 10) / max(t1 - t0, w)
+
+    def x(t: float) -> float:
+        return left + (t - t0) * x_scale
+
+    def y(n: float) -> float:
+        return height - bottom - n / top * (height - bottom - 10)
+
+    parts = [
+        f'<svg id="timeline" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="DELETEs per {w:g} s window">'
+    ]
+    for (start, _), (nxt, _) in pairwise(bins):
+        if nxt - (start + w) >= w:  # a window or more with no DELETE answered
+            parts.append(
+                f'<rect class="pause" x="{x(start + w):.1f}" y="10" '
+                f'width="{x(nxt) - x(start + w):.1f}" height="{height - bottom - 10}">'
+                "<title>no DELETE answered: a cooldown, or waiting</title></rect>"
+            )
+    bar = max(2.0, w * x_scale - 2)
+    for i, (start, n) in enumerate(bins):
+        when = datetime.fromtimestamp(start, UTC).strftime("%H:%M:%S")
+        parts.append(
+            f'<rect class="bar{" over" if rate.limit and n > rate.limit else ""}" '
+            f'data-window="{i}" data-count="{n}" x="{x(start):.1f}" y="{y(n):.1f}" '
+            f'width="{bar:.1f}" height="{y(0) - y(n):.1f}"><title>{when} UTC: {n} DELETEs'
+            "</title></rect>"
+        )
+    parts.append(
+        f'<line id="limit-line" data-limit="{limit}" x1="{left}" x2="{width - 10}" '
+        f'y1="{y(limit):.1f}" y2="{y(limit):.1f}"/>'
+        f'<text class="axis" x="{width - 12}" y="{y(limit) - 4:.1f}" text-anchor="end">'
+        f"limit {limit} per {w:g} s</text>"
+        f'<line class="axis-line" x1="{left}" x2="{width - 10}" y1="{y(0)}" y2="{y(0)}"/>'
+        f'<text class="axis" x="{left - 6}" y="{y(0):.1f}" text-anchor="end">0</text>'
+        f'<text class="axis" x="{left - 6}" y="{y(limit) + 4:.1f}" text-anchor="end">{limit}</text>'
+        f'<text class="axis" x="{left}" y="{height - 8}">'
+        f"{datetime.fromtimestamp(t0, UTC):%Y-%m-%d %H:%M:%S} UTC</text>"
+        f'<text class="axis" x="{width - 10}" y="{height - 8}" text-anchor="end">'
+        f"{datetime.fromtimestamp(t1, UTC):%H:%M:%S} UTC</text></svg>"
+    )
+    return "".join(parts)
+
+
+CSS = """
+:root{--ink:#1d2330;--muted:#667085;--line:#e4e7ec;--ok:#12b76a;--bad:#d92d20;--warn:#f79009;
+--bar:#2e90fa}
+*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
+color:var(--ink);margin:0;background:#f8f9fb}main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 10px}.muted{color:var(--muted)}
+.verdict{font-size:18px;margin:14px 0 18px;padding:12px 16px;border-radius:8px;background:#fff;
+border-left:6px solid var(--ok)}.verdict.bad{border-color:var(--bad)}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:10px}
+.card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 12px}
+.card b{display:block;font-size:24px}.card.bad b{color:var(--bad)}.card.ok b{color:var(--ok)}
+.card.warn b{color:var(--warn)}
+svg{width:100%;height:auto;background:#fff;border:1px solid var(--line);border-radius:8px}
+.bar{fill:var(--bar)}.bar.over{fill:var(--bad)}.pause{fill:#fef0c7}
+#limit-line{stroke:var(--bad);stroke-width:2;stroke-dasharray:6 4}.axis{font-size:11px;
+fill:var(--muted)}.axis-line{stroke:var(--line)}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line)}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top}
+th{background:#f2f4f7;cursor:pointer;user-select:none;white-space:nowrap}
+th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
+td.o-disconnected,td.o-deleted{color:#067647}td.o-failed,td.o-invalid{color:var(--bad)}
+td.o-already_gone{color:var(--muted)}td.t{white-space:nowrap}
+input{padding:6px 8px;width:320px;margin:0 8px 8px 0;border:1px solid var(--line);
+border-radius:6px}code{font-size:12px}
+"""
+
+JS = """
+(function(){
+  var table=document.getElementById('audit');if(!table)return;
+  var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
+  var filter=document.getElementById('filter'),shown=document.getElementById('shown');
+  function apply(){
+    var q=filter.value.toLowerCase(),n=0;
+    rows.forEach(function(r){var hit=!q||r.textContent.toLowerCase().indexOf(q)>=0;
+      r.hidden=!hit;if(hit)n++;});
+    shown.textContent=n+' of '+rows.length+' rows';
+  }
+  filter.addEventListener('input',apply);
+  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){
+    th.addEventListener('click',function(){
+      var dir=th.getAttribute('data-dir')==='asc'?'desc':'asc';
+      Array.prototype.forEach.call(table.tHead.rows[0].cells,function(c){c.removeAttribute('data-dir');});
+      th.setAttribute('data-dir',dir);
+      rows.sort(function(a,b){var x=a.cells[i].textContent,y=b.cells[i].textContent;
+        var nx=parseFloat(x),ny=parseFloat(y);
+        var c=(!isNaN(nx)&&!isNaN(ny)&&String(nx)===x&&String(ny)===y)?nx-ny:x.localeCompare(y);
+        return dir==='asc'?c:-c;});
+      rows.forEach(function(r){body.appendChild(r);});
+    });
+  });
+  apply();
+  document.body.setAttribute('data-ready','1');
+})();
+"""
+
+
+def render(page: Page, *, source: str, rate: Rate) -> str:
+    e = escape
+    outstanding = sum(len(v) for v in page.failed.values())
+    gone = page.outcomes.get("already_gone", 0)
+    disconnected = page.outcomes.get("disconnected", 0)
+    bad = outstanding or page.invalid
+    verdict = (
+        f"{len(page.done):,} accounts done: {disconnected:,} disconnected, {gone:,} already gone"
+        + (f"; {outstanding:,} failed and not done since" if outstanding else "")
+        + (f"; {len(page.invalid):,} invalid lines" if page.invalid else "")
+        + "."
+    )
+    first = min((s for s, _ in page.runs.values()), default="")
+    last = max((t for _, t in page.runs.values()), default="")
+    cards = [
+        ("ok", "accounts done", len(page.done)),
+        ("", "disconnected", disconnected),
+        ("", "already gone", gone),
+        ("bad" if outstanding else "", "failed, outstanding", outstanding),
+        ("bad" if page.invalid else "", "invalid lines", len(page.invalid)),
+        ("warn" if page.not_connected else "", "not connected at start", len(page.not_connected)),
+        ("", "monitors deleted", page.monitors.get("deleted", 0)),
+        ("", "runs", len(page.runs)),
+    ]
+    html = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        f"<title>Offboarding report: {e(source)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>Offboarding report</h1><div class=muted><code>{e(source)}</code> · "
+        f"{page.records:,} records · {e(first)} → {e(last)} · key "
+        f"{e(', '.join(sorted(page.key_ids)) or 'unknown')}</div>",
+        f'<div class="verdict{" bad" if bad else ""}" id="verdict">{e(verdict)}</div>',
+        '<div class="cards">',
+        *(
+            f'<div class="card {cls}" data-card="{e(label)}"><b>{n:,}</b>{e(label)}</div>'
+            for cls, label, n in cards
+        ),
+        "</div>",
+        f"<h2>DELETEs per {rate.period:g} s window</h2>",
+        '<p class="muted">Each bar is one of the server\'s fixed windows (opened by the first '
+        "DELETE after the last one ended); the dashed line is the limit "
+        f"({e(str(rate))}, report --rate); shaded: a window or more with no DELETE answered "
+        "(a cooldown, or waiting).</p>",
+        chart(page, rate),
+    ]
+    if page.failed:
+        html.append(
+            "<h2>Failed, not done since</h2><table id=failures><thead><tr><th>error</th>"
+            "<th>accounts</th><th>ids</th></tr></thead><tbody>"
+        )
+        for error, accounts in sorted(page.failed.items(), key=lambda kv: -len(kv[1])):
+            ids = ", ".join(accounts[:50]) + (" …" if len(accounts) > 50 else "")
+            html.append(f"<tr><td>{e(error)}</td><td>{len(accounts)}</td><td>{e(ids)}</td></tr>")
+        html.append("</tbody></table>")
+    if page.not_connected:
+        ids = ", ".join(page.not_connected[:100])
+        html.append(
+            f"<h2>Not connected when the run began: {len(page.not_connected)}</h2>"
+            f'<p class="muted">Already removed, or a mistyped id (the real account may still be '
+            f"connected): {e(ids)}</p>"
+        )
+    if page.invalid:
+        html.append(
+            "<h2>Invalid lines</h2><table id=invalid><thead><tr><th>line</th>"
+            "<th>error</th></tr></thead><tbody>"
+        )
+        for src, error in page.invalid[:500]:
+            html.append(f"<tr><td>{e(src)}</td><td>{e(error)}</td></tr>")
+        html.append("</tbody></table>")
+    html.append(
+        "<h2>Audit: every account, who it was, what happened</h2>"
+        '<input id=filter type=search placeholder="filter: an id, a user, an outcome…">'
+        "<span id=shown class=muted></span>"
+    )
+    if page.rows_total > len(page.rows):
+        html.append(
+            f'<p class="muted">The first {len(page.rows):,} of {page.rows_total:,} records; '
+            "the result log has them all.</p>"
+        )
+    html.append(
+        "<table id=audit><thead><tr><th>time (UTC)</th><th>account</th><th>X user</th>"
+        "<th>X user id</th><th>outcome</th><th>error</th><th>run</th><th>key_id</th></tr>"
+        "</thead><tbody>"
+    )
+    for r in page.rows:
+        outcome = str(r.get("outcome"))
+        user = r.get("x_username") or r.get("username") or ""
+        when = str(r.get("ts", "")).replace("T", " ").rstrip("Z")
+        html.append(
+            f"<tr><td class=t>{e(when)}</td><td>{e(str(r.get('account_id') or ''))}</td>"
+            f"<td>{e(str(user))}</td><td>{e(str(r.get('x_user_id') or ''))}</td>"
+            f'<td class="o-{e(outcome)}">{e(outcome)}</td><td>{e(str(r.get("error") or ""))}</td>'
+            f"<td>{e(str(r.get('run_id')))}</td><td>{e(str(r.get('key_id') or ''))}</td></tr>"
+        )
+    html.append(f"</tbody></table></main><script>{JS}</script></body></html>")
+    return "".join(html)
+
+
+def write(results: Path, out: Path, *, rate: Rate, label: str | None = None) -> Page:
+    page = gather(results)
+    out.write_text(render(page, source=label or str(results), rate=rate), encoding="utf-8")
+    return page
