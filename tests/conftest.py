@@ -45,8 +45,9 @@ async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
 
     async def start(**kwargs: Any) -> Sandbox:
         faults = kwargs.pop("faults", None)
+        store = kwargs.pop("store", None)
         config = SandboxConfig(faults=FaultConfig(**faults) if faults else FaultConfig(), **kwargs)
-        sandbox = Sandbox(config)
+        sandbox = Sandbox(config, store=store)
         await sandbox.start()
         started.append(sandbox)
         return sandbox

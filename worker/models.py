@@ -127,6 +127,9 @@ class Result:
     # already_gone: was the account connected when the run began (in its listing)? False for
     # an id that was not: removed earlier, or a mistyped id. None when no listing was read.
     seen_connected: bool | None = None
+    # delete_monitor: the API took the deletion and runs it in the background (the monitor may
+    # stay listed a moment longer; its GET answers 404 once it is gone).
+    pending: bool = False
     ts: str = field(default_factory=utc_now_iso)
 
     def __post_init__(self) -> None:
@@ -158,6 +161,7 @@ class Result:
         }
         if self.op is Op.DELETE_MONITOR:
             record["monitor_id"] = self.monitor_id
+            record["pending"] = self.pending
         else:
             record["x_username"] = self.x_username
             record["x_user_id"] = self.x_user_id

@@ -249,11 +249,21 @@ class Operations:
         for monitor in monitors:
             monitor_id = str(monitor["id"])
             call = await self._call(partial(self._client.delete_monitor, monitor_id))
-            outcome = None
+            outcome, pending = None, False
             if call.answer is not None:
                 gone = call.answer.status == 404
                 outcome = Outcome.ALREADY_GONE if gone else Outcome.DELETED
+                body = call.answer.body if isinstance(call.answer.body, dict) else {}
+                pending = not gone and body.get("deletionStatus") == "deleting"
             results.append(
-                self._result(job, started, call, monitor_id=monitor_id, outcome=outcome, **base)
+                self._result(
+                    job,
+                    started,
+                    call,
+                    monitor_id=monitor_id,
+                    outcome=outcome,
+                    pending=pending,
+                    **base,
+                )
             )
         return results

@@ -46,6 +46,7 @@ from worker.logs import get_logger
 log = get_logger()
 
 MAX_ANSWER = 1 << 20  # bytes of a single answer read at most (the API's are a few hundred)
+MAX_PAGES = 10_000  # 2,000,000 items: a server that never says "no more" is not followed for ever
 MAX_LISTING = 64 << 20  # a listing of 10,000 accounts is a few MB
 
 
@@ -162,11 +163,18 @@ class XquikClient:
         return URL(f"{self._base}/{path}", encoded=True)
 
     async def request(
-        self, method: str, *segments: str, allow_404: bool = True, limit: int = MAX_ANSWER
+        self,
+        method: str,
+        *segments: str,
+        allow_404: bool = True,
+        limit: int = MAX_ANSWER,
+        query: dict[str, str] | None = None,
     ) -> Answer:
         """Send one request; return 2xx (and 404 if allowed) answers, raise the rest."""
         assert self._session is not None, "use the client as an async context manager"
         url = self.url(*segments)
+        if query:
+            url = url.with_query(query)
         self.in_flight += 1
         token = None
         try:
@@ -223,12 +231,38 @@ class XquikClient:
         return await self.request("GET", "x", "accounts", account_id)
 
     async def list_accounts(self) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "x", "accounts", allow_404=False, limit=MAX_LISTING)
-        return _listed(answer, "accounts")
+        """Every connected account: one answer up to the API's cap (10,000), else its pages
+        (100 a page, the maximum)."""
+        return await self._pages(("x", "accounts"), "accounts", first=None, size=100)
 
     async def list_monitors(self) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "monitors", allow_404=False, limit=MAX_LISTING)
-        return _listed(answer, "monitors")
+        """Every account monitor, page by page (200 a page, the API's maximum)."""
+        return await self._pages(("monitors",), "monitors", first={"limit": "200"}, size=200)
+
+    async def _pages(
+        self, segments: tuple[str, ...], field: str, *, first: dict[str, str] | None, size: int
+    ) -> list[dict[str, Any]]:
+        """A whole cursor-paginated listing (`hasMore`, `nextCursor`). A page that fails fails
+        the listing: a list cut short must never read as complete ("not listed" reads as
+        "already gone"). Each page is a request of its own, through the read budget."""
+        items: list[dict[str, Any]] = []
+        query, seen = first, set()
+        for _ in range(MAX_PAGES):
+            answer = await self.request(
+                "GET", *segments, allow_404=False, limit=MAX_LISTING, query=query
+            )
+            items += _listed(answer, field)
+            body = answer.body if isinstance(answer.body, dict) else {}
+            cursor = body.get("nextCursor")
+            if body.get("hasMore") is not True:
+                return items
+            if not isinstance(cursor, str) or not cursor or cursor in seen:
+                raise TransientApiError(
+                    answer.status, "malformed_answer", f"hasMore without a new nextCursor ({field})"
+                )
+            seen.add(cursor)
+            query = {"cursor": cursor, "limit": str(size)}
+        raise TransientApiError(200, "malformed_answer", f"more than {MAX_PAGES} pages of {field}")
 
     async def delete_monitor(self, monitor_id: str) -> Answer:
         return await self.request("DELETE", "monitors", monitor_id)

@@ -581,6 +581,22 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
         help="GET /x/accounts lists only the first N accounts (a listing cut short)",
     )
     p.add_argument(
+        "--accounts-page-cap",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
+        help="GET /x/accounts without limit/cursor answers up to N accounts, then pages "
+        "(default 10000, as the live API)",
+    )
+    p.add_argument(
+        "--monitor-deletion-s",
+        type=seconds,
+        default=0.0,
+        metavar="S",
+        help="a deleted monitor stays listed S seconds (the API deletes in the background; "
+        "default 0)",
+    )
+    p.add_argument(
         "--ingress-jitter-ms",
         type=seconds,
         default=0.0,

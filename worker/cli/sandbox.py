@@ -40,6 +40,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         faults=faults,
         ingress_jitter_ms=args.ingress_jitter_ms,
         list_limit=args.list_limit,
+        accounts_page_cap=args.accounts_page_cap,
+        monitor_deletion_s=args.monitor_deletion_s,
         keys={key} if key else set(),
         host=args.host,
         port=args.port,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from worker.sandbox.limits import FixedWindow
 from worker.sandbox.store import Store
 
 CONTRACT_HEADER = "xquik-api-contract"
+ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 HTML_502 = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
 
 
@@ -56,6 +58,8 @@ class SandboxState:
     # guesses a latency margin cannot afford.
     ingress_jitter: float = 0.0
     list_limit: int | None = None
+    accounts_page_cap: int = 10_000
+    monitor_deletion_s: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -106,9 +110,25 @@ async def gateway(request: web.Request, handler: Any) -> web.StreamResponse:
         state.stats.by_status[f"{request.method} {status}"] += 1
 
 
+def _key(request: web.Request) -> str | None:
+    """x-api-key, or `Authorization: Bearer` (accepted by the newer docs and the SDK)."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    return key
+
+
 async def _gate(request: web.Request, handler: Any, state: SandboxState) -> web.StreamResponse:
-    if request.headers.get("x-api-key") not in state.keys:
+    if _key(request) not in state.keys:
         return _error(request, 401, "unauthenticated", "Missing or invalid API key.")
+    failed = getattr(request.match_info, "http_exception", None)
+    if isinstance(failed, web.HTTPException):  # no such route or method: the JSON envelope
+        if failed.status == 405:
+            return _error(request, 405, "method_not_allowed", "Method not allowed.")
+        return _error(request, 404, "not_found", "No such endpoint.")
+    if "id" in request.match_info and not ID.fullmatch(request.match_info["id"]):
+        return _error(request, 400, "invalid_id", "The id is not valid.")
     if state.ingress_jitter > 0:
         await asyncio.sleep(state.rng.uniform(0, state.ingress_jitter))
     wait = state.limits[_tier(request.method)].hit(state.clock())
@@ -149,10 +169,48 @@ def _drop(request: web.Request) -> None:
 
 
 # The API ---------------------------------------------------------------------------------
+def _page(
+    request: web.Request, items: list[dict[str, Any]], *, default: int, cap: int = 200
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | web.Response:
+    """Cursor pagination as the API does it: `limit` (1..cap), `cursor` (the previous
+    `nextCursor`, opaque); the answer says `hasMore` and, if so, `nextCursor`."""
+    try:
+        limit = int(request.query.get("limit", default))
+        start = int(request.query.get("cursor") or request.query.get("after") or "0", 36)
+    except ValueError:
+        return _error(request, 400, "invalid_input", "Bad limit or cursor.")
+    if not 1 <= limit <= max(cap, default) or start < 0:
+        return _error(request, 400, "invalid_input", f"limit must be 1 to {cap}.")
+    page = items[start : start + limit]
+    more = start + limit < len(items)
+    extra: dict[str, Any] = {"hasMore": more}
+    if more:
+        extra["nextCursor"] = _cursor(start + limit)
+    return page, extra
+
+
+def _cursor(n: int) -> str:
+    digits = ""
+    while True:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+        if n == 0:
+            return digits
+
+
 async def list_accounts(request: web.Request) -> web.Response:
+    """Every account up to the cap without pagination parameters (the live API: 10,000), else
+    cursor pages; `list_limit` cuts the listing short (a harness fault)."""
     state = request.app[STATE]
-    accounts = list(state.store.accounts.values())
-    return web.json_response({"accounts": accounts[: state.list_limit]})
+    accounts = list(state.store.accounts.values())[: state.list_limit]
+    paged = "limit" in request.query or "cursor" in request.query
+    if not paged and len(accounts) <= state.accounts_page_cap:
+        return web.json_response({"accounts": accounts})
+    result = _page(request, accounts, default=50 if paged else state.accounts_page_cap, cap=100)
+    if isinstance(result, web.Response):
+        return result
+    page, extra = result
+    return web.json_response({"accounts": page, **extra})
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -171,18 +229,63 @@ async def delete_account(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
+def _monitors(state: SandboxState) -> dict[str, dict[str, Any]]:
+    """The monitors still listed: a deleted one stays until its background deletion ends."""
+    now = state.clock()
+    for monitor_id, until in list(state.store.deleting.items()):
+        if until <= now:
+            del state.store.deleting[monitor_id]
+            state.store.monitors.pop(monitor_id, None)
+    return state.store.monitors
+
+
 async def list_monitors(request: web.Request) -> web.Response:
-    monitors = list(request.app[STATE].store.monitors.values())[:200]
-    return web.json_response({"monitors": monitors, "total": len(monitors)})
+    """Account monitors, cursor-paginated (limit 1..200, default 200), as the SDK models."""
+    monitors = list(_monitors(request.app[STATE]).values())
+    result = _page(request, monitors, default=200)
+    if isinstance(result, web.Response):
+        return result
+    page, extra = result
+    return web.json_response({"monitors": page, "total": len(page), **extra})
+
+
+async def list_keyword_monitors(request: web.Request) -> web.Response:
+    result = _page(request, [], default=200)
+    if isinstance(result, web.Response):
+        return result
+    page, extra = result
+    return web.json_response({"monitors": page, "total": 0, **extra})
+
+
+async def get_monitor(request: web.Request) -> web.Response:
+    monitor = _monitors(request.app[STATE]).get(request.match_info["id"])
+    if monitor is None:
+        return _error(request, 404, "not_found", "Monitor not found.")
+    return web.json_response(monitor)
 
 
 async def delete_monitor(request: web.Request) -> web.Response:
-    store = request.app[STATE].store
+    """The deletion runs in the background: 200 `deletionStatus: deleting` at once, the monitor
+    listed until it is gone, then its GET answers 404."""
+    state = request.app[STATE]
+    store = state.store
     monitor_id = request.match_info["id"]
-    if store.monitors.pop(monitor_id, None) is None:
+    if monitor_id not in _monitors(state):
         return _error(request, 404, "not_found", "Monitor not found.")
-    store.deleted_monitors.add(monitor_id)
-    return web.json_response({"success": True})
+    if monitor_id not in store.deleting:
+        store.deleted_monitors.add(monitor_id)
+        store.delete_requests[monitor_id] = store.delete_requests.get(monitor_id, 0) + 1
+        store.deleting[monitor_id] = state.clock() + state.monitor_deletion_s
+    else:
+        store.delete_requests[monitor_id] += 1
+    _monitors(state)
+    return web.json_response(
+        {
+            "success": True,
+            "deletionStatus": "deleting",
+            "statusUrl": f"{API_PREFIX}/monitors/{monitor_id}",
+        }
+    )
 
 
 # The control panel ------------------------------------------------------------------------
@@ -193,6 +296,7 @@ async def stats(request: web.Request) -> web.Response:
     body["monitors"] = len(state.store.monitors)
     body["deleted_accounts"] = sorted(state.store.deleted_accounts)
     body["deleted_monitors"] = sorted(state.store.deleted_monitors)
+    body["monitor_delete_requests"] = dict(state.store.delete_requests)
     return web.json_response(body)
 
 
@@ -222,6 +326,8 @@ def make_app(state: SandboxState) -> web.Application:
     api.router.add_get("/x/accounts/{id}", get_account)
     api.router.add_delete("/x/accounts/{id}", delete_account)
     api.router.add_get("/monitors", list_monitors)
+    api.router.add_get("/monitors/keywords", list_keyword_monitors)
+    api.router.add_get("/monitors/{id}", get_monitor)
     api.router.add_delete("/monitors/{id}", delete_monitor)
     app.add_subapp(API_PREFIX, api)
     app.router.add_get("/_sandbox/stats", stats)

@@ -32,6 +32,9 @@ class SandboxConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     ingress_jitter_ms: float = 0.0
     list_limit: int | None = None  # GET /x/accounts lists only this many (a listing cut short)
+    # GET /x/accounts without limit/cursor answers up to this many, then pages (live: 10,000).
+    accounts_page_cap: int = 10_000
+    monitor_deletion_s: float = 0.0  # a deleted monitor stays listed this long ("deleting")
     keys: set[str] = field(default_factory=set)
     host: str = "127.0.0.1"
     port: int = 0
@@ -55,6 +58,8 @@ class Sandbox:
             clock=time.monotonic,
             ingress_jitter=self.config.ingress_jitter_ms / 1000,
             list_limit=self.config.list_limit,
+            accounts_page_cap=self.config.accounts_page_cap,
+            monitor_deletion_s=self.config.monitor_deletion_s,
             rng=random.Random(self.config.seed),
         )
         self._runner: web.AppRunner | None = None

@@ -22,6 +22,8 @@ class Store:
     monitors: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_accounts: set[str] = field(default_factory=set)
     deleted_monitors: set[str] = field(default_factory=set)
+    deleting: dict[str, float] = field(default_factory=dict)  # monitor -> gone at (clock)
+    delete_requests: dict[str, int] = field(default_factory=dict)  # monitor -> DELETEs received
     _next_monitor: int = 1
 
     @classmethod
@@ -66,7 +68,7 @@ class Store:
         monitor = {
             "id": monitor_id,
             "username": username.lower(),
-            "xUserId": x_user_id,
+            "xUserId": x_user_id or str(1_000_000 + zlib.crc32(username.lower().encode())),
             "eventTypes": ["tweet.new"],
             "isActive": True,
             "createdAt": _iso(_EPOCH),

@@ -1,0 +1,107 @@
+"""Listings that span pages: every monitor of a disconnected user goes, however many pages of
+monitors the key has; a monitor in background deletion is recorded pending and never deleted
+twice; an account past the listing's first page is found; a page that fails fails the
+listing (never a short list read as complete)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
+from tests.hostile_servers import Server
+from worker.api.client import XquikClient
+from worker.cli.run import run_async
+from worker.errors import ApiError
+from worker.sandbox import Sandbox
+from worker.sandbox.store import Store
+
+
+async def test_450_monitors_on_three_pages(sandbox_factory: SandboxFactory, tmp_path: Path) -> None:
+    """20 accounts; 450 monitors (pages of 200, 200, 50): 15 for each of users 1..10 (whose
+    accounts the run disconnects), the rest for users 11..20 and for X users that were never
+    connected. After `--delete-monitors`: none of users 1..10 remains, all the others do, each
+    monitor got at most one DELETE, and records say pending (deleted in the background)."""
+    store = Store()
+    for i in range(1, 21):
+        store.add_account(str(i), f"user{i}")
+    for i in range(1, 11):
+        for _ in range(15):
+            store.add_monitor(f"user{i}", store.accounts[str(i)]["xUserId"])
+    for n in range(300):
+        name = f"user{11 + n % 10}" if n % 2 else f"stranger{n}"
+        store.add_monitor(name)
+    assert len(store.monitors) == 450
+    theirs = {
+        k for k, m in store.monitors.items() if m["username"] in {f"user{i}" for i in range(1, 11)}
+    }
+    sandbox: Sandbox = await sandbox_factory(
+        store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0), monitor_deletion_s=0.5
+    )
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 11)])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path, delete_monitors=True))
+    assert summary.exit_code() == 0
+    left = set(sandbox.state.store.monitors) - set(sandbox.state.store.deleting)
+    assert left.isdisjoint(theirs)
+    assert len(left) == 450 - len(theirs) == 300
+    assert set(sandbox.state.store.delete_requests) == theirs
+    assert max(sandbox.state.store.delete_requests.values()) == 1
+    monitor_records = [
+        r for r in read_results(tmp_path / "results.jsonl") if r["op"] == "delete_monitor"
+    ]
+    assert len(monitor_records) == 150
+    assert all(r["outcome"] == "deleted" and r["pending"] is True for r in monitor_records)
+    pages = [p for _, m, p, _ in sandbox.state.stats.log if m == "GET" and "/monitors" in p]
+    assert len(pages) == 3  # one listing, three pages, for the whole run
+    assert Counter("cursor=" in p for p in pages) == Counter({False: 1, True: 2})
+
+
+async def test_an_account_past_the_first_page_is_found(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """More accounts than the API answers at once: the listing follows nextCursor, so a
+    username job for the last account resolves and an id there is not taken for gone."""
+    sandbox: Sandbox = await sandbox_factory(
+        accounts=250, delete_limit=(None, 60.0), read_limit=(None, 1.0), accounts_page_cap=100
+    )
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ['{"username": "USER250"}', '{"account_id": "240"}'])
+    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
+    assert summary.exit_code() == 0
+    records = {r["account_id"]: r for r in read_results(tmp_path / "results.jsonl")}
+    assert records["250"]["outcome"] == "disconnected"
+    assert records["240"]["outcome"] == "disconnected"
+    assert records["240"]["x_username"] == "user240"  # from the listing's third page
+    gets = [p for _, m, p, _ in sandbox.state.stats.log if m == "GET"]
+    assert sum("/x/accounts" in p and "/x/accounts/" not in p for p in gets) == 3
+
+
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        ((500, {"error": "internal_error"}), "internal_error"),
+        ((200, {"accounts": [{"id": "2"}], "hasMore": True, "nextCursor": "p2"}), "nextCursor"),
+        ((200, {"oops": []}), "malformed_answer"),
+    ],
+)
+async def test_a_page_that_fails_fails_the_listing(
+    second: tuple[int, dict[str, object]], error: str
+) -> None:
+    """Page 1 is fine; page 2 answers 500, repeats its cursor (a loop), or has no list: the
+    listing raises, never returns page 1 as if it were all."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if "cursor" not in request.query:
+            return web.json_response(
+                {"accounts": [{"id": "1"}], "hasMore": True, "nextCursor": "p2"}
+            )
+        status, body = second
+        return web.json_response(body, status=status)
+
+    server = Server(handle)
+    async with server, XquikClient(base_url=f"{server.url}", api_key="xq_" + "a" * 32) as client:
+        with pytest.raises(ApiError, match=error):
+            await client.list_accounts()
+    assert [p for _, p, _ in server.seen] == ["/x/accounts", "/x/accounts?cursor=p2&limit=100"]
