@@ -14,6 +14,7 @@ from aiohttp import web
 from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
 from tests.hostile_servers import Server
 from worker.api.client import XquikClient
+from worker.api.directory import names
 from worker.cli.run import run_async
 from worker.errors import ApiError
 from worker.sandbox import Sandbox
@@ -105,3 +106,65 @@ async def test_a_page_that_fails_fails_the_listing(
         with pytest.raises(ApiError, match=error):
             await client.list_accounts()
     assert [p for _, p, _ in server.seen] == ["/x/accounts", "/x/accounts?cursor=p2&limit=100"]
+
+
+@pytest.mark.parametrize(
+    ("query", "user", "match"),
+    [
+        ("from:acme", "acme", True),
+        ("FROM:Acme", "@ACME", True),
+        ("to:acme", "acme", True),
+        ("@acme launch", "acme", True),
+        ("(from:acme OR from:other)", "acme", True),
+        ("launch from:acme,", "acme", True),
+        ("from:acme2", "acme", False),
+        ("from:acm", "acme", False),
+        ("acme", "acme", False),
+        ("#acme", "acme", False),
+        ("-from:acme", "acme", False),
+        ("from:acme", "", False),
+        ("from:acme", None, False),
+    ],
+)
+def test_which_keyword_monitors_name_a_user(query: str, user: str | None, match: bool) -> None:
+    """The one matching rule for keyword monitors: whole tokens from:/to:/@, any case."""
+    assert names(query, user) is match
+
+
+async def test_delete_monitors_all_takes_the_keyword_monitors_naming_the_user(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """--delete-monitors=all: the keyword monitors whose query names a disconnected user go
+    (recorded monitor_kind keyword), the others stay; plain --delete-monitors leaves every
+    keyword monitor alone."""
+    store = Store()
+    for i in range(1, 11):
+        store.add_account(str(i), f"user{i}")
+    queries = {
+        "from:user1": True, "@User2 launch": True, "to:user3 OR from:someone": True,
+        "(from:user5)": True, "user4": False, "from:user10": False, "-from:user5": False,
+        "from:user6": False,
+    }  # fmt: skip
+    ids = {store.add_keyword_monitor(q)["id"]: q for q in queries}
+    sandbox: Sandbox = await sandbox_factory(
+        store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0)
+    )
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3", "4", "5"])
+    settings = settings_for(sandbox, jobs, tmp_path, delete_monitors=True, keyword_monitors=True)
+    assert (await run_async(settings)).exit_code() == 0
+    gone = {ids[k] for k in sandbox.state.store.delete_requests if k in ids}
+    assert gone == {q for q, match in queries.items() if match}
+    records = [r for r in read_results(tmp_path / "results.jsonl") if r["op"] == "delete_monitor"]
+    assert {r["monitor_id"] for r in records if r["monitor_kind"] == "keyword"} == {
+        k for k, q in ids.items() if queries[q]
+    }
+
+    plain = write_jobs(tmp_path / "plain.txt", ["6", "7"])
+    before = dict(sandbox.state.store.delete_requests)
+    settings = settings_for(
+        sandbox, plain, tmp_path, delete_monitors=True, results=tmp_path / "plain.jsonl"
+    )
+    assert (await run_async(settings)).exit_code() == 0
+    assert {k for k in sandbox.state.store.delete_requests if k.startswith("k")} == {
+        k for k in before if k.startswith("k")
+    }  # from:user6 stays: keyword monitors are only for =all

@@ -113,3 +113,12 @@ def test_monitors_pages_and_background_deletion(
     else:
         raise AssertionError("the monitor never went")
     assert target not in [m.id for m in c.monitors.list().monitors]
+    # Keyword monitors: their own listing and deletion, in the same shapes.
+    keywords = c.monitors.keywords.list()
+    assert keywords.has_more is False
+    assert keywords.monitors
+    first_kw = keywords.monitors[0]
+    assert "from:user" in first_kw.query
+    kw_gone = c.monitors.keywords.deactivate(first_kw.id)
+    assert kw_gone.deletion_status == "deleting"
+    assert kw_gone.status_url.endswith(f"/monitors/keywords/{first_kw.id}")

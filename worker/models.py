@@ -117,6 +117,7 @@ class Result:
     attempts: int = 0
     elapsed_ms: int = 0
     monitor_id: str | None = None
+    monitor_kind: str | None = None  # delete_monitor: "account" or "keyword"
     checked: bool = False  # already_gone confirmed by a GET: no DELETE was spent on it
     # Who was removed: the account as listed just before (None when it was not listed).
     x_username: str | None = None
@@ -161,6 +162,7 @@ class Result:
         }
         if self.op is Op.DELETE_MONITOR:
             record["monitor_id"] = self.monitor_id
+            record["monitor_kind"] = self.monitor_kind or "account"
             record["pending"] = self.pending
         else:
             record["x_username"] = self.x_username

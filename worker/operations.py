@@ -27,6 +27,7 @@ class Operations:
         claims: Claims | None = None,
         dry_run: bool = False,
         delete_monitors: bool = False,
+        keyword_monitors: bool = False,
         precheck: bool = True,
         strict_missing: bool = False,
     ) -> None:
@@ -37,6 +38,7 @@ class Operations:
         self.claims = claims or Claims()
         self.dry_run = dry_run
         self.delete_monitors = delete_monitors
+        self.keyword_monitors = keyword_monitors
         self.precheck = precheck and not dry_run
         self._client = session.client
         self._call = session.call
@@ -228,8 +230,9 @@ class Operations:
     async def _delete_monitors(
         self, job: Job, account: dict[str, Any] | None, disconnected: Result
     ) -> list[Result]:
-        """After a done disconnect: delete each account monitor tracking that user, one
-        record each. The DELETEs share the key's DELETE budget with the disconnects."""
+        """After a done disconnect: delete each account monitor tracking that user (and, with
+        --delete-monitors=all, each keyword monitor whose query names the user), one record
+        each. The DELETEs share the key's DELETE budget with the disconnects."""
         if disconnected.outcome not in DONE:
             return []
         started = time.monotonic()
@@ -239,31 +242,51 @@ class Operations:
         if not x_user_id and not username:
             log.warning("monitors_unmatched", reason="account unknown and no username given")
             return []
-        monitors = await self._directory.take_monitors(
-            x_user_id=str(x_user_id) if x_user_id else None, username=username
-        )
         base = {"op": Op.DELETE_MONITOR, "account_id": disconnected.account_id}
-        if isinstance(monitors, Call):
-            return [self._result(job, started, monitors, **base)]
-        results = []
-        for monitor in monitors:
-            monitor_id = str(monitor["id"])
-            call = await self._call(partial(self._client.delete_monitor, monitor_id))
-            outcome, pending = None, False
-            if call.answer is not None:
-                gone = call.answer.status == 404
-                outcome = Outcome.ALREADY_GONE if gone else Outcome.DELETED
-                body = call.answer.body if isinstance(call.answer.body, dict) else {}
-                pending = not gone and body.get("deletionStatus") == "deleting"
-            results.append(
-                self._result(
-                    job,
-                    started,
-                    call,
-                    monitor_id=monitor_id,
-                    outcome=outcome,
-                    pending=pending,
-                    **base,
+        results: list[Result] = []
+        kinds: list[tuple[str, Any, Any]] = [
+            (
+                "account",
+                partial(
+                    self._directory.take_monitors,
+                    x_user_id=str(x_user_id) if x_user_id else None,
+                    username=username,
+                ),
+                self._client.delete_monitor,
+            )
+        ]
+        if self.keyword_monitors and username:
+            kinds.append(
+                (
+                    "keyword",
+                    partial(self._directory.take_keyword_monitors, username=username),
+                    self._client.delete_keyword_monitor,
                 )
             )
+        for kind, take, delete in kinds:
+            monitors = await take()
+            if isinstance(monitors, Call):
+                results.append(self._result(job, started, monitors, monitor_kind=kind, **base))
+                continue
+            for monitor in monitors:
+                monitor_id = str(monitor["id"])
+                call = await self._call(partial(delete, monitor_id))
+                outcome, pending = None, False
+                if call.answer is not None:
+                    gone = call.answer.status == 404
+                    outcome = Outcome.ALREADY_GONE if gone else Outcome.DELETED
+                    body = call.answer.body if isinstance(call.answer.body, dict) else {}
+                    pending = not gone and body.get("deletionStatus") == "deleting"
+                results.append(
+                    self._result(
+                        job,
+                        started,
+                        call,
+                        monitor_id=monitor_id,
+                        monitor_kind=kind,
+                        outcome=outcome,
+                        pending=pending,
+                        **base,
+                    )
+                )
         return results

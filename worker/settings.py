@@ -68,6 +68,7 @@ class RunSettings:
     fresh: bool = False
     dry_run: bool = False
     delete_monitors: bool = False
+    keyword_monitors: bool = False  # --delete-monitors=all: keyword monitors naming the user too
     limit: int | None = None
     sandbox: bool = False
     progress: bool = False

@@ -267,6 +267,15 @@ class XquikClient:
     async def delete_monitor(self, monitor_id: str) -> Answer:
         return await self.request("DELETE", "monitors", monitor_id)
 
+    async def list_keyword_monitors(self) -> list[dict[str, Any]]:
+        """Every keyword monitor, page by page (200 a page)."""
+        return await self._pages(
+            ("monitors", "keywords"), "monitors", first={"limit": "200"}, size=200
+        )
+
+    async def delete_keyword_monitor(self, monitor_id: str) -> Answer:
+        return await self.request("DELETE", "monitors", "keywords", monitor_id)
+
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """At most `limit` bytes of the answer; the rest is never read (the connection is closed)."""

@@ -34,6 +34,20 @@ def tracks(monitor: dict[str, Any], *, x_user_id: str | None, username: str | No
     return bool(name) and str(monitor.get("username") or "").lower() == name
 
 
+_EDGES = "()[]{},;\"'"
+
+
+def names(query: str, username: str | None) -> bool:
+    """The one rule for "this keyword monitor's query names that user": a whole token
+    `from:user`, `to:user` or `@user`, any case (`-from:user` excludes the user: no). A keyword
+    query is free text, so this is a heuristic by design; a bare `user` never matches."""
+    name = (username or "").lower().removeprefix("@")
+    if not name:
+        return False
+    wanted = {f"from:{name}", f"to:{name}", f"@{name}"}
+    return any(token.strip(_EDGES).lower() in wanted for token in query.split())
+
+
 def tracking(monitors: Iterable[dict[str, Any]], account: dict[str, Any]) -> list[dict[str, Any]]:
     """The monitors that track a listed account."""
     x_user_id = str(account.get("xUserId") or "") or None
@@ -50,6 +64,7 @@ class Directory:
         self._accounts: list[dict[str, Any]] | None = None
         self._accounts_at = float("-inf")
         self._monitors: dict[str, dict[str, Any]] | None = None
+        self._keyword_monitors: dict[str, dict[str, Any]] | None = None
         self._failed: tuple[Call, float] | None = None
         self._by_id: dict[str, dict[str, Any]] = {}
         self._by_name: dict[str, dict[str, Any]] = {}
@@ -129,4 +144,23 @@ class Directory:
             ]
             for monitor in taken:
                 del self._monitors[str(monitor["id"])]
+            return taken
+
+    async def take_keyword_monitors(self, *, username: str | None) -> list[dict[str, Any]] | Call:
+        """The keyword monitors whose query names this user, removed from the cache (one
+        listing per run, every page) so that no two jobs delete the same monitor."""
+        async with self._lock:
+            if self._keyword_monitors is None:
+                call = await self._call(listing(self._client.list_keyword_monitors))
+                if call.answer is None:
+                    return call
+                listed = list(call.answer.body)
+                self._keyword_monitors = {str(m.get("id")): m for m in listed if m.get("id")}
+            taken = [
+                m
+                for m in self._keyword_monitors.values()
+                if names(str(m.get("query") or ""), username)
+            ]
+            for monitor in taken:
+                del self._keyword_monitors[str(monitor["id"])]
             return taken

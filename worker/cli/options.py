@@ -274,8 +274,14 @@ def run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--delete-monitors",
-        action="store_true",
-        help="also delete the account monitors that track each disconnected user",
+        nargs="?",
+        const="account",
+        choices=("account", "all"),
+        default=None,
+        metavar="account|all",
+        help="also delete the monitors that track each disconnected user: its account monitors "
+        "(account, the default), or those and the keyword monitors whose query names the user "
+        "(from:user, to:user, @user) (all)",
     )
     p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
     p.add_argument(

@@ -220,6 +220,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             claims=Claims(prior.done | prior.done_names if prior else frozenset()),
             dry_run=settings.dry_run,
             delete_monitors=settings.delete_monitors,
+            keyword_monitors=settings.keyword_monitors,
             precheck=settings.precheck,
             strict_missing=settings.strict_missing,
         )

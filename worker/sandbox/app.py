@@ -229,14 +229,15 @@ async def delete_account(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
-def _monitors(state: SandboxState) -> dict[str, dict[str, Any]]:
+def _monitors(state: SandboxState, kind: str = "account") -> dict[str, dict[str, Any]]:
     """The monitors still listed: a deleted one stays until its background deletion ends."""
     now = state.clock()
     for monitor_id, until in list(state.store.deleting.items()):
         if until <= now:
             del state.store.deleting[monitor_id]
             state.store.monitors.pop(monitor_id, None)
-    return state.store.monitors
+            state.store.keyword_monitors.pop(monitor_id, None)
+    return state.store.keyword_monitors if kind == "keyword" else state.store.monitors
 
 
 async def list_monitors(request: web.Request) -> web.Response:
@@ -250,15 +251,20 @@ async def list_monitors(request: web.Request) -> web.Response:
 
 
 async def list_keyword_monitors(request: web.Request) -> web.Response:
-    result = _page(request, [], default=200)
+    monitors = list(_monitors(request.app[STATE], "keyword").values())
+    result = _page(request, monitors, default=200)
     if isinstance(result, web.Response):
         return result
     page, extra = result
-    return web.json_response({"monitors": page, "total": 0, **extra})
+    return web.json_response({"monitors": page, "total": len(page), **extra})
+
+
+def _kind(request: web.Request) -> str:
+    return "keyword" if "/monitors/keywords/" in request.path else "account"
 
 
 async def get_monitor(request: web.Request) -> web.Response:
-    monitor = _monitors(request.app[STATE]).get(request.match_info["id"])
+    monitor = _monitors(request.app[STATE], _kind(request)).get(request.match_info["id"])
     if monitor is None:
         return _error(request, 404, "not_found", "Monitor not found.")
     return web.json_response(monitor)
@@ -266,11 +272,12 @@ async def get_monitor(request: web.Request) -> web.Response:
 
 async def delete_monitor(request: web.Request) -> web.Response:
     """The deletion runs in the background: 200 `deletionStatus: deleting` at once, the monitor
-    listed until it is gone, then its GET answers 404."""
+    listed until it is gone, then its GET answers 404. Account and keyword monitors alike."""
     state = request.app[STATE]
     store = state.store
     monitor_id = request.match_info["id"]
-    if monitor_id not in _monitors(state):
+    kind = _kind(request)
+    if monitor_id not in _monitors(state, kind):
         return _error(request, 404, "not_found", "Monitor not found.")
     if monitor_id not in store.deleting:
         store.deleted_monitors.add(monitor_id)
@@ -283,7 +290,8 @@ async def delete_monitor(request: web.Request) -> web.Response:
         {
             "success": True,
             "deletionStatus": "deleting",
-            "statusUrl": f"{API_PREFIX}/monitors/{monitor_id}",
+            "statusUrl": f"{API_PREFIX}/monitors/{'keywords/' if kind == 'keyword' else ''}"
+            f"{monitor_id}",
         }
     )
 
@@ -327,6 +335,8 @@ def make_app(state: SandboxState) -> web.Application:
     api.router.add_delete("/x/accounts/{id}", delete_account)
     api.router.add_get("/monitors", list_monitors)
     api.router.add_get("/monitors/keywords", list_keyword_monitors)
+    api.router.add_get("/monitors/keywords/{id}", get_monitor)
+    api.router.add_delete("/monitors/keywords/{id}", delete_monitor)
     api.router.add_get("/monitors/{id}", get_monitor)
     api.router.add_delete("/monitors/{id}", delete_monitor)
     app.add_subapp(API_PREFIX, api)

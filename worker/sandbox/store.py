@@ -22,6 +22,7 @@ class Store:
     monitors: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_accounts: set[str] = field(default_factory=set)
     deleted_monitors: set[str] = field(default_factory=set)
+    keyword_monitors: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleting: dict[str, float] = field(default_factory=dict)  # monitor -> gone at (clock)
     delete_requests: dict[str, int] = field(default_factory=dict)  # monitor -> DELETEs received
     _next_monitor: int = 1
@@ -38,6 +39,8 @@ class Store:
             store.add_account(str(i), f"user{i}", health=health, created=created)
             if rng.random() < monitor_share:
                 store.add_monitor(f"user{i}", store.accounts[str(i)]["xUserId"])
+            if i % 10 == 3:  # a keyword monitor naming some users, as brand teams set them up
+                store.add_keyword_monitor(f"from:user{i} OR @user{i} launch")
         return store
 
     def add_account(
@@ -75,4 +78,18 @@ class Store:
             "nextBillingAt": _iso(_EPOCH + timedelta(hours=1)),
         }
         self.monitors[monitor_id] = monitor
+        return monitor
+
+    def add_keyword_monitor(self, query: str) -> dict[str, Any]:
+        """A keyword monitor (ids "k1", "k2", …: apart from account monitors' ids)."""
+        monitor_id = f"k{len(self.keyword_monitors) + 1}"
+        monitor = {
+            "id": monitor_id,
+            "query": query,
+            "eventTypes": ["tweet.new"],
+            "isActive": True,
+            "createdAt": _iso(_EPOCH),
+            "nextBillingAt": _iso(_EPOCH + timedelta(hours=1)),
+        }
+        self.keyword_monitors[monitor_id] = monitor
         return monitor
