@@ -5,13 +5,22 @@ listing (never a short list read as complete)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
+from tests.conftest import (
+    SandboxFactory,
+    cli_env,
+    read_results,
+    run_cli,
+    settings_for,
+    write_jobs,
+)
 from tests.hostile_servers import Server
 from worker.api.client import XquikClient
 from worker.api.directory import names
@@ -168,3 +177,57 @@ async def test_delete_monitors_all_takes_the_keyword_monitors_naming_the_user(
     assert {k for k in sandbox.state.store.delete_requests if k.startswith("k")} == {
         k for k in before if k.startswith("k")
     }  # from:user6 stays: keyword monitors are only for =all
+
+
+async def test_monitors_left_behind_by_an_earlier_run(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """A run without --delete-monitors leaves its users' monitors running. `monitors RESULTS`
+    lists exactly those (JSON lines), `--delete` removes them through the DELETE budget and
+    appends delete_monitor records to the log; monitors of users never disconnected (still
+    connected, or never an account) are untouched; a second `--delete` finds nothing."""
+    import anyio
+
+    store = Store()
+    for i in range(1, 11):
+        store.add_account(str(i), f"user{i}")
+        store.add_monitor(f"user{i}", store.accounts[str(i)]["xUserId"])
+    store.add_monitor("stranger")  # never a connected account
+    store.add_monitor("user3")  # by username only: still tracks user3
+    sandbox: Sandbox = await sandbox_factory(
+        store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0)
+    )
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3", "4"])
+    results = tmp_path / "results.jsonl"
+    assert (await run_async(settings_for(sandbox, jobs, tmp_path))).exit_code() == 0
+    mine = {
+        k
+        for k, m in store.monitors.items()
+        if m["username"] in {"user1", "user2", "user3", "user4"}
+    }
+    assert len(mine) == 5
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(
+            "monitors", str(results), "--base-url", sandbox.base_url, "--log-format", "json",
+            *args,
+            env=cli_env(XQUIK_API_KEY=sandbox.api_key, XQUIK_STATE_DIR=str(tmp_path / "s")),
+        )  # fmt: skip
+
+    listed = await anyio.to_thread.run_sync(cli)
+    assert listed.returncode == 0, listed.stderr
+    shown = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {m["monitor_id"] for m in shown} == mine
+    assert sandbox.state.store.delete_requests == {}
+    deleted = await anyio.to_thread.run_sync(cli, "--delete")
+    assert deleted.returncode == 0, deleted.stderr
+    assert set(sandbox.state.store.delete_requests) == mine
+    records = [r for r in read_results(results) if r["op"] == "delete_monitor"]
+    assert {r["monitor_id"] for r in records} == mine
+    assert all(
+        r["outcome"] == "deleted" and r["source"] == "monitors:results.jsonl" for r in records
+    )
+    again = await anyio.to_thread.run_sync(cli, "--delete")
+    assert again.returncode == 0
+    assert again.stdout == ""
+    assert len(store.monitors) == 12 - 5  # the other users', the stranger's

@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options.plan_options(plan)
     options.api_options(plan)
+    monitors = sub.add_parser(
+        "monitors",
+        help="the monitors left running for users a result log disconnected",
+        description="List (JSON lines on stdout), and with --delete remove, the account "
+        "monitors that track users RESULTS records as disconnected (by x_user_id, else "
+        "username). Deletions go through the key's DELETE budget and are appended to RESULTS.",
+        epilog="examples:\n  xquik-disconnect monitors accounts.csv.results.jsonl\n"
+        "  xquik-disconnect monitors accounts.csv.results.jsonl --delete",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from worker.cli.monitors import options as monitors_options
+
+    monitors_options(monitors)
+    options.api_options(monitors)
     sandbox = sub.add_parser(
         "sandbox",
         help="serve a local stand-in for the Xquik API",
@@ -131,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _report,
         "plan": _plan,
         "enqueue": _enqueue,
+        "monitors": _monitors,
     }
     try:
         return commands[args.command](args)
@@ -188,6 +203,12 @@ def _plan(args: argparse.Namespace) -> int:
     from worker.cli.plan import main as plan
 
     return plan(args)
+
+
+def _monitors(args: argparse.Namespace) -> int:
+    from worker.cli.monitors import main as monitors
+
+    return monitors(args)
 
 
 def _report(args: argparse.Namespace) -> int:
