@@ -588,6 +588,7 @@ def test_an_internal_error_is_one_line_and_exit_70(
         raise ExceptionGroup("boom", [RuntimeError("unexpected state")])
 
     monkeypatch.setattr(report_module, "main", broken)
+    monkeypatch.setattr("worker.logs._format", None)  # as in a fresh `report` process
     assert main(["report", str(tmp_path / "r.jsonl")]) == 70
     err = capsys.readouterr().err
     assert "internal error (RuntimeError: unexpected state)" in err

@@ -218,3 +218,18 @@ def test_usernames_and_report_read_stdin(
     )
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["failed_outstanding"] == {"forbidden": ["4"]}
+
+
+def test_plan_errors_take_the_log_format(sandbox_process: Callable[..., SandboxProcess]) -> None:
+    """With JSON logs, plan's error is a JSON event (one format per run); on the console it is
+    one plain line."""
+    sb = sandbox_process()
+    proc = plan(sb, "--log-format", "json")
+    assert proc.returncode == 2
+    [event] = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert event["event"] == "error"
+    assert event["command"] == "plan"
+    assert "no filter given" in event["message"]
+    proc = plan(sb, "--log-format", "console")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("xquik-disconnect plan: error: no filter given")

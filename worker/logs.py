@@ -61,12 +61,22 @@ class Guarded:
             return False
 
 
+_format: LogFormat | None = None  # as configured; None until configure() ran
+
+
+def configured_format() -> LogFormat | None:
+    """json or console once the logs are configured (errors then take the same format)."""
+    return _format
+
+
 def configure(
     fmt: LogFormat | None = None, *, level: str = "info", stream: TextIO | None = None
 ) -> None:
+    global _format
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
+    _format = fmt
     colors = stream.isatty() and not os.environ.get("NO_COLOR")
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=colors)

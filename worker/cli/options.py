@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from worker.errors import ExitCode
+from worker.logs import configured_format
 from worker.redact import redact
 from worker.settings import Rate
 
@@ -22,7 +23,13 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
 def fail(command: str, message: object, code: ExitCode = ExitCode.USAGE) -> ExitCode:
-    """One line on stderr naming the command, secrets masked; returns the exit code."""
+    """One line on stderr naming the command, secrets masked; returns the exit code. Once the
+    logs are JSON, the error is a JSON event too (one format per run, for log shippers)."""
+    if configured_format() == "json":
+        from worker.logs import get_logger
+
+        get_logger().error("error", command=command, message=str(message), exit_code=int(code))
+        return code
     say(f"xquik-disconnect {command}: error: {message}")
     return code
 

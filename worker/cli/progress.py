@@ -35,7 +35,8 @@ def eta_seconds(
     if from_budget is not None:
         return from_budget
     done = handled(summary)
-    return elapsed / done * remaining if done else None
+    # At the pace so far, after any cooldown in force (nothing is sent until it is over).
+    return elapsed / done * remaining + budget.cooldown_remaining() if done else None
 
 
 def _status_line(summary: Summary, budget: Budget) -> str:

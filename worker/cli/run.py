@@ -58,6 +58,13 @@ def _leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
     return exc
 
 
+def _total(lines: int | None, limit: int | None) -> int | None:
+    """What the progress bar counts to: the file's lines, or --limit when it is smaller."""
+    if lines is None:
+        return limit
+    return lines if limit is None else min(lines, limit)
+
+
 def _source_stat(settings: RunSettings) -> os.stat_result | None:
     """What the jobs source is on disk, so the result log can never be it."""
     if settings.queue is not None:
@@ -249,7 +256,13 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
         async with anyio.create_task_group() as tg:
             tg.start_soon(source.keep_alive)
             tg.start_soon(
-                partial(watch, runner, total=source.total(), budget=budget, tty=settings.progress)
+                partial(
+                    watch,
+                    runner,
+                    total=_total(source.total(), settings.limit),
+                    budget=budget,
+                    tty=settings.progress,
+                )
             )
             await runner.run()
             tg.cancel_scope.cancel()
