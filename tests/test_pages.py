@@ -231,3 +231,34 @@ async def test_monitors_left_behind_by_an_earlier_run(
     assert again.returncode == 0
     assert again.stdout == ""
     assert len(store.monitors) == 12 - 5  # the other users', the stranger's
+
+
+async def test_wait_monitors_records_the_final_state(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Monitors stay listed 0.6 s after their DELETE. Without --wait-monitors the record says
+    pending; with it, the worker polls each monitor (GET, read tier) until 404 and records
+    pending: false, and the monitor is gone from the listing when the run ends."""
+    store = Store()
+    for i in range(1, 5):
+        store.add_account(str(i), f"user{i}")
+        store.add_monitor(f"user{i}", store.accounts[str(i)]["xUserId"])
+    sandbox: Sandbox = await sandbox_factory(
+        store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0), monitor_deletion_s=0.6
+    )
+    first = write_jobs(tmp_path / "a.txt", ["1", "2"])
+    await run_async(settings_for(sandbox, first, tmp_path, delete_monitors=True))
+    records = [r for r in read_results(tmp_path / "results.jsonl") if r["op"] == "delete_monitor"]
+    assert [r["pending"] for r in records] == [True, True]
+
+    second = write_jobs(tmp_path / "b.txt", ["3", "4"])
+    settings = settings_for(
+        sandbox, second, tmp_path, delete_monitors=True, wait_monitors=10.0,
+        results=tmp_path / "waited.jsonl",
+    )  # fmt: skip
+    assert (await run_async(settings)).exit_code() == 0
+    records = [r for r in read_results(tmp_path / "waited.jsonl") if r["op"] == "delete_monitor"]
+    assert [r["pending"] for r in records] == [False, False]
+    polls = [(p, s) for _, m, p, s in sandbox.state.stats.log if m == "GET" and "/monitors/" in p]
+    assert {s for _, s in polls} == {200, 404}  # still there, then gone
+    assert {r["monitor_id"] for r in records}.isdisjoint(sandbox.state.store.monitors)

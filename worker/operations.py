@@ -7,6 +7,8 @@ import time
 from functools import partial
 from typing import Any
 
+import anyio
+
 from worker.api import Call, Session, describe
 from worker.api.call import FATAL
 from worker.logs import get_logger
@@ -28,6 +30,7 @@ class Operations:
         dry_run: bool = False,
         delete_monitors: bool = False,
         keyword_monitors: bool = False,
+        wait_monitors: float | None = None,
         precheck: bool = True,
         strict_missing: bool = False,
     ) -> None:
@@ -39,6 +42,7 @@ class Operations:
         self.dry_run = dry_run
         self.delete_monitors = delete_monitors
         self.keyword_monitors = keyword_monitors
+        self.wait_monitors = wait_monitors  # seconds to wait for a background deletion
         self.precheck = precheck and not dry_run
         self._client = session.client
         self._call = session.call
@@ -277,6 +281,10 @@ class Operations:
                     outcome = Outcome.ALREADY_GONE if gone else Outcome.DELETED
                     body = call.answer.body if isinstance(call.answer.body, dict) else {}
                     pending = not gone and body.get("deletionStatus") == "deleting"
+                    if pending and self.wait_monitors:
+                        pending = not await self._deletion_over(
+                            monitor_id, keyword=kind == "keyword"
+                        )
                 results.append(
                     self._result(
                         job,
@@ -290,3 +298,21 @@ class Operations:
                     )
                 )
         return results
+
+    async def _deletion_over(self, monitor_id: str, *, keyword: bool) -> bool:
+        """--wait-monitors: poll the monitor (read budget) until it answers 404, at most
+        `wait_monitors` seconds. The answer's statusUrl names the same resource; it is not
+        followed as given, so the key never goes to a host other than the API's."""
+        assert self.wait_monitors is not None
+        deadline = time.monotonic() + self.wait_monitors
+        pause = 0.25
+        while time.monotonic() < deadline:
+            await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            call = await self._call(partial(self._client.get_monitor, monitor_id, keyword=keyword))
+            if call.answer is not None and call.answer.status == 404:
+                return True
+            if call.answer is None and isinstance(call.error, FATAL):
+                return False
+            pause = min(pause * 2, 5.0)
+        log.warning("monitor_still_deleting", monitor_id=monitor_id, waited_s=self.wait_monitors)
+        return False

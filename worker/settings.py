@@ -69,6 +69,7 @@ class RunSettings:
     dry_run: bool = False
     delete_monitors: bool = False
     keyword_monitors: bool = False  # --delete-monitors=all: keyword monitors naming the user too
+    wait_monitors: float | None = None  # seconds to wait for a monitor's background deletion
     limit: int | None = None
     sandbox: bool = False
     progress: bool = False

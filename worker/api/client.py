@@ -267,6 +267,12 @@ class XquikClient:
     async def delete_monitor(self, monitor_id: str) -> Answer:
         return await self.request("DELETE", "monitors", monitor_id)
 
+    async def get_monitor(self, monitor_id: str, *, keyword: bool = False) -> Answer:
+        """A monitor (404 once its background deletion is over)."""
+        if keyword:
+            return await self.request("GET", "monitors", "keywords", monitor_id)
+        return await self.request("GET", "monitors", monitor_id)
+
     async def list_keyword_monitors(self) -> list[dict[str, Any]]:
         """Every keyword monitor, page by page (200 a page)."""
         return await self._pages(

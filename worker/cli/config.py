@@ -61,6 +61,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         dry_run=args.dry_run,
         delete_monitors=args.delete_monitors is not None,
         keyword_monitors=args.delete_monitors == "all",
+        wait_monitors=args.wait_monitors,
         limit=args.limit,
         sandbox=args.sandbox,
         progress=is_tty if args.progress is None else args.progress,

@@ -290,6 +290,17 @@ def run_options(p: argparse.ArgumentParser) -> None:
         "(account, the default), or those and the keyword monitors whose query names the user "
         "(from:user, to:user, @user) (all)",
     )
+    p.add_argument(
+        "--wait-monitors",
+        type=positive_seconds,
+        nargs="?",
+        const=300.0,
+        default=None,
+        metavar="S",
+        help="with --delete-monitors: wait (at most S seconds, default 300) until each "
+        "monitor's background deletion is over (its GET answers 404) before recording it; "
+        "by default it is recorded at once with pending: true",
+    )
     p.add_argument("--dry-run", action="store_true", help="GET each account instead of deleting it")
     p.add_argument(
         "-y",

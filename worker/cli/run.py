@@ -228,6 +228,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             dry_run=settings.dry_run,
             delete_monitors=settings.delete_monitors,
             keyword_monitors=settings.keyword_monitors,
+            wait_monitors=settings.wait_monitors,
             precheck=settings.precheck,
             strict_missing=settings.strict_missing,
         )
