@@ -293,3 +293,20 @@ def test_log_level_quiet_and_verbose(tmp_path: Path) -> None:
     bad = run_cli(*base, env=cli_env(XQUIK_LOG_LEVEL="loud"))
     assert bad.returncode == 2
     assert "XQUIK_LOG_LEVEL" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "enqueue", "report", "monitors", "sandbox"])
+def test_every_help_shows_an_example_and_the_environment_twins(command: str) -> None:
+    """Each --help ends with examples, and every option that reads XQUIK_<NAME> says so."""
+    from worker.cli import build_parser
+    from worker.cli.options import ENV_NAMES
+
+    proc = run_cli(command, "--help", env=cli_env(COLUMNS="200"))
+    assert proc.returncode == 0
+    assert "examples:\n  " in proc.stdout
+    assert f"xquik-disconnect {command} " in proc.stdout.split("examples:")[1]
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr,index]
+    for action in sub._actions:
+        twin = action.dest.upper()
+        if action.option_strings and twin in ENV_NAMES and action.help:
+            assert f"XQUIK_{twin}" in proc.stdout, action.option_strings

@@ -34,6 +34,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE)
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="xquik-disconnect",
@@ -48,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="disconnect the accounts in SOURCE (the main job)",
         description="Disconnect the accounts listed in SOURCE.",
+        epilog=_examples(
+            "XQUIK_API_KEY=xq_... xquik-disconnect run accounts.csv",
+            "xquik-disconnect run jobs.jsonl --limit 20          # a canary batch first",
+            "xquik-disconnect run jobs/example.jsonl --sandbox   # no key: the built-in sandbox",
+            "xquik-disconnect plan --health suspended | xquik-disconnect run - --yes",
+            "xquik-disconnect run redis://127.0.0.1:6379/0       # a queue consumer",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     options.run_options(run)
     options.api_options(run)
@@ -57,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="push a jobs file onto a Redis stream",
         description="Validate a jobs file and XADD each valid job to the "
         "stream; invalid lines are reported, not enqueued (exit 1).",
+        epilog=_examples(
+            "xquik-disconnect enqueue jobs.csv --redis redis://127.0.0.1:6379/0",
+            "XQUIK_REDIS_URL=redis://redis:6379/0 xquik-disconnect enqueue - < ids.txt",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enqueue.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -")
     redis_url = options.env("REDIS_URL")
@@ -85,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="list connected accounts and write jobs (JSONL) to stdout",
         description="Select connected accounts by filters (all must match) "
         "and write them as jobs. Scheduled cleanup: plan ... | run -",
+        epilog=_examples(
+            "xquik-disconnect plan --health needsReauth,suspended > jobs.jsonl",
+            "xquik-disconnect plan --usernames handles.txt --with-monitors --format table",
+            "xquik-disconnect plan --all --budget redis://redis:6379/0 | xquik-disconnect run -",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     options.plan_options(plan)
     options.api_options(plan)
@@ -107,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a local stand-in for the Xquik API",
         description="Serve the Xquik endpoints this tool uses, from memory, "
         "on loopback. Prints one JSON line with base_url and api_key.",
+        epilog=_examples(
+            "xquik-disconnect sandbox --port 8787 --accounts 1000 --delete-limit 15/60s",
+            "xquik-disconnect sandbox --fail-500 0.05 --slow 0.1 --ingress-jitter-ms 500",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     options.sandbox_options(sandbox)
     report = sub.add_parser(
@@ -134,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N/PERIOD",
         help="the limit the HTML chart draws, and its window (default 15/60s)",
     )
+    for command in sub.choices.values():
+        options.name_env_twins(command)
     return parser
 
 

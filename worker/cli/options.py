@@ -54,7 +54,11 @@ class EnvValue(str):
         return self
 
 
+ENV_NAMES: set[str] = set()  # every option's environment twin, for the help texts
+
+
 def env(name: str, default: str | None = None) -> str | None:
+    ENV_NAMES.add(name)
     var = f"XQUIK_{name}"
     value = os.environ.get(var)
     return default if value is None else EnvValue(value, var)
@@ -627,3 +631,13 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
         metavar="J",
         help="delay each request a random 0..J ms before its limiter counts it (default 0)",
     )
+
+
+def name_env_twins(parser: argparse.ArgumentParser) -> None:
+    """Each option that reads XQUIK_<DEST> says so in its help (once)."""
+    for action in parser._actions:
+        twin = action.dest.upper()
+        if not action.option_strings or twin not in ENV_NAMES or not action.help:
+            continue
+        if f"XQUIK_{twin}" not in action.help and action.help != argparse.SUPPRESS:
+            action.help += f"; env XQUIK_{twin}"
