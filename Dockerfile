@@ -19,6 +19,12 @@ RUN python3 -m venv /opt/venv \
     fi
 
 FROM ${BASE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="xquik-disconnect" \
+      org.opencontainers.image.description="Disconnect many X accounts from Xquik within the API's rate limit" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="https://github.com/example/xquik-disconnect-worker"
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 --user-group xquik
