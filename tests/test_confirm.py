@@ -111,3 +111,28 @@ def test_yes_a_pipe_and_a_small_run_never_ask(
     assert proc.returncode == 0, proc.stderr
     assert "[y/N]" not in proc.stderr
     assert sb.stats()["by_status"].get("DELETE 200") == 40
+
+
+def test_no_color_on_a_terminal_means_plain_log_lines(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """NO_COLOR=1 at a terminal: the console log lines carry no ANSI colour codes (with it
+    unset they do), as rich's own output drops its colours."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2"])
+    argv = run_argv(
+        jobs, sb, "--log-format", "console", "--no-progress", "--state-dir", str(tmp_path / "s")
+    )
+    lines = {}
+    for no_color in ("1", None):
+        env = cli_env(XQUIK_API_KEY=sb.api_key, TERM="xterm-256color")
+        if no_color:
+            env["NO_COLOR"] = no_color
+        code, seen = in_a_terminal(
+            [*argv, "--results", str(tmp_path / f"r{no_color}.jsonl")], env, None
+        )
+        assert code == 0, seen.decode("utf-8", "replace")
+        [line] = [x for x in seen.split(b"\n") if b"run_started" in x]
+        lines[no_color] = line
+    assert b"\x1b[" not in lines["1"]
+    assert b"\x1b[" in lines[None]
