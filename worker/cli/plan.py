@@ -233,7 +233,7 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
 
 def _failed(call: Call, rejected: list[AuthError | TlsError]) -> int:
     assert call.error is not None
-    fail("plan", describe(call.error, call.attempts))
+    code = ExitCode.USAGE if rejected else ExitCode.FAILED
     if any(isinstance(exc, AuthError) for exc in rejected):
-        return ExitCode.AUTH
-    return ExitCode.USAGE if rejected else ExitCode.FAILED
+        code = ExitCode.AUTH
+    return fail("plan", describe(call.error, call.attempts), code)
