@@ -125,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     monitors_options(monitors)
     options.api_options(monitors)
+    queue = sub.add_parser(
+        "queue",
+        help="see a job stream: pending, dead letters, budgets",
+        description="Queue-mode operations.",
+        epilog=_examples(
+            "xquik-disconnect queue status --redis redis://127.0.0.1:6379/0",
+            "xquik-disconnect queue status --json || alert 'dead letters'",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from worker.cli.queue import options as queue_options
+
+    queue_options(queue)
     sandbox = sub.add_parser(
         "sandbox",
         help="serve a local stand-in for the Xquik API",
@@ -176,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": _plan,
         "enqueue": _enqueue,
         "monitors": _monitors,
+        "queue": _queue,
     }
     try:
         return commands[args.command](args)
@@ -233,6 +247,12 @@ def _plan(args: argparse.Namespace) -> int:
     from worker.cli.plan import main as plan
 
     return plan(args)
+
+
+def _queue(args: argparse.Namespace) -> int:
+    from worker.cli.queue import main as queue
+
+    return queue(args)
 
 
 def _monitors(args: argparse.Namespace) -> int:

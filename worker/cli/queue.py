@@ -1,0 +1,168 @@
+"""`xquik-disconnect queue status`: the queue as a pipeline owner needs to see it.
+
+Stream length, entries not yet delivered to the group, pending entries per consumer with their
+idle time, the oldest pending entry's age, dead letters by error code, each key's shared DELETE
+budget (slots held, cooldown, the limit in force) and the results stream's length. A table on a
+terminal, JSON otherwise; exit 1 while dead letters exist (for alerting from cron)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import anyio
+
+from worker.cli.options import fail
+from worker.errors import ConfigError, ExitCode
+from worker.redis_conn import connect, is_redis_url, redis_errors
+
+UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
+
+
+def _t(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def error_code(reason: str) -> str:
+    """A dead letter's reason, by code: `forbidden: …` → forbidden; `retries_exhausted after…`
+    → retries_exhausted."""
+    head = reason.strip().split(":", 1)[0].split(" ", 1)[0]
+    return head or "unknown"
+
+
+async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
+    now_ms = int(time.time() * 1000)
+    out: dict[str, Any] = {"stream": stream, "group": group, "length": await redis.xlen(stream)}
+    groups = (
+        {_t(g["name"]): g for g in await redis.xinfo_groups(stream)}
+        if out["length"] or (await redis.exists(stream))
+        else {}
+    )
+    info = groups.get(group)
+    consumers: list[dict[str, Any]] = []
+    if info is None:
+        out.update(undelivered=out["length"], pending=0, oldest_pending_age_s=None)
+    else:
+        last = _t(info["last-delivered-id"])
+        undelivered = 0
+        start = f"({last}"
+        while undelivered < UNDELIVERED_CAP:
+            chunk = await redis.xrange(stream, min=start, max="+", count=10_000)
+            if not chunk:
+                break
+            undelivered += len(chunk)
+            start = f"({_t(chunk[-1][0])}"
+        out["undelivered"] = undelivered
+        out["pending"] = int(info["pending"])
+        summary = await redis.xpending(stream, group)
+        oldest = summary.get("min") if summary else None
+        out["oldest_pending_age_s"] = (
+            round((now_ms - _ms(_t(oldest))) / 1000, 1) if oldest else None
+        )
+        for c in await redis.xinfo_consumers(stream, group):
+            consumers.append(
+                {"name": _t(c["name"]), "pending": int(c["pending"]), "idle_s": c["idle"] / 1000}
+            )
+    out["consumers"] = consumers
+    dead: Counter[str] = Counter()
+    for _, fields in await redis.xrange(f"{stream}:dead", min="-", max="+"):
+        dead[error_code(_t(fields.get(b"reason", b"")))] += 1
+    out["dead_letters"] = dict(sorted(dead.items(), key=lambda kv: -kv[1]))
+    out["dead_total"] = sum(dead.values())
+    out["results"] = await redis.xlen(f"{stream}:results")
+    out["budgets"] = await budgets(redis)
+    return out
+
+
+async def budgets(redis: Any) -> list[dict[str, Any]]:
+    """Every key's shared DELETE budget in this Redis (by fingerprint: never the key)."""
+    found = []
+    now_s, now_us = await redis.time()
+    now_ms = now_s * 1000 + now_us / 1000
+    async for raw in redis.scan_iter(match="xquik:budget:*:delete:slots", count=1000):
+        prefix = _t(raw).removesuffix(":slots")
+        held = await redis.zcount(f"{prefix}:slots", now_ms, "+inf")
+        cooldown = float(_t(await redis.get(f"{prefix}:cooldown") or b"0"))
+        learned = await redis.hgetall(f"{prefix}:learned")
+        found.append(
+            {
+                "key": prefix.split(":")[2],
+                "slots_held": held,
+                "cooldown_s": round(max(0.0, cooldown - now_ms) / 1000, 1),
+                "learned_limit": int(_t(learned[b"limit"])) if b"limit" in learned else None,
+            }
+        )
+    return found
+
+
+def render(s: dict[str, Any]) -> str:
+    lines = [
+        f"stream {s['stream']} (group {s['group']}): {s['length']} entries, "
+        f"{s['undelivered']} not yet delivered, {s['pending']} pending"
+        + (f", the oldest for {s['oldest_pending_age_s']} s" if s["oldest_pending_age_s"] else ""),
+    ]
+    for c in s["consumers"]:
+        lines.append(f"  consumer {c['name']}: {c['pending']} pending, idle {c['idle_s']:.1f} s")
+    lines.append(f"results: {s['results']} records in {s['stream']}:results")
+    if s["dead_total"]:
+        by = ", ".join(f"{code} {n}" for code, n in s["dead_letters"].items())
+        lines.append(f"dead letters: {s['dead_total']} ({by}) in {s['stream']}:dead")
+    else:
+        lines.append("dead letters: none")
+    for b in s["budgets"]:
+        limit = b["learned_limit"] if b["learned_limit"] is not None else "not learned"
+        cooling = f", cooldown {b['cooldown_s']} s" if b["cooldown_s"] else ""
+        lines.append(
+            f"budget of key {b['key']}: {b['slots_held']} slots held{cooling}, limit {limit}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.redis or not is_redis_url(args.redis):
+        return fail("queue status", f"--redis {args.redis!r} is not a redis:// URL")
+
+    async def go() -> dict[str, Any]:
+        redis = connect(args.redis)
+        try:
+            return await status(redis, args.stream, args.group)
+        finally:
+            await redis.aclose()
+
+    try:
+        s = anyio.run(go)
+    except redis_errors() as exc:
+        return fail("queue status", ConfigError(f"Redis unreachable: {exc}"))
+    if args.json or not sys.stdout.isatty():
+        json.dump(s, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render(s))
+    return ExitCode.FAILED if s["dead_total"] else ExitCode.OK
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    from worker.cli.options import env
+
+    sub = p.add_subparsers(dest="queue_command", required=True)
+    st = sub.add_parser(
+        "status",
+        help="stream, pending, dead letters, budgets",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    redis_url = env("REDIS_URL")
+    st.add_argument(
+        "--redis", default=redis_url, required=redis_url is None, metavar="URL",
+        help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
+    )  # fmt: skip
+    st.add_argument("--stream", default=env("STREAM", "xquik:disconnect"), help="job stream")
+    st.add_argument("--group", default=env("GROUP", "xquik-disconnect"), help="consumer group")
+    st.add_argument("--json", action="store_true", help="JSON even on a terminal")
