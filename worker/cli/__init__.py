@@ -138,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.cli.queue import options as queue_options
 
     queue_options(queue)
+    dead = sub.add_parser(
+        "dead",
+        help="list, requeue or purge a stream's dead letters",
+        description="Dead letters (<stream>:dead): list them, requeue jobs onto the stream "
+        "(one MULTI each: never lost, never twice), purge old ones.",
+        epilog=_examples(
+            "xquik-disconnect dead list --redis redis://127.0.0.1:6379/0 --error forbidden",
+            "xquik-disconnect dead requeue --error retries_exhausted",
+            "xquik-disconnect dead purge --older-than 30d",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from worker.cli.dead import options as dead_options
+
+    dead_options(dead)
     sandbox = sub.add_parser(
         "sandbox",
         help="serve a local stand-in for the Xquik API",
@@ -190,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "enqueue": _enqueue,
         "monitors": _monitors,
         "queue": _queue,
+        "dead": _dead,
     }
     try:
         return commands[args.command](args)
@@ -247,6 +263,12 @@ def _plan(args: argparse.Namespace) -> int:
     from worker.cli.plan import main as plan
 
     return plan(args)
+
+
+def _dead(args: argparse.Namespace) -> int:
+    from worker.cli.dead import main as dead
+
+    return dead(args)
 
 
 def _queue(args: argparse.Namespace) -> int:

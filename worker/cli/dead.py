@@ -1,0 +1,145 @@
+"""`xquik-disconnect dead list|requeue|purge`: dead letters that can be dealt with.
+
+`<stream>:dead` holds the jobs that failed for good (a permanent error, retries exhausted, an
+invalid message, too many deliveries), each with its job fields and the reason. `list` shows
+them; `requeue` puts jobs back on the stream (with `requeued_from`) and removes them from the
+dead letters in one MULTI, so a crash never loses or duplicates one; `purge` drops old ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from worker.cli.options import duration, env, fail, say
+from worker.cli.queue import error_code
+from worker.errors import ConfigError, ExitCode
+from worker.redis_conn import connect, is_redis_url, redis_errors
+
+KEPT_OUT = {"message_id", "reason", "requeued_from"}  # ours, not the job's
+
+
+def _t(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+async def letters(redis: Any, stream: str) -> list[dict[str, Any]]:
+    out = []
+    for entry_id, raw in await redis.xrange(f"{stream}:dead", min="-", max="+"):
+        fields = {_t(k): _t(v) for k, v in raw.items()}
+        eid = _t(entry_id)
+        out.append(
+            {
+                "id": eid,
+                "when": time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(eid.split("-")[0]) / 1000)
+                ),
+                "error": error_code(fields.get("reason", "")),
+                "reason": fields.get("reason", ""),
+                "message_id": fields.get("message_id"),
+                "job": {k: v for k, v in fields.items() if k not in KEPT_OUT},
+            }
+        )
+    return out
+
+
+def chosen(all_: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    if getattr(args, "all", False):
+        return all_
+    if getattr(args, "id", None):
+        wanted = set(args.id)
+        return [d for d in all_ if d["id"] in wanted]
+    if getattr(args, "error", None):
+        return [d for d in all_ if d["error"] == args.error]
+    return all_
+
+
+async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
+    """Each job back on the stream and out of the dead letters, atomically per letter (a
+    letter already gone, requeued by another run, is skipped: never twice)."""
+    done = 0
+    for letter in picked:
+        async with redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(f"{stream}:dead")
+            if not await pipe.xrange(f"{stream}:dead", min=letter["id"], max=letter["id"]):
+                await pipe.unwatch()
+                continue
+            pipe.multi()
+            pipe.xadd(stream, {**letter["job"], "requeued_from": letter["id"]})
+            pipe.xdel(f"{stream}:dead", letter["id"])
+            await pipe.execute()
+            done += 1
+    return done
+
+
+def main(args: argparse.Namespace) -> int:
+    command = f"dead {args.dead_command}"
+    if not args.redis or not is_redis_url(args.redis):
+        return fail(command, f"--redis {args.redis!r} is not a redis:// URL")
+    if args.dead_command == "requeue" and not (args.all or args.id or args.error):
+        return fail(command, "say which: --error CODE, --id ID … or --all")
+
+    async def go() -> int:
+        redis = connect(args.redis)
+        try:
+            every = await letters(redis, args.stream)
+            if args.dead_command == "list":
+                picked = chosen(every, args)
+                if args.json or not sys.stdout.isatty():
+                    for d in picked:
+                        print(json.dumps(d))
+                else:
+                    for d in picked:
+                        job = " ".join(f"{k}={v}" for k, v in d["job"].items())
+                        print(f"{d['id']}  {d['when']}  {d['error']:<20} {job}")
+                    say(f"{len(picked)} of {len(every)} dead letters")
+                return ExitCode.OK
+            if args.dead_command == "requeue":
+                n = await requeue(redis, args.stream, chosen(every, args))
+                say(f"requeued {n} dead letters onto {args.stream}")
+                return ExitCode.OK
+            cutoff_ms = int((time.time() - args.older_than) * 1000)
+            old = [d["id"] for d in every if int(d["id"].split("-")[0]) < cutoff_ms]
+            if old:
+                await redis.xdel(f"{args.stream}:dead", *old)
+            say(f"purged {len(old)} dead letters older than {args.older_than:g} s")
+            return ExitCode.OK
+        finally:
+            await redis.aclose()
+
+    try:
+        return anyio.run(go)
+    except redis_errors() as exc:
+        return fail(command, ConfigError(f"Redis unreachable: {exc}"))
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="dead_command", required=True)
+    redis_url = env("REDIS_URL")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--redis", default=redis_url, required=redis_url is None, metavar="URL",
+            help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
+        )  # fmt: skip
+        q.add_argument("--stream", default=env("STREAM", "xquik:disconnect"), help="job stream")
+
+    ls = sub.add_parser("list", help="each dead letter: job fields, reason, when")
+    common(ls)
+    ls.add_argument("--error", metavar="CODE", help="only this error code (e.g. forbidden)")
+    ls.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    rq = sub.add_parser("requeue", help="put jobs back on the stream")
+    common(rq)
+    which = rq.add_mutually_exclusive_group()
+    which.add_argument("--error", metavar="CODE", help="every dead letter with this code")
+    which.add_argument("--id", nargs="+", metavar="ID", help="these dead letters")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    pg = sub.add_parser("purge", help="drop dead letters older than a duration")
+    common(pg)
+    pg.add_argument(
+        "--older-than", type=duration, required=True, metavar="DURATION", help="e.g. 30d, 12h"
+    )
