@@ -41,6 +41,7 @@ class QueueConfig:
     group: str = "xquik-disconnect"
     consumer: str = ""
     claim_idle: float = 60.0
+    retain: float | None = 7 * 86400.0  # trim streams older than this (None: never)
     max_deliveries: int = 5
     drain: bool = False
     batch: int = 16

@@ -29,6 +29,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             group=args.group,
             consumer=args.consumer or "",
             claim_idle=args.claim_idle,
+            retain=args.retain,
             max_deliveries=args.max_deliveries,
             drain=args.drain,
             connect_timeout=_connect_timeout(args.redis_connect_timeout, args.drain),

@@ -139,6 +139,14 @@ def duration(text: str) -> float:
     return value
 
 
+@checked
+def retention(text: str) -> float | None:
+    """A duration, or `forever` (None: never trim)."""
+    if text.strip().lower() == "forever":
+        return None
+    return duration(text)
+
+
 AUTO_CEILING = Rate(60, 60.0, auto=True)  # the newest docs' limit; 15/60 keys learn theirs
 
 
@@ -515,6 +523,15 @@ def queue_options(p: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--consumer", default=env("CONSUMER"), help="consumer name (default: host name and pid)"
+    )
+    q.add_argument(
+        "--retain",
+        type=retention,
+        default=env("RETAIN", "7d"),
+        metavar="DURATION",
+        help="at most once a minute, trim the job stream (never a pending or undelivered "
+        "entry), <stream>:results and <stream>:dead below now - DURATION; forever: keep "
+        "everything (default 7d)",
     )
     q.add_argument(
         "--claim-idle",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -49,6 +50,39 @@ end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 return 1
 """
+
+
+TRIM_EVERY = 60.0  # seconds between two retention passes of one consumer
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim(redis: Any, stream: str, retain: float) -> dict[str, int]:
+    """--retain: drop what no consumer can still need. The job stream below the smallest of
+    (now - retain, every group's oldest pending entry, every group's first undelivered entry),
+    so a pending or undelivered entry is never trimmed whatever its age; `:results` and `:dead`
+    below now - retain. Safe without a lock: deliveries and acks only move those bounds up.
+    Returns how many entries each stream lost."""
+    now_s, now_us = await redis.time()
+    cutoff = (int(now_s * 1000 + now_us // 1000 - retain * 1000), 0)
+    bound = cutoff
+    if await redis.exists(stream):
+        for group in await redis.xinfo_groups(stream):
+            name = group["name"]
+            last = _id(_text(group["last-delivered-id"]))
+            bound = min(bound, (last[0], last[1] + 1))  # the first entry not yet delivered
+            if int(group["pending"]):
+                summary = await redis.xpending(stream, name)
+                if summary and summary.get("min"):
+                    bound = min(bound, _id(_text(summary["min"])))
+    out = {}
+    for key, upto in ((stream, bound), (f"{stream}:results", cutoff), (f"{stream}:dead", cutoff)):
+        if upto[0] > 0:
+            out[key] = int(await redis.xtrim(key, minid=f"{upto[0]}-{upto[1]}", approximate=False))
+    return out
 
 
 def default_consumer() -> str:
@@ -133,6 +167,13 @@ class RedisSource:
         async for attempt in redis_retrying(self.redis):
             with attempt:
                 return await getattr(self.redis, name)(*args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _trim(self) -> dict[str, int]:
+        assert self.config.retain is not None
+        async for attempt in redis_retrying(self.redis):
+            with attempt:
+                return await trim(self.redis, self.config.stream, self.config.retain)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def batches(self) -> AsyncIterator[Sequence[Item]]:
@@ -256,8 +297,14 @@ class RedisSource:
         work is never taken over as if its consumer had died. XPENDING first, so a message
         another consumer already took is never taken back; JUSTID keeps delivery counts."""
         cfg = self.config
+        trimmed_at = float("-inf")
         while True:
             await anyio.sleep(max(cfg.claim_idle / 3, 0.1))
+            if cfg.retain is not None and time.monotonic() - trimmed_at >= TRIM_EVERY:
+                trimmed_at = time.monotonic()
+                dropped = await self._trim()
+                if any(dropped.values()):
+                    log.info("streams_trimmed", retain_s=cfg.retain, dropped=dropped)
             if not self.pending_fields:
                 continue
             mine = await self._call(
@@ -299,7 +346,7 @@ class RedisSource:
             for k, v in {**fields, "message_id": mid, "reason": result.error or ""}.items():
                 dead += [k, v]
         keys = [f"{cfg.stream}:results", f"{cfg.stream}:dead", cfg.stream, f"{cfg.stream}:recorded"]
-        args = [cfg.group, mid, record, RECORDED_FOR, *dead]
+        args = [cfg.group, mid, record, cfg.retain or RECORDED_FOR, *dead]
         async for attempt in redis_retrying(self.redis):
             with attempt:
                 await self._settle_script(keys=keys, args=args)
