@@ -71,6 +71,22 @@ def test_accounts_listing_retrieve_delete_and_errors(
     raw = httpx.get(f"{sb.base_url}/x/accounts/bad%20id", headers={"x-api-key": sb.api_key})
     assert raw.status_code == 400
     assert raw.json()["error"] == "invalid_id"
+    # The opt-in error contract: {"error": {"type": a category, "code", "message"}}.
+    contract = {"xquik-api-contract": "2026-04-29"}
+    for headers, path, status, kind, code in [
+        ({"x-api-key": "xq_" + "0" * 32}, "/x/accounts", 401, "authentication_error",
+         "unauthenticated"),
+        ({"x-api-key": sb.api_key}, "/x/accounts/1", 404, "invalid_request_error", "not_found"),
+        ({"x-api-key": sb.api_key}, "/x/accounts/bad%20id", 400, "invalid_request_error",
+         "invalid_id"),
+    ]:  # fmt: skip
+        raw = httpx.get(f"{sb.base_url}{path}", headers={**headers, **contract})
+        assert raw.status_code == status
+        assert raw.json()["error"] == {
+            "type": kind,
+            "code": code,
+            "message": raw.json()["error"]["message"],
+        }
 
 
 def test_monitors_pages_and_background_deletion(

@@ -79,11 +79,25 @@ def _tier(method: str) -> str:
     return {"GET": "read", "HEAD": "read", "DELETE": "delete"}.get(method, "write")
 
 
+def category(status: int) -> str:
+    """The opt-in error contract's `type`: a category, as the SDK's models list them."""
+    if status >= 500:
+        return "api_error"
+    return {
+        401: "authentication_error",
+        402: "billing_error",
+        403: "permission_error",
+        424: "dependency_error",
+        429: "rate_limit_error",
+    }.get(status, "invalid_request_error")
+
+
 def _error(
     request: web.Request, status: int, code: str, message: str, **extra: Any
 ) -> web.Response:
     if request.headers.get(CONTRACT_HEADER) == "2026-04-29":
-        body: dict[str, Any] = {"error": {"type": code, "code": code, "message": message}}
+        kind = category(status)
+        body: dict[str, Any] = {"error": {"type": kind, "code": code, "message": message}}
     else:
         body = {"error": code, "message": message}
     body.update(extra)
