@@ -233,3 +233,29 @@ def test_plan_errors_take_the_log_format(sandbox_process: Callable[..., SandboxP
     proc = plan(sb, "--log-format", "console")
     assert proc.returncode == 2
     assert proc.stderr.startswith("xquik-disconnect plan: error: no filter given")
+
+
+def test_plan_with_monitors_shows_account_and_keyword_monitors(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """--with-monitors: each job lists the account monitors that would go with it and, apart,
+    the keyword monitors whose query names the user (only =all deletes those)."""
+    sb = sandbox_process()
+    names = tmp_path / "names.txt"
+    names.write_text("user3\nuser4\n")
+    proc = plan(sb, "--usernames", str(names), "--with-monitors")
+    assert proc.returncode == 0, proc.stderr
+    jobs = {j["username"]: j for j in map(json.loads, proc.stdout.splitlines())}
+    monitors = sb.get("/monitors")["monitors"]
+    for user in ("user3", "user4"):
+        assert jobs[user]["delete_monitors"] is True
+        assert jobs[user]["monitors"] == [m["id"] for m in monitors if m["username"] == user]
+    keyword = sb.get("/monitors/keywords")["monitors"]
+    assert jobs["user3"]["keyword_monitors"] == [
+        m["id"] for m in keyword if "from:user3 " in m["query"] + " "
+    ]
+    assert jobs["user3"]["keyword_monitors"]  # the sandbox seeds one for user3
+    assert jobs["user4"]["keyword_monitors"] == []
+    table = plan(sb, "--usernames", str(names), "--with-monitors", "--format", "table")
+    assert "keyword monitors" in table.stdout
+    assert "from:user3" in table.stdout

@@ -126,6 +126,11 @@ class Directory:
         call = await self._call(listing(self._client.list_monitors))
         return call if call.answer is None else list(call.answer.body)
 
+    async def keyword_monitors(self) -> list[dict[str, Any]] | Call:
+        """Every keyword monitor, or the failed Call."""
+        call = await self._call(listing(self._client.list_keyword_monitors))
+        return call if call.answer is None else list(call.answer.body)
+
     async def take_monitors(
         self, *, x_user_id: str | None, username: str | None
     ) -> list[dict[str, Any]] | Call:

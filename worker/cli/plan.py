@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import anyio
 
 from worker.api import Call, Session, describe, tracking
+from worker.api.directory import names
 from worker.cli.config import api_access
 from worker.cli.options import fail, log_level
 from worker.errors import AuthError, ConfigError, ExitCode, TlsError
@@ -102,7 +103,11 @@ def write_jobs(
     *,
     fmt: str,
     monitors: dict[str, list[dict[str, Any]]] | None,
+    keywords: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
+    """Jobs as JSONL, or a table for a person. With monitors: the account monitors that would
+    go with each account (--delete-monitors) and, listed apart, the keyword monitors whose query
+    names the user (only --delete-monitors=all deletes those)."""
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table
@@ -110,6 +115,8 @@ def write_jobs(
         table = Table(title=f"{len(chosen)} accounts to disconnect", title_justify="left")
         for column in ("account_id", "username", "health", "status", "created"):
             table.add_column(column)
+        if keywords is not None:
+            table.add_column("keyword monitors naming the user (=all)")
         if monitors is not None:
             table.add_column("monitors that would go")
         for a in chosen:
@@ -120,6 +127,9 @@ def write_jobs(
                 str(a.get("status", "")),
                 str(a.get("createdAt", ""))[:10],
             ]
+            if keywords is not None:
+                kws = keywords[str(a["id"])]
+                row.append(", ".join(f"{m['id']} ({m.get('query')})" for m in kws) or "-")
             if monitors is not None:
                 row.append(", ".join(str(m["id"]) for m in monitors[str(a["id"])]) or "-")
             table.add_row(*row)
@@ -130,6 +140,8 @@ def write_jobs(
         if monitors is not None:
             job["delete_monitors"] = True
             job["monitors"] = [str(m["id"]) for m in monitors[str(a["id"])]]
+        if keywords is not None:
+            job["keyword_monitors"] = [str(m["id"]) for m in keywords[str(a["id"])]]
         out.write(json.dumps(job) + "\n")
 
 
@@ -215,17 +227,26 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
             return _failed(listed, rejected)
         accounts = listed
         chosen, missing = select(accounts, filters)
-        monitors = None
+        monitors = keywords = None
         if args.with_monitors:
             every = await session.directory.monitors()
             if isinstance(every, Call):
                 return _failed(every, rejected)
+            keyword = await session.directory.keyword_monitors()
+            if isinstance(keyword, Call):
+                return _failed(keyword, rejected)
             monitors = {str(a["id"]): tracking(every, a) for a in chosen}
+            keywords = {
+                str(a["id"]): [
+                    m for m in keyword if names(str(m.get("query") or ""), a.get("xUsername"))
+                ]
+                for a in chosen
+            }
     if args.out:
         with Path(args.out).open("w", encoding="utf-8") as out:  # noqa: ASYNC230 (tiny, once)
-            write_jobs(chosen, out, fmt=args.format, monitors=monitors)
+            write_jobs(chosen, out, fmt=args.format, monitors=monitors, keywords=keywords)
     else:
-        write_jobs(chosen, sys.stdout, fmt=args.format, monitors=monitors)
+        write_jobs(chosen, sys.stdout, fmt=args.format, monitors=monitors, keywords=keywords)
     report_missing(missing)
     log.info("plan_written", accounts=len(accounts), selected=len(chosen), missing=len(missing))
     return ExitCode.FAILED if missing else ExitCode.OK
