@@ -33,8 +33,9 @@ from worker.sandbox.store import Store
 async def test_450_monitors_on_three_pages(sandbox_factory: SandboxFactory, tmp_path: Path) -> None:
     """20 accounts; 450 monitors (pages of 200, 200, 50): 15 for each of users 1..10 (whose
     accounts the run disconnects), the rest for users 11..20 and for X users that were never
-    connected. After `--delete-monitors`: none of users 1..10 remains, all the others do, each
-    monitor got at most one DELETE, and records say pending (deleted in the background)."""
+    connected; plus keyword monitors that do and do not name users 1..10. After
+    `--delete-monitors=all`: no monitor of users 1..10 remains (account or keyword), all the
+    others do, no monitor got two DELETEs, and records say pending (deleted in the background)."""
     store = Store()
     for i in range(1, 21):
         store.add_account(str(i), f"user{i}")
@@ -45,6 +46,9 @@ async def test_450_monitors_on_three_pages(sandbox_factory: SandboxFactory, tmp_
         name = f"user{11 + n % 10}" if n % 2 else f"stranger{n}"
         store.add_monitor(name)
     assert len(store.monitors) == 450
+    # Keyword monitors that do and do not name the disconnected users (deleted with =all).
+    naming = {store.add_keyword_monitor(f"from:user{i} launch")["id"] for i in range(1, 11)}
+    others = {store.add_keyword_monitor(q)["id"] for q in ("from:user11", "user1", "-from:user2")}
     theirs = {
         k for k, m in store.monitors.items() if m["username"] in {f"user{i}" for i in range(1, 11)}
     }
@@ -52,19 +56,29 @@ async def test_450_monitors_on_three_pages(sandbox_factory: SandboxFactory, tmp_
         store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0), monitor_deletion_s=0.5
     )
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 11)])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, delete_monitors=True))
+    settings = settings_for(
+        sandbox, jobs, tmp_path, delete_monitors=True, keyword_monitors=True, concurrency=8
+    )
+    summary = await run_async(settings)
     assert summary.exit_code() == 0
     left = set(sandbox.state.store.monitors) - set(sandbox.state.store.deleting)
+    kw_left = set(sandbox.state.store.keyword_monitors) - set(sandbox.state.store.deleting)
+    assert kw_left == others
+    assert naming <= set(sandbox.state.store.delete_requests)
     assert left.isdisjoint(theirs)
     assert len(left) == 450 - len(theirs) == 300
-    assert set(sandbox.state.store.delete_requests) == theirs
-    assert max(sandbox.state.store.delete_requests.values()) == 1
+    assert set(sandbox.state.store.delete_requests) == theirs | naming
+    assert max(sandbox.state.store.delete_requests.values()) == 1  # none deleted twice
     monitor_records = [
-        r for r in read_results(tmp_path / "results.jsonl") if r["op"] == "delete_monitor"
-    ]
+        r for r in read_results(tmp_path / "results.jsonl")
+        if r["op"] == "delete_monitor" and r["monitor_kind"] == "account"
+    ]  # fmt: skip
     assert len(monitor_records) == 150
     assert all(r["outcome"] == "deleted" and r["pending"] is True for r in monitor_records)
-    pages = [p for _, m, p, _ in sandbox.state.stats.log if m == "GET" and "/monitors" in p]
+    pages = [
+        p for _, m, p, _ in sandbox.state.stats.log
+        if m == "GET" and "/monitors" in p and "/keywords" not in p
+    ]  # fmt: skip
     assert len(pages) == 3  # one listing, three pages, for the whole run
     assert Counter("cursor=" in p for p in pages) == Counter({False: 1, True: 2})
 
