@@ -108,3 +108,11 @@ def test_a_failed_plan_fails_the_job(
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "cleanup.results.jsonl").exists()
+
+
+def test_compose_consumers_restart_and_check_their_health() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    consumer = compose["services"]["consumer"]
+    assert consumer["restart"] == "unless-stopped"
+    assert "/healthz" in " ".join(consumer["healthcheck"]["test"])
+    assert "--metrics-port" in consumer["command"]

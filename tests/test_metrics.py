@@ -91,6 +91,7 @@ async def test_file_run_metrics_track_the_log_while_running(
     port = free_port()
     settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(10, 1.0), metrics_port=port)
     seen: list[tuple[float, int, float, float]] = []
+    texts: list[str] = []
 
     async def watch() -> None:
         while True:
@@ -99,6 +100,7 @@ async def test_file_run_metrics_track_the_log_while_running(
                 _, text = await anyio.to_thread.run_sync(scrape, port)
             except OSError:
                 continue
+            texts.append(text)
             logged = len(read_results(tmp_path / "results.jsonl"))
             done = metric(text, "xquik_jobs_total", op="disconnect", outcome="disconnected")
             seen.append(
@@ -119,3 +121,25 @@ async def test_file_run_metrics_track_the_log_while_running(
     assert all(done <= logged for done, logged, _, _ in seen)
     assert max(s[2] for s in seen) >= 1
     assert max(s[3] for s in seen) >= 0.5
+    assert texts, "no scrape"
+    last = texts[-1]  # the status label, the duration histogram, the build info
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(last)}
+    answered = {
+        (s.labels["method"], s.labels["status"]): s.value
+        for s in families["xquik_responses"].samples
+    }
+    assert answered[("DELETE", "429")] >= 1
+    assert answered[("DELETE", "200")] >= 1
+    buckets = [
+        s for s in families["xquik_request_duration_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["method"] == "DELETE"
+    ]  # fmt: skip
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts)  # cumulative
+    assert buckets[-1].labels["le"] == "+Inf"
+    assert counts[-1] == sum(v for (m, _), v in answered.items() if m == "DELETE")
+    from worker import __version__
+
+    assert metric(last, "xquik_build_info", version=__version__) == 1

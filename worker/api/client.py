@@ -14,6 +14,7 @@ Each attempt, from the moment it has its slot to the last byte of the answer, is
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import re
 import time
@@ -46,6 +47,7 @@ from worker.logs import get_logger
 log = get_logger()
 
 MAX_ANSWER = 1 << 20  # bytes of a single answer read at most (the API's are a few hundred)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds, then +Inf
 MAX_PAGES = 10_000  # 2,000,000 items: a server that never says "no more" is not followed for ever
 MAX_LISTING = 64 << 20  # a listing of 10,000 accounts is a few MB
 
@@ -100,6 +102,11 @@ class XquikClient:
         self.refunded = 0
         self.cooldown_s = 0.0
         self.budget_wait_s = 0.0
+        # For the metrics: answers by (method, status), and send-to-headers durations by
+        # method in fixed buckets (a bisect and two additions per request).
+        self.answered: Counter[tuple[str, int]] = Counter()
+        self.durations: dict[str, list[int]] = {}
+        self.duration_sum: dict[str, float] = {}
 
     async def __aenter__(self) -> XquikClient:
         self._session = aiohttp.ClientSession(
@@ -139,9 +146,11 @@ class XquikClient:
             return await handler(req)
         left = True
         status: int | None = None
+        sent_at = time.monotonic()
         try:
             resp = await handler(req)
             status = resp.status
+            self._observe(req.method, status, time.monotonic() - sent_at)
             return resp
         except aiohttp.ClientConnectorError:
             # Refused, unreachable, TLS handshake failed: the request never left.
@@ -156,6 +165,14 @@ class XquikClient:
             # for its attempt's bound instead (safe, only slower).
             with anyio.move_on_after(2, shield=True):
                 await (budget.release(slot, status) if left else budget.refund(slot))
+
+    def _observe(self, method: str, status: int, seconds: float) -> None:
+        self.answered[(method, status)] += 1
+        counts = self.durations.get(method)
+        if counts is None:
+            counts = self.durations[method] = [0] * (len(DURATION_BUCKETS) + 1)
+        counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum[method] = self.duration_sum.get(method, 0.0) + seconds
 
     def url(self, *segments: str) -> URL:
         # Each id is one percent-encoded path segment: "../x" can never become another path.

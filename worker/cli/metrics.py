@@ -16,7 +16,9 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from worker import __version__
 from worker.api import Session
+from worker.api.client import DURATION_BUCKETS
 from worker.errors import ConfigError
 from worker.runner import Runner
 
@@ -38,8 +40,15 @@ class _Collector:
         self.queue: dict[str, float] = {}
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
+        info = GaugeMetricFamily("xquik_build_info", "This worker's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         if self.view.runner is None or self.view.session is None:
             return
         s, c = self.view.runner.summary, self.view.session.client
@@ -57,6 +66,24 @@ class _Collector:
         for method, n in c.sent.items():
             requests.add_metric([method], n)
         yield requests
+        responses = CounterMetricFamily(
+            "xquik_responses", "HTTP answers by method and status", labels=["method", "status"]
+        )
+        for (method, status), n in sorted(c.answered.items()):
+            responses.add_metric([method, str(status)], n)
+        yield responses
+        duration = HistogramMetricFamily(
+            "xquik_request_duration_seconds",
+            "Seconds from a request's send to its answer's headers",
+            labels=["method"],
+        )
+        for method, counts in sorted(c.durations.items()):
+            running, buckets = 0, []
+            for le, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
+                running += n
+                buckets.append(("+Inf" if le == float("inf") else f"{le:g}", running))
+            duration.add_metric([method], buckets, sum_value=c.duration_sum[method])
+        yield duration
         for name, doc, value in (
             ("xquik_attempts", "Attempts made by recorded jobs", s.attempts),
             ("xquik_retries", "Retries after transient errors", self.view.session.retries),
