@@ -143,3 +143,53 @@ async def test_file_run_metrics_track_the_log_while_running(
     from worker import __version__
 
     assert metric(last, "xquik_build_info", version=__version__) == 1
+
+
+async def test_batch_runs_write_a_textfile_and_push(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """--metrics-textfile: node_exporter's file, parsed by prometheus-client's own parser, with
+    the run's counts and its last-success time; --pushgateway: one PUT of the same metrics to
+    /metrics/job/xquik_disconnect at the end."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pushed: list[tuple[str, str, str]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            pushed.append(("PUT", self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sandbox: Sandbox = await sandbox_factory(accounts=5, delete_limit=(None, 60.0))
+        jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3"])
+        textfile = tmp_path / "xquik.prom"
+        settings = settings_for(
+            sandbox, jobs, tmp_path, metrics_textfile=textfile,
+            pushgateway=f"http://127.0.0.1:{server.server_port}",
+        )  # fmt: skip
+        before = time.time()
+        assert (await run_async(settings)).exit_code() == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = textfile.read_text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert metric(text, "xquik_jobs_total", op="disconnect", outcome="disconnected") == 3
+    [last] = families["xquik_last_success_timestamp_seconds"].samples
+    assert before <= last.value <= time.time()
+    [(method, path, body)] = pushed
+    assert method == "PUT"
+    assert path == "/metrics/job/xquik_disconnect"
+    assert 'xquik_jobs_total{op="disconnect",outcome="disconnected"} 3.0' in body

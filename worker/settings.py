@@ -75,6 +75,8 @@ class RunSettings:
     sandbox: bool = False
     progress: bool = False
     metrics_port: int | None = None
+    metrics_textfile: Path | None = None  # node_exporter textfile, every 10 s and at the end
+    pushgateway: str | None = None  # pushed at the end
     wait_lock: bool = False
     precheck: bool = True  # confirm an unlisted id with a GET before spending a DELETE on it
     strict_missing: bool = False  # an id not connected at the start fails (a typo?)

@@ -68,6 +68,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         progress=is_tty if args.progress is None else args.progress,
         queue=queue,
         metrics_port=args.metrics_port,
+        metrics_textfile=Path(args.metrics_textfile) if args.metrics_textfile else None,
+        pushgateway=_pushgateway(args.pushgateway),
         wait_lock=args.wait_lock,
         precheck=not args.no_precheck,
         strict_missing=args.strict_missing,
@@ -77,6 +79,19 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         budget_url=_budget_url(args.budget, queue),
         budget_connect_timeout=args.redis_connect_timeout or 30.0,
     )
+
+
+def _pushgateway(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (validates it)
+    except ValueError:
+        raise ConfigError(f"--pushgateway {url!r} has a bad port") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"--pushgateway {url!r} is not an http(s) URL")
+    return url
 
 
 def _notify_url(url: str | None) -> Secret | None:

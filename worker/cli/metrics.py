@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from aiohttp import web
@@ -20,7 +22,10 @@ from worker import __version__
 from worker.api import Session
 from worker.api.client import DURATION_BUCKETS
 from worker.errors import ConfigError
+from worker.logs import get_logger
 from worker.runner import Runner
+
+log = get_logger()
 
 
 @dataclass(slots=True)
@@ -32,6 +37,7 @@ class RunView:
     session: Session | None = None
     queue: Any = None  # the RedisSource, once connected
     redis: Any = None  # its client, from the start
+    finished_ok_at: float | None = None  # wall time of the end of a run that exited 0
 
 
 class _Collector:
@@ -101,8 +107,58 @@ class _Collector:
         yield GaugeMetricFamily(
             "xquik_not_finished", "Jobs stopped before their record", value=s.not_finished
         )
+        if self.view.finished_ok_at is not None:  # batch runs: alert when it gets old
+            yield GaugeMetricFamily(
+                "xquik_last_success_timestamp_seconds",
+                "When this run ended with exit code 0 (Unix time)",
+                value=self.view.finished_ok_at,
+            )
         for name, value in self.queue.items():
             yield GaugeMetricFamily(f"xquik_stream_{name}", f"Stream {name}", value=value)
+
+
+def registry(view: RunView) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Collector(view))
+    return reg
+
+
+async def write_textfile(view: RunView, path: Path) -> None:
+    """node_exporter's textfile collector: written whole, then renamed (prometheus-client's
+    own helper), off the event loop."""
+    from prometheus_client import write_to_textfile
+
+    try:
+        await anyio.to_thread.run_sync(write_to_textfile, str(path), registry(view))
+    except OSError as exc:
+        log.warning("metrics_textfile_failed", path=str(path), error=exc.strerror)
+
+
+async def textfile_loop(view: RunView, path: Path) -> None:
+    """Runs until cancelled: the textfile every 10 s."""
+    while True:
+        await write_textfile(view, path)
+        await anyio.sleep(10.0)
+
+
+async def push(view: RunView, url: str) -> None:
+    """One push to a Pushgateway at the end of a run (job xquik_disconnect), within 10 s."""
+    from prometheus_client import push_to_gateway
+
+    where = urlsplit(url)
+    try:
+        with anyio.fail_after(10):
+            await anyio.to_thread.run_sync(
+                lambda: push_to_gateway(
+                    url, job="xquik_disconnect", registry=registry(view), timeout=5
+                ),
+                abandon_on_cancel=True,
+            )
+        log.info("metrics_pushed", gateway=f"{where.scheme}://{where.netloc.rpartition('@')[2]}")
+    except Exception as exc:  # a push never changes the run's outcome
+        log.warning("metrics_push_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 class MetricsServer:

@@ -509,6 +509,20 @@ def queue_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="serve Prometheus metrics on /metrics and health on /healthz",
     )
+    p.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        default=env("METRICS_TEXTFILE"),
+        help="write the metrics to PATH (node_exporter's textfile collector) every 10 s and "
+        "at the end, atomically; for batch runs that end before any scrape",
+    )
+    p.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        default=env("PUSHGATEWAY"),
+        help="push the metrics to this Prometheus Pushgateway at the end (job "
+        "xquik_disconnect); a failure is logged, never changes the exit code",
+    )
     q = p.add_argument_group("queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)")
     q.add_argument(
         "--stream",

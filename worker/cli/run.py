@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -19,7 +20,7 @@ from worker.cli.confirm import confirm, preview, should_ask
 from worker.cli.metrics import RunView
 from worker.cli.options import fail
 from worker.cli.progress import print_summary, watch
-from worker.errors import ConfigError
+from worker.errors import ConfigError, ExitCode
 from worker.logs import LogFormat, configure, get_logger
 from worker.operations import Operations
 from worker.results import FileSink, read_prior
@@ -256,6 +257,10 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
         view.runner = stopper.runner = runner
         async with anyio.create_task_group() as tg:
             tg.start_soon(source.keep_alive)
+            if settings.metrics_textfile is not None:
+                from worker.cli.metrics import textfile_loop
+
+                tg.start_soon(textfile_loop, view, settings.metrics_textfile)
             tg.start_soon(
                 partial(
                     watch,
@@ -270,4 +275,13 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
         runner.summary.sent = Counter(session.sent)
         runner.summary.retries = session.retries
         runner.summary.rate = session.delete_budget.describe()
+        if settings.metrics_textfile is not None or settings.pushgateway:
+            from worker.cli.metrics import push, write_textfile
+
+            if runner.summary.exit_code() == ExitCode.OK:
+                view.finished_ok_at = time.time()
+            if settings.metrics_textfile is not None:
+                await write_textfile(view, settings.metrics_textfile)
+            if settings.pushgateway:
+                await push(view, settings.pushgateway)
     return runner.summary
