@@ -116,3 +116,18 @@ def test_compose_consumers_restart_and_check_their_health() -> None:
     assert consumer["restart"] == "unless-stopped"
     assert "/healthz" in " ".join(consumer["healthcheck"]["test"])
     assert "--metrics-port" in consumer["command"]
+
+
+def test_keda_scales_the_consumers_on_their_stream() -> None:
+    docs = documents()
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] == 0
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis-streams"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[1] == f"redis://{trigger['metadata']['address']}/0"
+    assert trigger["metadata"]["stream"] == "xquik:disconnect"  # the defaults the args keep
+    assert trigger["metadata"]["consumerGroup"] == "xquik-disconnect"
