@@ -137,3 +137,57 @@ async def test_a_bug_in_one_job_is_that_jobs_failed_record() -> None:
     assert by_id["2"].error == "internal_error: KeyError"
     assert by_id["1"].outcome is by_id["3"].outcome is Outcome.DISCONNECTED
     assert runner.summary.exit_code() == 1
+
+
+async def test_group_commit_acks_nothing_before_an_fsync_that_covers_it() -> None:
+    """Queue mode: every item is settled (acked) only after an fsync that began after its
+    record was written has ended; fsyncs run in a worker thread and, under concurrency, one
+    covers many records (fewer fsyncs than items)."""
+    import threading
+    import time
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    class SlowSyncSink(ListSink):
+        def write(self, result: object) -> None:
+            super().write(result)  # type: ignore[arg-type]
+            with lock:
+                events.append(("write", str(result.account_id)))  # type: ignore[attr-defined]
+
+        def sync(self) -> None:
+            on_loop = threading.current_thread() is threading.main_thread()
+            with lock:
+                events.append(("sync_start", "loop" if on_loop else "thread"))
+            time.sleep(0.01)
+            with lock:
+                events.append(("sync_end", ""))
+            super().sync()
+
+    class RecordingSource(ListSource):
+        async def settle(self, item: object, result: object) -> None:
+            with lock:
+                events.append(("settle", str(item.account_id)))  # type: ignore[attr-defined]
+            await super().settle(item, result)  # type: ignore[arg-type]
+
+    ids = [str(i) for i in range(60)]
+    source, sink = RecordingSource(jobs(*ids), batch=20), SlowSyncSink()
+    runner = Runner(FakeOps(), source=source, sink=sink, concurrency=16, sync_before_settle=True)
+    runner._sync_every_second = _never  # type: ignore[method-assign]  # the ticker aside
+    with anyio.fail_after(20):
+        await runner.run()
+    assert sorted(a for kind, a in events if kind == "settle") == sorted(ids)
+    for account in ids:
+        written = events.index(("write", account))
+        settled = events.index(("settle", account))
+        starts = [i for i, e in enumerate(events) if e[0] == "sync_start" and i > written]
+        assert starts, account
+        assert events[starts[0]][1] == "thread", account  # never on the event loop
+        end = next(i for i in range(starts[0], len(events)) if events[i][0] == "sync_end")
+        assert end < settled, account
+    fsyncs = sum(1 for kind, _ in events if kind == "sync_start")
+    assert fsyncs < len(ids) / 2  # grouped: one fsync serves many acks
+
+
+async def _never() -> None:
+    await anyio.sleep_forever()

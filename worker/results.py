@@ -123,9 +123,16 @@ class FileSink:
         self._torn = False
 
     def sync(self) -> None:
+        """fsync if anything was written since the last one. Safe from a worker thread while
+        the loop writes: the flag is cleared before the fsync, so a record written meanwhile
+        leaves it set for the next one."""
         if self._dirty:
-            os.fsync(self._fd)
             self._dirty = False
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                self._dirty = True
+                raise
 
     def close(self) -> None:
         if self._fd >= 0:

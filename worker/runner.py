@@ -67,6 +67,10 @@ class Runner:
         self.grace = grace
         # Queue mode: a message is acknowledged only once its record is on disk.
         self._sync_before_settle = sync_before_settle
+        # Group commit (queue mode): records written, records known durable, the fsync running.
+        self._written = 0
+        self._synced = 0
+        self._syncing: anyio.Event | None = None
         self.summary = Summary(ops.run_id)
         self._batches: AsyncIterator[Sequence[Item]] | None = None
         self._ready: deque[Item] = deque()
@@ -160,6 +164,31 @@ class Runner:
             return False
         return True
 
+    async def _durable(self) -> bool:
+        """Group commit: wait until an fsync that began after this item's records were written
+        has completed. One fsync, in a worker thread (never on the event loop), covers every
+        record written before it began; the items settling meanwhile wait for the next one, so
+        under load one fsync serves many acks instead of one each. False: the log failed."""
+        target = self._written
+        while self._synced < target:
+            if self.summary.stopped == "write":
+                return False
+            if self._syncing is not None:  # another worker leads an fsync: wait for it
+                await self._syncing.wait()
+                continue
+            self._syncing = anyio.Event()
+            upto = self._written
+            try:
+                await anyio.to_thread.run_sync(self.sink.sync)
+                self._synced = max(self._synced, upto)
+            except OSError as exc:
+                self.write_failed(exc)
+                return False
+            finally:
+                done, self._syncing = self._syncing, None
+                done.set()
+        return True
+
     async def _next_job(self) -> Job | None:
         """The next job to send, or None when there is none. Workers take items in turn from
         the current batch (no await between taking and handling, so no lock is needed) and
@@ -239,7 +268,7 @@ class Runner:
         for result in results:
             if not self._record(result):
                 return False
-        if results and self._sync_before_settle and not self._sync():
+        if results and self._sync_before_settle and not await self._durable():
             return False
         await self.source.settle(item, results[0] if results else None)
         return True
@@ -250,6 +279,7 @@ class Runner:
         except OSError as exc:
             self.write_failed(exc)
             return False
+        self._written += 1
         counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
         counts[str(result.outcome)] += 1
         self.summary.attempts += result.attempts

@@ -179,6 +179,7 @@ class RedisSource:
     async def batches(self) -> AsyncIterator[Sequence[Item]]:
         cfg = self.config
         history = True  # first, what this consumer name already holds (a restart)
+        history_from = "0"  # paged: each pending entry is read back once
         next_claim = anyio.current_time()
         while True:
             items: list[Item] = []
@@ -186,7 +187,7 @@ class RedisSource:
                 items += await self._claim()
                 next_claim = anyio.current_time() + max(cfg.claim_idle / 2, 0.5)
             if not items:
-                start = "0" if history else ">"
+                start = history_from if history else ">"
                 block = None if history or cfg.drain else cfg.block_ms
                 answer = await self._call(
                     "xreadgroup",
@@ -200,10 +201,25 @@ class RedisSource:
                 if history and not messages:
                     history = False
                     continue
-                items += [self._item(mid, fields) for mid, fields in messages]
+                if history:
+                    history_from = _text(messages[-1][0])
+                # A message in progress here (claimed, or settling) is never handed out twice.
+                items += [
+                    self._item(mid, fields)
+                    for mid, fields in messages
+                    if fields is not None and _text(mid) not in self.pending_fields
+                ]
+                if history and not items:
+                    continue  # all in progress here already: the next page of our own
             if items:
                 yield items
             elif cfg.drain:
+                # Nothing new: one more takeover pass before calling it drained (a claim takes
+                # at most a batch, and the last one may have left idle messages behind).
+                if claimed := await self._claim():
+                    next_claim = anyio.current_time() + max(cfg.claim_idle / 2, 0.5)
+                    yield claimed
+                    continue
                 log.info("queue_drained", stream=cfg.stream)
                 return
 
