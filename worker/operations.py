@@ -11,11 +11,21 @@ import anyio
 
 from worker.api import Call, Session, describe
 from worker.api.call import FATAL
+from worker.api.client import Answer
 from worker.logs import get_logger
 from worker.models import DONE, NOT_CONNECTED, Invalid, Job, Op, Outcome, Result, audit
 from worker.seen import Claims
 
 log = get_logger()
+
+
+def monitor_deleted(answer: Answer) -> tuple[Outcome, bool]:
+    """A monitor DELETE's answer: deleted (by us) or already_gone (404), and whether the API
+    still runs the deletion in the background (deletionStatus: deleting)."""
+    if answer.status == 404:
+        return Outcome.ALREADY_GONE, False
+    body = answer.body if isinstance(answer.body, dict) else {}
+    return Outcome.DELETED, body.get("deletionStatus") == "deleting"
 
 
 class Operations:
@@ -277,10 +287,7 @@ class Operations:
                 call = await self._call(partial(delete, monitor_id))
                 outcome, pending = None, False
                 if call.answer is not None:
-                    gone = call.answer.status == 404
-                    outcome = Outcome.ALREADY_GONE if gone else Outcome.DELETED
-                    body = call.answer.body if isinstance(call.answer.body, dict) else {}
-                    pending = not gone and body.get("deletionStatus") == "deleting"
+                    outcome, pending = monitor_deleted(call.answer)
                     if pending and self.wait_monitors:
                         pending = not await self._deletion_over(
                             monitor_id, keyword=kind == "keyword"

@@ -86,3 +86,17 @@ def redis_retrying(client: Any = None, *, deadline: float | None = None) -> Asyn
         retry_error_callback=give_up,
         reraise=False,
     )
+
+
+async def connected(url: str, *, deadline: float) -> Any:
+    """A client that has answered PING, Redis being waited for at most `deadline` seconds
+    (ConfigError: exit 2). The caller closes it (`aclose`)."""
+    client = connect(url)
+    try:
+        async for attempt in redis_retrying(client, deadline=deadline):
+            with attempt:
+                await client.ping()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client

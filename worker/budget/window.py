@@ -304,12 +304,14 @@ class SlidingWindowBudget:
             under = self._sent_under.pop(slot, None)
             if slot == self._opener:
                 self._win_end = self._clock() + self.window
-            if self.learner is not None and status is not None:
+            # Only a 429, or an answer to a request in flight at one, teaches anything: every
+            # other release (nearly all of them) costs nothing more here.
+            if self.learner is not None and (status == RATE_LIMITED or slot in self._pending):
                 self._learn(slot, status, under)
             self._pending.discard(slot)
         self._naps.wake_all()
 
-    def _learn(self, slot: str, status: int, under: int | None) -> None:
+    def _learn(self, slot: str, status: int | None, under: int | None) -> None:
         assert self.learner is not None
         before = self.learner.limit()
         now = self._clock()
@@ -324,7 +326,7 @@ class SlidingWindowBudget:
             self._pending.discard(slot)
             accepted = self._accepted_since(self._episode)
             changed = self.learner.rejected(accepted, under or before, first=first)
-        elif slot in self._pending and self.cooldown_remaining() > 0:
+        elif status is not None and self.cooldown_remaining() > 0:
             # In flight at the 429, accepted before the cooldown (the rest of the server's
             # window) is over: it was counted in the window that rejected us. Answered later,
             # it may have opened the next one: it teaches nothing.

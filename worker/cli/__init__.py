@@ -76,14 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enqueue.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -")
-    redis_url = options.env("REDIS_URL")
-    enqueue.add_argument(
-        "--redis",
-        required=redis_url is None,
-        metavar="URL",
-        default=redis_url,
-        help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
-    )
+    options.redis_option(enqueue)
     enqueue.add_argument(
         "--stream",
         default=options.env("STREAM", "xquik:disconnect"),

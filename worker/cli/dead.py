@@ -15,23 +15,19 @@ from typing import Any
 
 import anyio
 
-from worker.cli.options import duration, env, fail, say
-from worker.cli.queue import error_code
+from worker.cli.options import duration, env, fail, redis_option, say
+from worker.cli.queue import error_code, text
 from worker.errors import ConfigError, ExitCode
 from worker.redis_conn import connect, is_redis_url, redis_errors
 
 KEPT_OUT = {"message_id", "reason", "requeued_from"}  # ours, not the job's
 
 
-def _t(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 async def letters(redis: Any, stream: str) -> list[dict[str, Any]]:
     out = []
     for entry_id, raw in await redis.xrange(f"{stream}:dead", min="-", max="+"):
-        fields = {_t(k): _t(v) for k, v in raw.items()}
-        eid = _t(entry_id)
+        fields = {text(k): text(v) for k, v in raw.items()}
+        eid = text(entry_id)
         out.append(
             {
                 "id": eid,
@@ -119,13 +115,9 @@ def main(args: argparse.Namespace) -> int:
 
 def options(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="dead_command", required=True)
-    redis_url = env("REDIS_URL")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--redis", default=redis_url, required=redis_url is None, metavar="URL",
-            help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
-        )  # fmt: skip
+        redis_option(q)
         q.add_argument("--stream", default=env("STREAM", "xquik:disconnect"), help="job stream")
 
     ls = sub.add_parser("list", help="each dead letter: job fields, reason, when")

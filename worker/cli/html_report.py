@@ -15,6 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from worker.cli.report import spent_delete
 from worker.models import DONE
 from worker.settings import Rate
 
@@ -59,8 +60,7 @@ def gather(path: Path) -> Page:
             op = r.get("op", "disconnect")
             if op == "check":
                 continue
-            sent = (outcome in DONE or outcome == "failed") and r.get("http_status")
-            if sent and not r.get("checked"):
+            if spent_delete(r):
                 page.deletes.append(_when(ts))
             if op == "delete_monitor":
                 page.monitors[outcome] = page.monitors.get(outcome, 0) + 1

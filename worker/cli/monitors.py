@@ -25,9 +25,9 @@ from worker.cli.options import fail, log_level, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure, get_logger
 from worker.models import Op, Outcome, Result
+from worker.operations import monitor_deleted
 from worker.results import FileSink
 from worker.runner import Runner
-from worker.settings import Rate
 
 log = get_logger()
 
@@ -130,13 +130,8 @@ async def _monitors(
             call = await session.call(partial(session.client.delete_monitor, monitor_id))
             fields: dict[str, object] = {"attempts": call.attempts}
             if call.answer is not None:
-                gone = call.answer.status == 404
-                body = call.answer.body if isinstance(call.answer.body, dict) else {}
-                fields.update(
-                    outcome=Outcome.ALREADY_GONE if gone else Outcome.DELETED,
-                    http_status=call.answer.status,
-                    pending=not gone and body.get("deletionStatus") == "deleting",
-                )
+                outcome, pending = monitor_deleted(call.answer)
+                fields.update(outcome=outcome, http_status=call.answer.status, pending=pending)
             else:
                 assert call.error is not None
                 failed += 1
@@ -164,7 +159,7 @@ async def _monitors(
 
 
 def options(p: argparse.ArgumentParser) -> None:
-    from worker.cli.options import delete_rate
+    from worker.cli.options import AUTO_CEILING, delete_rate
 
     p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)")
     p.add_argument(
@@ -175,7 +170,7 @@ def options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rate",
         type=delete_rate,
-        default=Rate(60, 60.0, auto=True),
+        default=AUTO_CEILING,
         metavar="RATE",
         help="DELETE budget for the key, as for run (default auto)",
     )

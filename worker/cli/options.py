@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from worker.errors import ExitCode
-from worker.logs import configured_format
+from worker.logs import configured_format, get_logger
 from worker.redact import redact
 from worker.settings import Rate
 
@@ -26,8 +26,6 @@ def fail(command: str, message: object, code: ExitCode = ExitCode.USAGE) -> Exit
     """One line on stderr naming the command, secrets masked; returns the exit code. Once the
     logs are JSON, the error is a JSON event too (one format per run, for log shippers)."""
     if configured_format() == "json":
-        from worker.logs import get_logger
-
         get_logger().error("error", command=command, message=str(message), exit_code=int(code))
         return code
     say(f"xquik-disconnect {command}: error: {message}")
@@ -365,6 +363,18 @@ def run_options(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar (default: on for a TTY)",
+    )
+
+
+def redis_option(p: argparse.ArgumentParser) -> None:
+    """--redis URL for the commands that only talk to a queue (enqueue, queue, dead)."""
+    url = env("REDIS_URL")
+    p.add_argument(
+        "--redis",
+        required=url is None,
+        metavar="URL",
+        default=url,
+        help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
     )
 
 

@@ -202,13 +202,10 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
         rejected: list[AuthError | TlsError] = []
         redis = None
         if args.budget:  # the key's read budget, shared with the consumers and runs using it
-            from worker.redis_conn import connect, redis_retrying
+            from worker.redis_conn import connected
 
-            redis = connect(args.budget)
+            redis = await connected(args.budget, deadline=30.0)
             stack.push_async_callback(redis.aclose)
-            async for attempt in redis_retrying(redis, deadline=30.0):
-                with attempt:
-                    await redis.ping()
         # Plans only read: the DELETE tier is never used, so it needs no budget of its own.
         session = await stack.enter_async_context(
             Session(

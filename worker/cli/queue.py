@@ -23,7 +23,8 @@ from worker.redis_conn import connect, is_redis_url, redis_errors
 UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
 
 
-def _t(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply as text, whatever its bytes."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -42,7 +43,7 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     out: dict[str, Any] = {"stream": stream, "group": group, "length": await redis.xlen(stream)}
     groups = (
-        {_t(g["name"]): g for g in await redis.xinfo_groups(stream)}
+        {text(g["name"]): g for g in await redis.xinfo_groups(stream)}
         if out["length"] or (await redis.exists(stream))
         else {}
     )
@@ -51,7 +52,7 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
     if info is None:
         out.update(undelivered=out["length"], pending=0, oldest_pending_age_s=None)
     else:
-        last = _t(info["last-delivered-id"])
+        last = text(info["last-delivered-id"])
         undelivered = 0
         start = f"({last}"
         while undelivered < UNDELIVERED_CAP:
@@ -59,22 +60,22 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
             if not chunk:
                 break
             undelivered += len(chunk)
-            start = f"({_t(chunk[-1][0])}"
+            start = f"({text(chunk[-1][0])}"
         out["undelivered"] = undelivered
         out["pending"] = int(info["pending"])
         summary = await redis.xpending(stream, group)
         oldest = summary.get("min") if summary else None
         out["oldest_pending_age_s"] = (
-            round((now_ms - _ms(_t(oldest))) / 1000, 1) if oldest else None
+            round((now_ms - _ms(text(oldest))) / 1000, 1) if oldest else None
         )
         for c in await redis.xinfo_consumers(stream, group):
             consumers.append(
-                {"name": _t(c["name"]), "pending": int(c["pending"]), "idle_s": c["idle"] / 1000}
+                {"name": text(c["name"]), "pending": int(c["pending"]), "idle_s": c["idle"] / 1000}
             )
     out["consumers"] = consumers
     dead: Counter[str] = Counter()
     for _, fields in await redis.xrange(f"{stream}:dead", min="-", max="+"):
-        dead[error_code(_t(fields.get(b"reason", b"")))] += 1
+        dead[error_code(text(fields.get(b"reason", b"")))] += 1
     out["dead_letters"] = dict(sorted(dead.items(), key=lambda kv: -kv[1]))
     out["dead_total"] = sum(dead.values())
     out["results"] = await redis.xlen(f"{stream}:results")
@@ -88,16 +89,16 @@ async def budgets(redis: Any) -> list[dict[str, Any]]:
     now_s, now_us = await redis.time()
     now_ms = now_s * 1000 + now_us / 1000
     async for raw in redis.scan_iter(match="xquik:budget:*:delete:slots", count=1000):
-        prefix = _t(raw).removesuffix(":slots")
+        prefix = text(raw).removesuffix(":slots")
         held = await redis.zcount(f"{prefix}:slots", now_ms, "+inf")
-        cooldown = float(_t(await redis.get(f"{prefix}:cooldown") or b"0"))
+        cooldown = float(text(await redis.get(f"{prefix}:cooldown") or b"0"))
         learned = await redis.hgetall(f"{prefix}:learned")
         found.append(
             {
                 "key": prefix.split(":")[2],
                 "slots_held": held,
                 "cooldown_s": round(max(0.0, cooldown - now_ms) / 1000, 1),
-                "learned_limit": int(_t(learned[b"limit"])) if b"limit" in learned else None,
+                "learned_limit": int(text(learned[b"limit"])) if b"limit" in learned else None,
             }
         )
     return found
@@ -150,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def options(p: argparse.ArgumentParser) -> None:
-    from worker.cli.options import env
+    from worker.cli.options import env, redis_option
 
     sub = p.add_subparsers(dest="queue_command", required=True)
     st = sub.add_parser(
@@ -158,11 +159,7 @@ def options(p: argparse.ArgumentParser) -> None:
         help="stream, pending, dead letters, budgets",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
-    redis_url = env("REDIS_URL")
-    st.add_argument(
-        "--redis", default=redis_url, required=redis_url is None, metavar="URL",
-        help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
-    )  # fmt: skip
+    redis_option(st)
     st.add_argument("--stream", default=env("STREAM", "xquik:disconnect"), help="job stream")
     st.add_argument("--group", default=env("GROUP", "xquik-disconnect"), help="consumer group")
     st.add_argument("--json", action="store_true", help="JSON even on a terminal")

@@ -97,6 +97,15 @@ class Report:
         }
 
 
+def spent_delete(record: dict[str, Any]) -> bool:
+    """The record stands for a DELETE the server answered (a dry run's check, an invalid
+    line, a duplicate and a checked already_gone spent none)."""
+    if record.get("op", "disconnect") == "check" or record.get("checked"):
+        return False
+    done = record.get("outcome") in DONE or record.get("outcome") == "failed"
+    return done and bool(record.get("http_status"))
+
+
 def _parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
@@ -118,9 +127,8 @@ def build(path: Path) -> Report:
             if op == "check":  # a dry run's GET: never a deletion
                 report.checks[outcome] += 1
                 continue
-            answered = (outcome in DONE or outcome == "failed") and record.get("http_status")
-            if answered and not record.get("checked"):  # a checked already_gone: no DELETE
-                run.deletes.append(_parse_ts(ts).timestamp())  # monitor DELETEs share the tier
+            if spent_delete(record):  # monitor DELETEs share the tier
+                run.deletes.append(_parse_ts(ts).timestamp())
             if op != "disconnect":
                 report.monitors[outcome] += 1
                 continue

@@ -154,14 +154,11 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
 
             view.redis = budget_redis = connect(settings.queue.url)
         elif settings.budget_url is not None:
-            from worker.redis_conn import connect, redis_retrying
+            from worker.redis_conn import connected
 
-            budget_redis = connect(settings.budget_url)
-            stack.push_async_callback(budget_redis.aclose)
             deadline = settings.budget_connect_timeout
-            async for attempt in redis_retrying(budget_redis, deadline=deadline):
-                with attempt:
-                    await budget_redis.ping()
+            budget_redis = await connected(settings.budget_url, deadline=deadline)
+            stack.push_async_callback(budget_redis.aclose)
             view.redis = budget_redis
         if settings.metrics_port is not None:
             from worker.cli.metrics import MetricsServer
