@@ -601,3 +601,30 @@ def test_a_bad_log_format_in_the_environment_is_refused(tmp_path: Path) -> None:
     done = run_cli("run", str(jobs), "--sandbox", env=cli_env(XQUIK_LOG_FORMAT="yaml"))
     assert done.returncode == 2
     assert "XQUIK_LOG_FORMAT (environment): 'yaml' is not json or console" in done.stderr
+
+
+def test_report_over_hand_edited_lines_names_them_and_never_crashes(tmp_path: Path) -> None:
+    """Lines that parse as JSON but are not records (a time that is not one, a number for a
+    run id, an array) are reported unreadable, in the text report and the HTML page alike."""
+    good = (
+        '{"ts": "2026-11-29T00:00:00Z", "run_id": "a", "source": "x", "account_id": "1", '
+        '"op": "disconnect", "outcome": "disconnected", "http_status": 200}'
+    )
+    log = tmp_path / "r.jsonl"
+    log.write_text(
+        "\n".join(
+            [
+                good,
+                '{"ts": "yesterday", "run_id": "a", "outcome": "disconnected"}',
+                '{"ts": "2026-11-29T00:00:00Z", "run_id": 7, "outcome": "disconnected"}',
+                '["ts", "run_id", "outcome"]',
+            ]
+        )
+        + "\n"
+    )
+    proc = run_cli("report", str(log), "--html", str(tmp_path / "r.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert "unreadable lines (torn by a crash?): [2, 3, 4]" in proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "1 records, 1 accounts done" in proc.stdout
+    assert 'data-card="accounts done"><b>1</b>' in (tmp_path / "r.html").read_text()

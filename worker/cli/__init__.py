@@ -217,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def internal_error(command: str, exc: BaseException) -> int:
     """No traceback ever reaches a user's terminal: one line here, the traceback in the log
     at debug level (the result log was flushed and closed on the way out)."""
-    from worker.logs import get_logger
+    from worker.logs import configure, configured_format, get_logger
 
+    if configured_format() is None:  # a command that logs nothing itself (report): no
+        configure(level="info")  # structlog defaults, which print debug tracebacks
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]

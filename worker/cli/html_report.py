@@ -6,7 +6,6 @@ text is data, never markup)."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from worker.cli.report import spent_delete
+from worker.cli.report import read_record, spent_delete
 from worker.models import DONE
 from worker.settings import Rate
 
@@ -46,12 +45,11 @@ def gather(path: Path) -> Page:
     last_failure: dict[str, str] = {}
     with path.open("rb") as f:
         for line in f:
-            try:
-                r = json.loads(line)
-                outcome, run_id, ts = r["outcome"], r["run_id"], r["ts"]
-            except (ValueError, KeyError, TypeError):
+            r = read_record(line)
+            if r is None:
                 page.unreadable += 1
                 continue
+            outcome, run_id, ts = r["outcome"], r["run_id"], r["ts"]
             page.records += 1
             span = page.runs.setdefault(run_id, [ts, ts])
             span[0], span[1] = min(span[0], ts), max(span[1], ts)

@@ -110,16 +110,30 @@ def _parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
+def read_record(line: bytes) -> dict[str, Any] | None:
+    """One line of a result log as a record, or None when it is not one (torn by a crash,
+    edited by hand): an object whose outcome and run_id are text and whose ts is a time."""
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            return None
+        if not isinstance(record["outcome"], str) or not isinstance(record["run_id"], str):
+            return None
+        _parse_ts(record["ts"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record
+
+
 def build(path: Path) -> Report:
     report = Report()
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                outcome, run_id, ts = record["outcome"], record["run_id"], record["ts"]
-            except (ValueError, KeyError, TypeError):
+            record = read_record(line)
+            if record is None:
                 report.unreadable_lines.append(number)
                 continue
+            outcome, run_id, ts = record["outcome"], record["run_id"], record["ts"]
             report.records += 1
             run = report.runs.setdefault(run_id, RunInfo(run_id, ts, ts))
             run.last_ts = max(run.last_ts, ts)
