@@ -26,15 +26,24 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, persist: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persist: bool = False,
+        port: int | None = None,
+        password: str | None = None,
+    ) -> None:
         self.directory = directory
         self.persist = persist
+        self.password = password
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         args = [
@@ -55,13 +64,14 @@ class RedisServer:
             if self.persist
             else ["--appendonly", "no"]
         )
+        args += ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(16)[:1] in (b"+", b"-"):  # PONG, or NOAUTH: it is up
                         return
             except OSError:
                 time.sleep(0.02)

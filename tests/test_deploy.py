@@ -72,12 +72,14 @@ def test_kinds_api_versions_and_the_restricted_profile() -> None:
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
 
 
-def cronjob_command(redis_url: str, data: Path) -> tuple[list[str], str]:
+def cronjob_command(data: Path) -> tuple[list[str], str]:
     spec = dict(pod_specs(documents()))["CronJob"]
     [container] = spec["containers"]
     script = container["args"][0]
-    script = script.replace("redis://redis:6379/0", redis_url).replace("/data", str(data))
-    return container["command"], script
+    assert "redis://" not in script  # the URL and its password come from the Secret (env)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["XQUIK_BUDGET"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
+    return container["command"], script.replace("/data", str(data))
 
 
 def test_a_failed_plan_fails_the_job(
@@ -86,8 +88,10 @@ def test_a_failed_plan_fails_the_job(
     """The CronJob's exact command with a revoked key: plan exits 3, so the Job fails; the
     same pipeline under plain /bin/sh (what the manifest used before) exits 0."""
     sb = sandbox_process()
-    command, script = cronjob_command(redis_server.url, tmp_path)
-    env = cli_env(XQUIK_API_KEY="xq_" + "0" * 32, XQUIK_BASE_URL=sb.base_url)
+    command, script = cronjob_command(tmp_path)
+    env = cli_env(
+        XQUIK_API_KEY="xq_" + "0" * 32, XQUIK_BASE_URL=sb.base_url, XQUIK_BUDGET=redis_server.url
+    )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
     failed = subprocess.run(
         [*command, script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -127,7 +131,10 @@ def test_keda_scales_the_consumers_on_their_stream() -> None:
     assert scaled["spec"]["minReplicaCount"] == 0
     [trigger] = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis-streams"
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[1] == f"redis://{trigger['metadata']['address']}/0"
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert not any("redis://" in a for a in container["args"])  # no password in the pod spec
+    env = {e["name"]: e for e in container["env"]}
+    assert env["XQUIK_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
+    assert trigger["metadata"]["address"] == "redis:6379"
     assert trigger["metadata"]["stream"] == "xquik:disconnect"  # the defaults the args keep
     assert trigger["metadata"]["consumerGroup"] == "xquik-disconnect"

@@ -15,7 +15,15 @@ from typing import Any
 import anyio
 import redis
 
-from tests.conftest import ROOT, SandboxProcess, cli_env, run_argv, run_cli, write_jobs
+from tests.conftest import (
+    ROOT,
+    SandboxProcess,
+    cli_env,
+    read_results,
+    run_argv,
+    run_cli,
+    write_jobs,
+)
 from tests.redis_server import RedisServer
 from worker.budget.shared import RedisBudget
 
@@ -395,3 +403,63 @@ def test_consumers_share_the_read_budget_too(
     assert sb.stats()["rate_limited"] == 0
     assert Counter(r["outcome"] for r in results_stream(redis_server)) == {"exists": 30}
     assert sb.stats()["accounts"] == 50
+
+
+def test_redis_url_file_keeps_the_password_out_of_ps_and_logs(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """A consumer started with --redis-url-file (no SOURCE) reads the queue behind a password;
+    the password is in no argument (`ps`), no log line and no record. enqueue, queue status
+    and dead list take the same file; a missing file is exit 2 naming the flag."""
+    password = "s3cret-redis-pass"
+    server = RedisServer(tmp_path, password=password)
+    server.start()
+    try:
+        url_file = tmp_path / "redis-url"
+        url_file.write_text(server.url + "\n")
+        ids = write_jobs(tmp_path / "ids.txt", ["1", "2", "3"])
+        enq = run_cli("enqueue", str(ids), "--redis-url-file", str(url_file))
+        assert enq.returncode == 0, enq.stderr
+        sb = sandbox_process("--delete-limit", "unlimited")
+        argv = [a for a in run_argv("-", sb) if a != "-"]
+        argv += ["--redis-url-file", str(url_file), "--drain", "--rate", "unlimited"]
+        argv += ["--results", str(tmp_path / "r.jsonl"), "--state-dir", str(tmp_path)]
+        argv += ["--log-level", "debug"]
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=cli_env(XQUIK_API_KEY=sb.api_key),
+        )
+        try:  # what `ps` shows: the process's arguments
+            ps = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            ps = ""  # already ended
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert str(url_file) in ps or ps == ""  # the process may already have ended
+        assert password not in ps
+        assert password not in out + err
+        records = read_results(tmp_path / "r.jsonl")
+        assert Counter(r["outcome"] for r in records) == {"disconnected": 3}
+        assert password not in (tmp_path / "r.jsonl").read_text()
+        status = run_cli("queue", "status", "--redis-url-file", str(url_file), "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pending"] == 0
+        dead = run_cli("dead", "list", "--redis-url-file", str(url_file), "--json")
+        assert dead.returncode == 0
+        assert dead.stdout == ""
+        missing = run_cli("queue", "status", "--redis-url-file", str(tmp_path / "nope"))
+        assert missing.returncode == 2
+        assert "--redis-url-file: cannot read it" in missing.stderr
+        both = run_cli("run", server.url, "--redis-url-file", str(url_file), "--sandbox")
+        assert both.returncode == 2
+        assert "give the Redis URL once" in both.stderr
+        assert password not in both.stderr
+        none = run_cli("run", "--sandbox")
+        assert none.returncode == 2
+        assert "SOURCE missing" in none.stderr
+    finally:
+        server.stop()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from worker.cli.options import is_loopback
+from worker.cli.options import is_loopback, redis_url
 from worker.errors import ConfigError
 from worker.redact import register
 from worker.redis_conn import is_redis_url
@@ -21,8 +21,20 @@ from worker.sources.file import FileSource
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """Validate everything that can be validated before a request is sent."""
     source = args.source
+    if source is None or args.redis_url_file:
+        try:
+            source = redis_url(args, source)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if source is None:
+            raise ConfigError(
+                "SOURCE missing: a jobs file, - for stdin, or redis://… (or the queue's URL "
+                "in --redis-url-file or XQUIK_REDIS_URL)"
+            )
+        if not is_redis_url(source):
+            raise ConfigError("the Redis URL (--redis-url-file / XQUIK_REDIS_URL) is not redis://…")
     queue = None
-    if urlsplit(source).scheme in {"redis", "rediss"}:
+    if urlsplit(source).scheme in {"redis", "rediss", "unix"}:
         queue = QueueConfig(
             url=source,
             stream=args.stream,

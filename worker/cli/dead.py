@@ -15,10 +15,10 @@ from typing import Any
 
 import anyio
 
-from worker.cli.options import duration, env, fail, redis_option, say
+from worker.cli.options import duration, env, fail, need_redis, redis_option, say
 from worker.cli.queue import error_code, text
 from worker.errors import ConfigError, ExitCode
-from worker.redis_conn import connect, is_redis_url, redis_errors
+from worker.redis_conn import connect, redis_errors
 
 KEPT_OUT = {"message_id", "reason", "requeued_from"}  # ours, not the job's
 
@@ -74,8 +74,10 @@ async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
 
 def main(args: argparse.Namespace) -> int:
     command = f"dead {args.dead_command}"
-    if not args.redis or not is_redis_url(args.redis):
-        return fail(command, f"--redis {args.redis!r} is not a redis:// URL")
+    try:
+        args.redis = need_redis(args)
+    except ValueError as exc:
+        return fail(command, exc)
     if args.dead_command == "requeue" and not (args.all or args.id or args.error):
         return fail(command, "say which: --error CODE, --id ID … or --all")
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import anyio
 
-from worker.cli.options import fail, log_level, say
+from worker.cli.options import fail, log_level, need_redis, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure
 from worker.models import Invalid
-from worker.redis_conn import address, connect, is_redis_url, redis_errors, redis_retrying
+from worker.redis_conn import address, connect, redis_errors, redis_retrying
 from worker.sources import FileSource
 from worker.sources.stream import enqueue
 
@@ -31,8 +31,10 @@ async def _enqueue(
 
 
 def main(args: argparse.Namespace) -> int:
-    if not is_redis_url(args.redis):
-        return fail("enqueue", f"--redis {args.redis!r} is not a redis:// URL")
+    try:
+        args.redis = need_redis(args)
+    except ValueError as exc:
+        return fail("enqueue", exc)
     if args.jobs != "-":
         try:
             FileSource(Path(args.jobs)).check()

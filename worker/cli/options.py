@@ -10,7 +10,9 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from worker.errors import ExitCode
 from worker.logs import configured_format, get_logger
@@ -222,7 +224,9 @@ def run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source",
         metavar="SOURCE",
-        help="jobs file (.jsonl, .csv, .txt), - for stdin, or redis://… (queue mode)",
+        nargs="?",
+        help="jobs file (.jsonl, .csv, .txt), - for stdin, or redis://… (queue mode); "
+        "omitted: the queue at --redis-url-file or XQUIK_REDIS_URL",
     )
     p.add_argument(
         "--results",
@@ -368,14 +372,62 @@ def run_options(p: argparse.ArgumentParser) -> None:
 
 def redis_option(p: argparse.ArgumentParser) -> None:
     """--redis URL for the commands that only talk to a queue (enqueue, queue, dead)."""
-    url = env("REDIS_URL")
     p.add_argument(
         "--redis",
-        required=url is None,
         metavar="URL",
-        default=url,
+        default=env("REDIS_URL"),
         help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
     )
+    redis_url_file_option(p)
+
+
+def redis_url_file_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--redis-url-file",
+        metavar="PATH",
+        default=env("REDIS_URL_FILE"),
+        help="read the Redis URL from this file (a mounted Secret), so its password is "
+        "never in the arguments or `ps` (env XQUIK_REDIS_URL_FILE)",
+    )
+
+
+def redis_url(args: argparse.Namespace, given: str | None) -> str | None:
+    """The Redis URL from `given` (a flag or argument), --redis-url-file or XQUIK_REDIS_URL,
+    in that order; its password is registered as a secret. Raises ValueError naming the
+    flag when the file cannot be read or two places give one."""
+    from worker.redact import register
+
+    path = getattr(args, "redis_url_file", None)
+    if path:
+        if given and not getattr(given, "var", None):
+            raise ValueError("give the Redis URL once: as an argument or in --redis-url-file")
+        try:
+            text = Path(path).read_bytes()[:4096].decode("utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"--redis-url-file: cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ValueError("--redis-url-file: not a text file") from None
+        if not text:
+            raise ValueError("--redis-url-file: the file is empty")
+        given = text
+    if given is None:
+        given = os.environ.get("XQUIK_REDIS_URL") or None
+    if given:
+        password = urlsplit(given).password
+        if password:
+            register(password)
+    return given
+
+
+def need_redis(args: argparse.Namespace) -> str:
+    """enqueue, queue, dead: the Redis URL from --redis, --redis-url-file or XQUIK_REDIS_URL
+    (ValueError with the message otherwise)."""
+    url = redis_url(args, args.redis)
+    if not url:
+        raise ValueError("no Redis: give --redis URL, --redis-url-file PATH or XQUIK_REDIS_URL")
+    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError(f"--redis {url!r} is not a redis:// URL")
+    return url
 
 
 def budget_option(p: argparse.ArgumentParser) -> None:
@@ -534,6 +586,7 @@ def queue_options(p: argparse.ArgumentParser) -> None:
         "xquik_disconnect); a failure is logged, never changes the exit code",
     )
     q = p.add_argument_group("queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)")
+    redis_url_file_option(q)
     q.add_argument(
         "--stream",
         default=env("STREAM", "xquik:disconnect"),

@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio
 
-from worker.cli.options import fail
+from worker.cli.options import fail, need_redis
 from worker.errors import ConfigError, ExitCode
-from worker.redis_conn import connect, is_redis_url, redis_errors
+from worker.redis_conn import connect, redis_errors
 
 UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
 
@@ -128,8 +128,10 @@ def render(s: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.redis or not is_redis_url(args.redis):
-        return fail("queue status", f"--redis {args.redis!r} is not a redis:// URL")
+    try:
+        args.redis = need_redis(args)
+    except ValueError as exc:
+        return fail("queue status", exc)
 
     async def go() -> dict[str, Any]:
         redis = connect(args.redis)
