@@ -1,11 +1,20 @@
-"""Queue mode: how well 1, 2 and 4 worker processes share one DELETE budget in Redis.
+"""Queue mode: throughput against two minimal consumers, and one DELETE budget shared by 1, 2
+and 4 worker processes in Redis.
 
-Each case enqueues the same jobs on a fresh stream, starts K `run redis://… --drain` workers
-against a sandbox with a fixed window of N per W s, and measures from the sandbox's own log:
-429s, and the DELETE span against the ideal (ceil(jobs/N) - 1) windows.
+Throughput: the same jobs on a fresh stream and a fresh zero-latency sandbox (its own
+process, rate unlimited), drained by K consumer processes of each kind, 16 DELETEs in flight
+each: ours (`run redis://… --drain --rate unlimited`), and a minimal redis-py XREADGROUP
+consumer doing DELETE + a JSONL line + XADD to :results and XACK in one MULTI per message,
+without fsync (non-durable) and with an fsync of its log before each ack (durable, the
+guarantee ours keeps). Wall time from start to the last process's exit; CPU of all consumer
+processes (not Redis, not the sandbox).
 
-    python bench/queue_mode.py           # 200 jobs, 20 per 1 s; 1, 2 and 4 workers
-    python bench/queue_mode.py --smoke   # 30 jobs, 10 per 0.5 s; 1 and 2 workers
+Budget: each case enqueues the same jobs, starts K workers against a sandbox with a fixed
+window of N per W s, and measures from the sandbox's own log: 429s, and the DELETE span
+against the ideal (ceil(jobs/N) - 1) windows.
+
+    python bench/queue_mode.py           # 10,000 jobs, 3 rounds; 200 jobs at 20 per 1 s
+    python bench/queue_mode.py --smoke   # 600 jobs; 30 jobs at 10 per 0.5 s
 """
 
 from __future__ import annotations
@@ -13,9 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +35,140 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, SandboxProc, table
 from tests.redis_server import RedisServer
+
+CONCURRENCY = 16
+
+# The minimal peer: one process, XREADGROUP 100 at a time, at most 16 DELETEs in flight (a
+# bounded loop: the semaphore is taken before a task is created), one MULTI per message.
+PEER = """
+import asyncio, json, os, sys, aiohttp, redis.asyncio as aioredis
+async def main(base, key, url, name, out, durable):
+    r = aioredis.from_url(url)
+    sem = asyncio.Semaphore(16)
+    fsync = durable == "1"
+    with open(out, "a") as log:
+        async with aiohttp.ClientSession(headers={"x-api-key": key}) as s:
+            async def one(mid, fields):
+                try:
+                    i = fields[b"account_id"].decode()
+                    async with s.delete(f"{base}/x/accounts/{i}") as resp:
+                        await resp.read()
+                        line = json.dumps({"account_id": i, "status": resp.status})
+                    log.write(line + "\\n")
+                    if fsync:
+                        log.flush(); os.fsync(log.fileno())
+                    async with r.pipeline(transaction=True) as p:
+                        p.xadd("q:results", {"message_id": mid, "record": line})
+                        p.xack("q", "g", mid)
+                        await p.execute()
+                finally:
+                    sem.release()
+            tasks = set()
+            while True:
+                answer = await r.xreadgroup("g", name, {"q": ">"}, count=100)
+                if not answer or not answer[0][1]:
+                    break
+                for mid, fields in answer[0][1]:
+                    await sem.acquire()
+                    t = asyncio.ensure_future(one(mid, fields)); tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+    await r.aclose()
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def throughput_case(kind: str, consumers: int, jobs: int, tmp: Path) -> tuple[float, float]:
+    """Wall seconds and consumer CPU seconds to drain `jobs` with `consumers` processes."""
+    import redis
+
+    server = RedisServer(tmp)
+    server.start()
+    sb = SandboxProc(jobs, "--delete-limit", "unlimited", "--read-limit", "unlimited")
+    try:
+        r = redis.Redis(port=server.port)
+        stream = "q" if kind != "ours" else "xquik:disconnect"
+        group = "g" if kind != "ours" else "xquik-disconnect"
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+        for start in range(1, jobs + 1, 1000):
+            pipe = r.pipeline(transaction=False)
+            for i in range(start, min(start + 1000, jobs + 1)):
+                pipe.xadd(stream, {"account_id": str(i), "delete_monitors": "false"})
+            pipe.execute()
+        env = {"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"}
+        if kind == "ours":
+            ours = [sys.executable, "-m", "worker", "run", server.url, "--base-url", sb.base_url]
+            ours += ["--rate", "unlimited", "--read-rate", "unlimited", "--drain"]
+            ours += ["--concurrency", str(CONCURRENCY), "--log-format", "json"]
+            argv = [
+                [*ours, "--consumer", f"c{k}", "--results", str(tmp / f"c{k}.jsonl")]
+                for k in range(consumers)
+            ]
+        else:
+            durable = "1" if kind == "durable" else "0"
+            peer = [sys.executable, "-c", PEER, sb.base_url, sb.api_key, server.url]
+            argv = [[*peer, f"c{k}", str(tmp / f"c{k}.jsonl"), durable] for k in range(consumers)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                a, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            for a in argv
+        ]
+        codes = [p.wait(timeout=600) for p in procs]
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        results = r.xlen(f"{stream}:results")
+        pending = r.xpending(stream, group)["pending"]
+        r.close()
+    finally:
+        sb.stop()
+        server.stop()
+    if set(codes) != {0} or results != jobs or pending:
+        raise SystemExit(f"{kind} x{consumers}: exit {codes}, {results} results, {pending} pending")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def throughput(jobs: int, counts: list[int], rounds: int) -> None:
+    rows = []
+    verdicts = []
+    kinds = ("ours", "plain", "durable")
+    for k in counts:
+        # Rounds interleave the three kinds, so a noisy neighbour weighs on all of them alike;
+        # each figure is the median of its rounds.
+        runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+        for _ in range(rounds):
+            for kind in kinds:
+                with tempfile.TemporaryDirectory() as tmp:
+                    runs[kind].append(throughput_case(kind, k, jobs, Path(tmp)))
+        rate = {kind: statistics.median(jobs / w for w, _ in runs[kind]) for kind in kinds}
+        cpu = {kind: statistics.median(c / jobs * 1000 for _, c in runs[kind]) for kind in kinds}
+        vs_plain, vs_durable = rate["ours"] / rate["plain"], rate["ours"] / rate["durable"]
+        cpu_ratio = cpu["ours"] / cpu["plain"]
+        rows.append(
+            [str(k)]
+            + [f"{rate[kind]:,.0f}" for kind in kinds]
+            + [f"{cpu[kind]:.2f}" for kind in kinds]
+            + [f"{vs_plain:.2f}x", f"{vs_durable:.2f}x", f"{cpu_ratio:.2f}x"]
+        )
+        verdicts.append((vs_plain >= 0.8, vs_durable >= 1.2, cpu_ratio <= 1.5))
+    print(
+        f"## Queue mode throughput, {jobs:,} jobs, rate unlimited, zero-latency sandbox, "
+        f"median of {rounds} (`bench/queue_mode.py`)\n"
+    )
+    headers = ["consumers", "ours jobs/s", "minimal jobs/s", "minimal+fsync jobs/s"]
+    headers += ["ours CPU s/1k", "minimal CPU s/1k", "minimal+fsync CPU s/1k"]
+    headers += ["vs minimal", "vs minimal+fsync", "CPU vs minimal"]
+    print(table(headers, rows))
+    met = [all(v[i] for v in verdicts) for i in range(3)]
+    print(
+        "\ntargets: >= 0.8x the minimal consumer's throughput "
+        f"({'met' if met[0] else 'NOT met'}), >= 1.2x the minimal+fsync one's "
+        f"({'met' if met[1] else 'NOT met'}), CPU per job <= 1.5x the minimal one's "
+        f"({'met' if met[2] else 'NOT met'}), with every consumer count."
+    )
 
 
 def run_case(workers: int, jobs: int, n: int, w: float, tmp: Path) -> list[str]:
@@ -92,6 +238,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    if args.smoke:
+        throughput(600, [1, 2], rounds=1)
+    else:
+        throughput(10_000, [1, 2, 4], rounds=3)
+    print()
     jobs, n, w, counts = (30, 10, 0.5, [1, 2]) if args.smoke else (200, 20, 1.0, [1, 2, 4])
     rows = []
     for k in counts:

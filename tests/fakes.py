@@ -69,8 +69,8 @@ class ListSource:
             yield chunk
             await anyio.lowlevel.checkpoint()
 
-    async def settle(self, item: Item, result: Result | None) -> None:
-        self.settled.append((item, result))
+    async def settle(self, done: Sequence[tuple[Item, Result | None]]) -> None:
+        self.settled.extend(done)
 
     def total(self) -> int | None:
         return len(self.items)

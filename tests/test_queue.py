@@ -48,6 +48,7 @@ def worker(
     name: str,
     *args: str,
     log: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     with (log or tmp / f"{name}.log").open("a") as err:
         return subprocess.Popen(
@@ -64,7 +65,7 @@ def worker(
             stderr=err,
             text=True,
             cwd=ROOT,
-            env=cli_env(XQUIK_API_KEY=sb.api_key),
+            env={**(env or cli_env()), "XQUIK_API_KEY": sb.api_key},
         )
 
 

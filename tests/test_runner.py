@@ -3,11 +3,13 @@ source, a list sink and a job handler that sends nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio
 import pytest
 
 from tests.fakes import FakeOps, ListSink, ListSource
-from worker.models import Invalid, Job, Outcome
+from worker.models import Invalid, Job, Outcome, Result
 from worker.runner import Runner
 from worker.sources import Item
 
@@ -165,10 +167,10 @@ async def test_group_commit_acks_nothing_before_an_fsync_that_covers_it() -> Non
             super().sync()
 
     class RecordingSource(ListSource):
-        async def settle(self, item: object, result: object) -> None:
+        async def settle(self, done: Sequence[tuple[Item, Result | None]]) -> None:
             with lock:
-                events.append(("settle", str(item.account_id)))  # type: ignore[attr-defined]
-            await super().settle(item, result)  # type: ignore[arg-type]
+                events.extend(("settle", str(item.account_id)) for item, _ in done)
+            await super().settle(done)
 
     ids = [str(i) for i in range(60)]
     source, sink = RecordingSource(jobs(*ids), batch=20), SlowSyncSink()

@@ -2,8 +2,9 @@
 
 Structure: `concurrency` workers in one task group take turns reading the source under a lock
 (back-pressure: nothing is read ahead of a free worker, so memory stays flat), plus a ticker
-that fsyncs the result log every second. A failing job becomes a record, never an exception
-that cancels its siblings.
+that fsyncs the result log every second and, in queue mode, the group committer (one fsync
+and one settle call for every job finished since the last commit). A failing job becomes a
+record, never an exception that cancels its siblings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import anyio
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from worker.errors import AuthError, BudgetClosed, TlsError
+from worker.failpoint import failpoint
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
 from worker.results import ResultSink
@@ -27,6 +29,8 @@ from worker.sources import Item, JobSource
 from worker.summary import Summary
 
 log = get_logger()
+COMMIT_CAP = 1000  # finished items waiting for the group commit before workers wait too
+COMMIT_GRACE = 2.0  # seconds the last commit gets after the grace deadline
 
 
 class Handler(Protocol):
@@ -67,10 +71,12 @@ class Runner:
         self.grace = grace
         # Queue mode: a message is acknowledged only once its record is on disk.
         self._sync_before_settle = sync_before_settle
-        # Group commit (queue mode): records written, records known durable, the fsync running.
-        self._written = 0
-        self._synced = 0
-        self._syncing: anyio.Event | None = None
+        # Group commit (queue mode): finished items waiting for their fsync and settle.
+        self._commits: list[tuple[Item, Result | None]] = []
+        self._commit_wake = anyio.Event()
+        self._commit_room = anyio.Event()
+        self._closing = False
+        self._commit_scope: anyio.CancelScope | None = None
         self.summary = Summary(ops.run_id)
         self._batches: AsyncIterator[Sequence[Item]] | None = None
         self._ready: deque[Item] = deque()
@@ -120,9 +126,11 @@ class Runner:
         self._cut_after(grace)
 
     def _cut_after(self, grace: float) -> None:
+        deadline = anyio.current_time() + grace
         if self._work_scope is not None:
-            deadline = anyio.current_time() + grace
             self._work_scope.deadline = min(self._work_scope.deadline, deadline)
+        if self._commit_scope is not None:  # what finished at the deadline still gets acked
+            self._commit_scope.deadline = min(self._commit_scope.deadline, deadline + COMMIT_GRACE)
 
     def _stop_sending(self) -> None:
         self._reading = False
@@ -137,10 +145,16 @@ class Runner:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._sync_every_second)
-                async with anyio.create_task_group() as work:
-                    self._work_scope = work.cancel_scope
-                    for _ in range(self.concurrency):
-                        work.start_soon(self._work)
+                async with anyio.create_task_group() as commit:
+                    self._commit_scope = commit.cancel_scope
+                    if self._sync_before_settle:
+                        commit.start_soon(self._commit_loop)
+                    async with anyio.create_task_group() as work:
+                        self._work_scope = work.cancel_scope
+                        for _ in range(self.concurrency):
+                            work.start_soon(self._work)
+                    self._closing = True  # the committer settles what is left, then ends
+                    self._commit_wake.set()
                 outer.cancel_scope.cancel()
         finally:
             aclose = getattr(self._batches, "aclose", None)
@@ -164,30 +178,36 @@ class Runner:
             return False
         return True
 
-    async def _durable(self) -> bool:
-        """Group commit: wait until an fsync that began after this item's records were written
-        has completed. One fsync, in a worker thread (never on the event loop), covers every
-        record written before it began; the items settling meanwhile wait for the next one, so
-        under load one fsync serves many acks instead of one each. False: the log failed."""
-        target = self._written
-        while self._synced < target:
-            if self.summary.stopped == "write":
-                return False
-            if self._syncing is not None:  # another worker leads an fsync: wait for it
-                await self._syncing.wait()
+    async def _commit_loop(self) -> None:
+        """Group commit (queue mode): records of finished jobs gather while the previous
+        commit runs; one fsync in a worker thread (never on the event loop) makes them all
+        durable, then one call settles them all at the source (one Redis pipeline). A message
+        is thus acked only after its record is on disk, and workers never wait for either:
+        they go on to the next job unless `COMMIT_CAP` settles are already waiting."""
+        while self._commits or not self._closing:
+            if not self._commits:
+                self._commit_wake = anyio.Event()
+                await self._commit_wake.wait()
                 continue
-            self._syncing = anyio.Event()
-            upto = self._written
+            batch, self._commits = self._commits, []
+            self._commit_room.set()
+            self._commit_room = anyio.Event()
+            if any(result is not None for _, result in batch):
+                failpoint("commit_before_fsync")
+                try:
+                    await anyio.to_thread.run_sync(self.sink.sync)
+                except OSError as exc:
+                    self.summary.not_finished += len(batch)  # written, not durable: not acked
+                    self.write_failed(exc)
+                    self._closing = True  # nothing more is acked; no worker waits for room
+                    self._commit_room.set()
+                    return
+            failpoint("commit_before_ack")
             try:
-                await anyio.to_thread.run_sync(self.sink.sync)
-                self._synced = max(self._synced, upto)
-            except OSError as exc:
-                self.write_failed(exc)
-                return False
-            finally:
-                done, self._syncing = self._syncing, None
-                done.set()
-        return True
+                await self.source.settle(batch)
+            except BaseException:
+                self.summary.not_finished += len(batch)  # recorded, not acked: redelivered
+                raise
 
     async def _next_job(self) -> Job | None:
         """The next job to send, or None when there is none. Workers take items in turn from
@@ -260,18 +280,24 @@ class Runner:
             return [self.ops.internal_error(job, name)]
 
     async def _settle(self, item: Item, results: list[Result]) -> bool:
-        """Record the item's results (none: done by an earlier run), then tell the source.
-        False when a record could not be written: the item is not settled (a queue message
-        stays pending), and a rerun picks it up."""
+        """Record the item's results (none: done by an earlier run), then tell the source
+        (queue mode: through the group commit, after an fsync). False when a record could
+        not be written: the item is not settled (a queue message stays pending), and a rerun
+        picks it up."""
         if not results:
             self.summary.skipped_done += 1
         for result in results:
             if not self._record(result):
                 return False
-        if results and self._sync_before_settle and not await self._durable():
-            return False
-        await self.source.settle(item, results[0] if results else None)
-        return True
+        done = (item, results[0] if results else None)
+        if not self._sync_before_settle:
+            await self.source.settle([done])
+            return True
+        self._commits.append(done)
+        self._commit_wake.set()
+        while len(self._commits) >= COMMIT_CAP and not self._closing:
+            await self._commit_room.wait()  # back-pressure: the committer is behind
+        return self.summary.stopped != "write"
 
     def _record(self, result: Result) -> bool:
         try:
@@ -279,7 +305,6 @@ class Runner:
         except OSError as exc:
             self.write_failed(exc)
             return False
-        self._written += 1
         counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
         counts[str(result.outcome)] += 1
         self.summary.attempts += result.attempts

@@ -98,6 +98,8 @@ class Directory:
         """The listed account with this id, None when the listing lacks it (listed again on a
         miss at most every REFRESH_AFTER s), or the failed Call; a failed listing is not asked
         again for REFRESH_AFTER s (every job would wait for its retries)."""
+        if self._failed is None and (known := self._by_id.get(account_id)) is not None:
+            return known  # the common case, without a lock: listed, nothing to refresh
         async with self._lock:
             if self._failed is not None and self._clock() - self._failed[1] < REFRESH_AFTER:
                 return self._failed[0]

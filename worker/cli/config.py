@@ -45,6 +45,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             max_deliveries=args.max_deliveries,
             drain=args.drain,
             connect_timeout=_connect_timeout(args.redis_connect_timeout, args.drain),
+            # Read 4 jobs per worker at a time (16 to 256): a read round trip per 64 jobs at
+            # --concurrency 16, and never more read ahead than a moment's work.
+            batch=min(max(16, 4 * args.concurrency), 256),
         )
     elif source != "-":
         path = Path(source)

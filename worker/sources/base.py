@@ -27,8 +27,9 @@ class JobSource(Protocol):
         ahead of the workers)."""
         ...
 
-    async def settle(self, item: Item, result: Result | None) -> None:
-        """Called once the item's record is durably written (None: skipped as already done)."""
+    async def settle(self, done: Sequence[tuple[Item, Result | None]]) -> None:
+        """Called once these items' records are durably written, each with its first record
+        (None: skipped as already done); a queue acknowledges them."""
 
     def total(self) -> int | None:
         """An upper bound of the items to come, for the progress view (None: unknown)."""

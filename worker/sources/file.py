@@ -291,7 +291,7 @@ class FileSource:
             if own:
                 os.close(fd)
 
-    async def settle(self, item: Item, result: Result | None) -> None:
+    async def settle(self, done: Sequence[tuple[Item, Result | None]]) -> None:
         return None
 
 

@@ -6,7 +6,8 @@ good or was invalid, with its XADD to `<stream>:dead`). Messages a dead consumer
 longer than --claim-idle are taken over with XAUTOCLAIM; one delivered more than
 --max-deliveries times goes to the dead-letter stream instead of being tried again. A job we
 could not finish (stopped, cancelled, key rejected) stays pending for another consumer.
-The job stream is never trimmed here: trimming by MAXLEN would delete pending payloads.
+The job stream is trimmed only by --retain (`trim`), never by MAXLEN: that would delete
+pending payloads.
 """
 
 from __future__ import annotations
@@ -345,28 +346,52 @@ class RedisSource:
                     justid=True,
                 )
 
-    async def settle(self, item: Item, result: Result | None) -> None:
-        """Record to `<stream>:results` (and `:dead` for permanent failures), then XACK, in one
-        transaction. Not acked: a job whose key was rejected (another consumer may do it)."""
-        mid = item.receipt
-        if result is not None and result.http_status == 401:
-            self.pending_fields.pop(mid, None)
-            return
+    async def settle(self, done: Sequence[tuple[Item, Result | None]]) -> None:
+        """Each item's record to `<stream>:results` (and `:dead` for permanent failures), then
+        XACK, one atomic script per message, all of them in one pipeline (a crash part way
+        leaves each message settled or pending, never half; sent again after a Redis outage,
+        a message is still recorded once: the script checks). Not acked: a job whose key was
+        rejected (another consumer, with a good key, may do it)."""
         cfg = self.config
-        # Still "in progress here" until settled: while Redis is away the message's idle time
-        # grows, and our own XAUTOCLAIM must not hand it out a second time.
-        fields = self.pending_fields.get(mid, {})
-        record = result.to_json() if result is not None else ""
-        dead: list[str] = []
-        if result is not None and result.outcome not in DONE:
-            for k, v in {**fields, "message_id": mid, "reason": result.error or ""}.items():
-                dead += [k, v]
         keys = [f"{cfg.stream}:results", f"{cfg.stream}:dead", cfg.stream, f"{cfg.stream}:recorded"]
-        args = [cfg.group, mid, record, cfg.retain or RECORDED_FOR, *dead]
-        async for attempt in redis_retrying(self.redis):
-            with attempt:
-                await self._settle_script(keys=keys, args=args)
-        self.pending_fields.pop(mid, None)
+        calls: list[list[Any]] = []
+        for item, result in done:
+            mid = item.receipt
+            if result is not None and result.http_status == 401:
+                continue
+            # Still "in progress here" until settled: while Redis is away the message's idle
+            # time grows, and our own XAUTOCLAIM must not hand it out a second time.
+            fields = self.pending_fields.get(mid, {})
+            record = result.to_json() if result is not None else ""
+            dead: list[str] = []
+            if result is not None and result.outcome not in DONE:
+                for k, v in {**fields, "message_id": mid, "reason": result.error or ""}.items():
+                    dead += [k, v]
+            calls.append([cfg.group, mid, record, cfg.retain or RECORDED_FOR, *dead])
+        if calls:
+            async for attempt in redis_retrying(self.redis):
+                with attempt:
+                    await self._pipeline(keys, calls)
+        for item, _ in done:
+            self.pending_fields.pop(item.receipt, None)
+
+    async def _pipeline(self, keys: list[str], calls: list[list[Any]]) -> None:
+        """EVALSHA each settle in one round trip; the script is loaded again if Redis lost
+        it (a restart). Not redis-py's Script in a pipeline: that asks SCRIPT EXISTS first,
+        one more round trip per pipeline."""
+        from redis.exceptions import NoScriptError
+
+        sha = self._settle_script.sha
+        for _ in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            try:
+                await pipe.execute()
+                return
+            except NoScriptError:
+                sha = await self.redis.script_load(SETTLE)
+        raise AssertionError("SCRIPT LOAD did not take")  # pragma: no cover
 
 
 def _text(value: bytes | str) -> str:
