@@ -16,8 +16,14 @@ _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 
 
+_stale = False  # secrets were registered since the pattern was built
+
+
 def register(secret: str) -> None:
-    global _pattern
+    """Mask `secret` from now on. The pattern is built when next needed, not here: a run with
+    thousands of keys (--keys) registers them all at once, and rebuilding an alternation of
+    every key at each one was quadratic (10 s and 500 MB of cached patterns for 1,000)."""
+    global _stale
     forms = {secret}
     if secret[:3].lower() == "xq_":
         forms.add(secret[3:])
@@ -25,13 +31,23 @@ def register(secret: str) -> None:
     if forms <= _secrets:
         return
     _secrets.update(forms)
-    alternatives = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
-    _pattern = re.compile(alternatives, re.IGNORECASE)
+    _stale = True
+
+
+def _current() -> re.Pattern[str] | None:
+    global _pattern, _stale
+    if _stale:
+        alternatives = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
+        # Compiled directly, never through re's cache (which would keep every version).
+        _pattern = re.compile(alternatives, re.IGNORECASE)
+        _stale = False
+    return _pattern
 
 
 def redact(text: str) -> str:
-    if _pattern is not None:
-        text = _pattern.sub(MASK, text)
+    pattern = _current()
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
     if "xq_" in text or "XQ_" in text:
         text = _KEY_SHAPE.sub(MASK, text)
     if "://" in text:
