@@ -54,21 +54,28 @@ def chosen(all_: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[st
     return all_
 
 
+# Moves one dead letter back onto the job stream, atomically: only if it is still there (a
+# letter requeued by another run is skipped, never twice). A script, not WATCH/MULTI: live
+# consumers write to the dead letters all the time, and a WATCH would fail on every write.
+# KEYS: dead, stream. ARGV: letter id, then the job's fields and values.
+REQUEUE = """
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
-    """Each job back on the stream and out of the dead letters, atomically per letter (a
-    letter already gone, requeued by another run, is skipped: never twice)."""
+    """Each job back on the stream (with `requeued_from`) and out of the dead letters,
+    atomically per letter; a letter already gone is skipped."""
+    script = redis.register_script(REQUEUE)
     done = 0
     for letter in picked:
-        async with redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(f"{stream}:dead")
-            if not await pipe.xrange(f"{stream}:dead", min=letter["id"], max=letter["id"]):
-                await pipe.unwatch()
-                continue
-            pipe.multi()
-            pipe.xadd(stream, {**letter["job"], "requeued_from": letter["id"]})
-            pipe.xdel(f"{stream}:dead", letter["id"])
-            await pipe.execute()
-            done += 1
+        fields = [x for kv in {**letter["job"], "requeued_from": letter["id"]}.items() for x in kv]
+        done += int(await script(keys=[f"{stream}:dead", stream], args=[letter["id"], *fields]))
     return done
 
 
