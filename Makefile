@@ -36,7 +36,7 @@ pytest: $(VENV)/.dev
 
 test: lint types pytest
 
-BENCHES ?= budget learn overhead memory startup resume queue_mode
+BENCHES ?= budget learn overhead memory startup resume queue_mode tenants
 bench: $(VENV)/.dev
 	{ echo "# Benchmark results"; echo; echo "\`make bench\` on $$(nproc) cores, $$(date -u +%F)."; \
 	  for b in $(BENCHES); do echo; $(PY) bench/$$b.py || exit 1; done; } > bench/RESULTS.md.tmp

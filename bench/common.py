@@ -8,7 +8,9 @@ import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,29 +45,27 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 class SandboxProc:
-    """`xquik-disconnect sandbox` in its own process, so its CPU is not the client's."""
+    """`xquik-disconnect sandbox` in its own process, so its CPU is not the client's. With
+    `keys_out`, its tenants' keys are written there (a --keys directory)."""
 
-    def __init__(self, accounts: int, *args: str) -> None:
+    def __init__(self, accounts: int, *args: str, keys_out: Path | None = None) -> None:
+        argv = [sys.executable, "-m", "worker", "sandbox", "--port", "0"]
+        argv += ["--accounts", str(accounts), *args]
+        if keys_out is not None:
+            argv += ["--keys-out", str(keys_out)]
+        self.keys = keys_out
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "sandbox",
-                "--port",
-                "0",
-                "--accounts",
-                str(accounts),
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
         )
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())
         self.base_url, self.api_key = ready["base_url"], ready["api_key"]
+
+    def control(self, name: str) -> Any:
+        """GET /_sandbox/NAME (requests, stats)."""
+        url = self.base_url.removesuffix("/api/v1") + f"/_sandbox/{name}"
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -138,3 +138,26 @@ def test_keda_scales_the_consumers_on_their_stream() -> None:
     assert trigger["metadata"]["address"] == "redis:6379"
     assert trigger["metadata"]["stream"] == "xquik:disconnect"  # the defaults the args keep
     assert trigger["metadata"]["consumerGroup"] == "xquik-disconnect"
+
+
+def test_the_keys_secret_mounts_as_a_keys_directory(tmp_path: Path) -> None:
+    """deploy/keys-secret.yaml: a Secret whose items, mounted as the comment says, make a
+    directory `--keys` reads: tenants brand-a and brand-b of account acme, and client-x."""
+    from worker.cli.keys import read_keys
+
+    [secret] = [d for d in yaml.safe_load_all((DEPLOY / "keys-secret.yaml").read_text()) if d]
+    assert (secret["kind"], secret["apiVersion"]) == ("Secret", "v1")
+    text = (DEPLOY / "keys-secret.yaml").read_text()
+    for key, value in secret["stringData"].items():
+        path = next(
+            line.split("path:")[1].strip(" }")
+            for line in text.splitlines()
+            if f"key: {key}," in line
+        )
+        (tmp_path / path).write_text(value + "\n")
+    keys = read_keys(tmp_path)
+    assert {name: k.account for name, k in keys.items()} == {
+        "brand-a": "acme",
+        "brand-b": "acme",
+        "client-x": None,
+    }

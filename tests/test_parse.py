@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from worker.errors import ConfigError
 from worker.models import ID_PATTERN, Invalid, Job
 from worker.sources.file import FileSource, LineParser, parse_bytes
-from worker.sources.parse import MAX_LINE, flag, parse_csv_row, parse_json_line, parse_text_line
+from worker.sources.parse import (
+    MAX_LINE,
+    csv_columns,
+    flag,
+    parse_csv_row,
+    parse_json_line,
+    parse_text_line,
+)
 
 ids = st.from_regex(ID_PATTERN, fullmatch=True)
 
@@ -194,7 +201,7 @@ def test_the_rule_is_the_same_in_every_format() -> None:
     from worker.sources.stream import parse_message
 
     for text, expected in (("YES", True), ("0", False)):
-        csv_item = parse_csv_row("f.csv:2", ["7", text], (0, None, None, 1))
+        csv_item = parse_csv_row("f.csv:2", ["7", text], (0, None, None, 1, None))
         json_item = parse_json_line(
             "f.jsonl:1", f'{{"account_id": "7", "delete_monitors": "{text}"}}'
         )
@@ -328,3 +335,27 @@ async def test_a_fifo_is_read_as_lines_arrive(tmp_path: Path) -> None:
     os.close(fds[0])
     rest = [item async for batch in batches for item in batch]
     assert rest == [Job(f"{fifo}:2", "2")]
+
+
+def test_a_tenant_is_read_from_every_format_and_checked() -> None:
+    """`tenant` names a key of --keys: the same in a JSONL line, a CSV column and a stream
+    message; a name that could not be a key file's is invalid and names the line; a job of
+    one tenant is not a duplicate of the same id under another."""
+    from worker.sources.stream import parse_message
+
+    json_item = parse_json_line("f.jsonl:1", '{"account_id": "7", "tenant": "brand-a"}')
+    columns = csv_columns(["account_id", "tenant"])
+    csv_item = parse_csv_row("f.csv:2", ["7", " brand-a "], columns)
+    stream_item = parse_message("s", "1-0", {"account_id": "7", "tenant": "brand-a"})
+    for item in (json_item, csv_item, stream_item):
+        assert isinstance(item, Job)
+        assert item.tenant == "brand-a"
+    plain = parse_json_line("f.jsonl:2", '{"account_id": "7"}')
+    assert isinstance(plain, Job)
+    assert plain.tenant is None
+    assert plain.key != json_item.key  # type: ignore[union-attr]
+    for bad in ('"../etc"', '"a b"', "7", '"' + "x" * 65 + '"', '".hidden"'):
+        item = parse_json_line("f.jsonl:3", f'{{"account_id": "7", "tenant": {bad}}}')
+        assert isinstance(item, Invalid), bad
+        assert item.error.startswith("invalid tenant"), bad
+        assert item.source == "f.jsonl:3"

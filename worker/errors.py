@@ -44,6 +44,15 @@ class BudgetClosed(XquikError):
     """The run is stopping: no more requests may start."""
 
 
+class NoSlot(XquikError):
+    """A request that may not wait (a tenant's job, with several keys) found no free slot: its
+    key can send again in `seconds` at the soonest. Nothing was sent."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no slot for {seconds:.3f} s")
+        self.seconds = seconds
+
+
 class TransportError(XquikError):
     """The request got no HTTP answer."""
 

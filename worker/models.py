@@ -14,6 +14,9 @@ from worker.redact import redact
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # X handles are 1-15 characters; older or future accounts may differ, so allow some slack.
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_]{1,50}")
+# A tenant is the name of a key file in --keys (a Kubernetes Secret's key): ids' characters and
+# dots, up to 64, starting with a letter or digit.
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Outcome(StrEnum):
@@ -42,11 +45,11 @@ NOT_CONNECTED = (
 DONE = frozenset({Outcome.DISCONNECTED, Outcome.ALREADY_GONE, Outcome.DELETED})
 
 
-def job_key(account_id: str | None, username: str | None) -> str:
-    """One account's key: its id, else `@` and its handle in lower case (`@` optional)."""
-    if account_id is not None:
-        return account_id
-    return "@" + (username or "").lower().removeprefix("@")
+def job_key(account_id: str | None, username: str | None, tenant: str | None = None) -> str:
+    """One account's key: its id, else `@` and its handle in lower case (`@` optional); a
+    tenant's accounts are apart from another's (`tenant/…`: no id or name holds a `/`)."""
+    key = account_id if account_id is not None else "@" + (username or "").lower().removeprefix("@")
+    return f"{tenant}/{key}" if tenant else key
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +63,12 @@ class Job:
     delete_monitors: bool = False
     # Opaque handle a queue source uses to acknowledge the job (e.g. a stream entry id).
     receipt: Any = field(default=None, compare=False, repr=False)
+    tenant: str | None = None  # the key (from --keys) to use; None: the default key
 
     @property
     def key(self) -> str:
         """The account this job targets, for de-duplication."""
-        return job_key(self.account_id, self.username)
+        return job_key(self.account_id, self.username, self.tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,7 @@ class Result:
     health: str | None = None
     status: str | None = None
     key_id: str | None = None  # which key did it: 12 hex digits of its SHA-256, never the key
+    tenant: str | None = None  # the --keys tenant whose key did it; None: the default key
     # already_gone: was the account connected when the run began (in its listing)? False for
     # an id that was not: removed earlier, or a mistyped id. None when no listing was read.
     seen_connected: bool | None = None
@@ -158,6 +163,7 @@ class Result:
             "attempts": self.attempts,
             "elapsed_ms": self.elapsed_ms,
             "checked": self.checked,
+            "tenant": self.tenant,
             "key_id": self.key_id,
         }
         if self.op is Op.DELETE_MONITOR:

@@ -13,7 +13,17 @@ from worker.api import Call, Session, describe
 from worker.api.call import FATAL
 from worker.api.client import Answer
 from worker.logs import get_logger
-from worker.models import DONE, NOT_CONNECTED, Invalid, Job, Op, Outcome, Result, audit
+from worker.models import (
+    DONE,
+    NOT_CONNECTED,
+    Invalid,
+    Job,
+    Op,
+    Outcome,
+    Result,
+    audit,
+    job_key,
+)
 from worker.seen import Claims
 
 log = get_logger()
@@ -26,6 +36,20 @@ def monitor_deleted(answer: Answer) -> tuple[Outcome, bool]:
         return Outcome.ALREADY_GONE, False
     body = answer.body if isinstance(answer.body, dict) else {}
     return Outcome.DELETED, body.get("deletionStatus") == "deleting"
+
+
+def invalid_record(item: Invalid, *, run_id: str, key_id: str | None = None) -> Result:
+    """An input line that is not a job (or names no known key): its `invalid` record."""
+    log.warning("invalid_job", source=item.source, error=item.error)
+    return Result(
+        run_id=run_id,
+        source=item.source,
+        job_id=item.job_id,
+        account_id=item.account_id,
+        outcome=item.outcome,
+        error=item.error,
+        key_id=key_id,
+    )
 
 
 class Operations:
@@ -62,9 +86,22 @@ class Operations:
         """Start nothing more (a signal, a rejected key)."""
         self.session.close()
 
+    def rotate(self, api_key: str) -> None:
+        """A tenant's key file changed: its later records name the new key."""
+        self.session.rotate(api_key)
+        self.key_id = self.session.key_id
+
     async def handle(self, job: Job) -> list[Result]:
         """The job's records: its disconnect (or check) first, then any monitor deletions.
         None at all when its username resolves to an account an earlier run already did."""
+        claimed: list[str] = []
+        try:
+            return await self._handle(job, claimed)
+        finally:
+            for key in claimed:  # queue mode: the claim of a resolved username ends here
+                self.claims.release(key)
+
+    async def _handle(self, job: Job, claimed: list[str]) -> list[Result]:
         started = time.monotonic()
         account: dict[str, Any] | None = None
         account_id = job.account_id
@@ -74,7 +111,10 @@ class Operations:
             if isinstance(resolved, Result):
                 return [resolved]
             account, account_id = resolved, str(resolved["id"])
-            claim = self.claims.claim(account_id)
+            key = job_key(account_id, None, job.tenant)
+            claim = self.claims.claim(key)
+            if claim == "new":
+                claimed.append(key)
             if claim == "done":
                 return []
             if claim == "duplicate":
@@ -101,16 +141,7 @@ class Operations:
 
     # Records without a request ---------------------------------------------------------------
     def invalid(self, item: Invalid) -> Result:
-        log.warning("invalid_job", source=item.source, error=item.error)
-        return Result(
-            run_id=self.run_id,
-            source=item.source,
-            job_id=item.job_id,
-            account_id=item.account_id,
-            outcome=item.outcome,
-            error=item.error,
-            key_id=self.key_id,
-        )
+        return invalid_record(item, run_id=self.run_id, key_id=self.key_id)
 
     def duplicate(self, job: Job, account_id: str | None = None) -> Result:
         return Result(
@@ -125,6 +156,10 @@ class Operations:
         )
 
     def internal_error(self, job: Job, name: str) -> Result:
+        return self.failed(job, f"internal_error: {name}")
+
+    def failed(self, job: Job, error: str, http_status: int | None = None) -> Result:
+        """A failed record for a job that sent nothing (more)."""
         return Result(
             run_id=self.run_id,
             source=job.source,
@@ -132,7 +167,8 @@ class Operations:
             account_id=job.account_id,
             username=job.username,
             outcome=Outcome.FAILED,
-            error=f"internal_error: {name}",
+            error=error,
+            http_status=http_status,
             key_id=self.key_id,
         )
 
@@ -161,6 +197,8 @@ class Operations:
         self, job: Job, account_id: str, started: float, account: dict[str, Any] | None
     ) -> Result:
         call = await self._call(partial(self._client.delete_account, account_id))
+        if call.answer is not None:
+            self._directory.forget(account_id)
         if call.answer is None or call.answer.status != 404:
             outcome = None if call.answer is None else Outcome.DISCONNECTED
             return self._result(

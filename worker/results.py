@@ -180,6 +180,7 @@ _ACCOUNT = re.compile(rb'"account_id": "([A-Za-z0-9_-]{1,128})"')
 _OUTCOME = re.compile(rb'"outcome": "(disconnected|already_gone)"')
 _OP = re.compile(rb'"op": "([a-z_]+)"')
 _USERNAME = re.compile(rb'"username": "([A-Za-z0-9_]{1,50})"')
+_TENANT = re.compile(rb'"tenant": "([A-Za-z0-9][A-Za-z0-9._-]{0,63})"')
 
 
 def read_prior(path: Path) -> PriorResults:
@@ -202,16 +203,20 @@ def read_prior(path: Path) -> PriorResults:
             account, outcome, op = _ACCOUNT.search(line), _OUTCOME.search(line), _OP.search(line)
             if account and outcome and op:
                 if op.group(1) == b"disconnect":
-                    prior.done.add(account.group(1).decode())
+                    # A tenant's accounts are keyed apart (`tenant/…`), as its jobs are.
+                    t = _TENANT.search(line) if b'"tenant": "' in line else None
+                    tenant = t.group(1).decode() if t else None
+                    prior.done.add(job_key(account.group(1).decode(), None, tenant))
                     if name := _USERNAME.search(line):
-                        prior.done_names.add(job_key(None, name.group(1).decode()))
+                        prior.done_names.add(job_key(None, name.group(1).decode(), tenant))
                 continue
             try:
                 record = json.loads(line)
                 if record.get("op", Op.DISCONNECT) == Op.DISCONNECT and record["outcome"] in DONE:
-                    prior.done.add(str(record["account_id"]))
+                    tenant = record.get("tenant") if isinstance(record.get("tenant"), str) else None
+                    prior.done.add(job_key(str(record["account_id"]), None, tenant))
                     if isinstance(record.get("username"), str):
-                        prior.done_names.add(job_key(None, record["username"]))
+                        prior.done_names.add(job_key(None, record["username"], tenant))
             except (ValueError, KeyError, TypeError, AttributeError):
                 prior.bad_lines.append(number)
     return prior

@@ -12,14 +12,15 @@ from __future__ import annotations
 import errno
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import anyio
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from worker.errors import AuthError, BudgetClosed, TlsError
+from worker.api.client import PATIENCE, Patience
+from worker.errors import AuthError, BudgetClosed, NoSlot, TlsError
 from worker.failpoint import failpoint
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
@@ -27,6 +28,7 @@ from worker.results import ResultSink
 from worker.seen import Claims
 from worker.sources import Item, JobSource
 from worker.summary import Summary
+from worker.tenants import Ring
 
 log = get_logger()
 COMMIT_CAP = 1000  # finished items waiting for the group commit before workers wait too
@@ -62,6 +64,8 @@ class Runner:
         limit: int | None = None,
         sync_before_settle: bool = False,
         grace: float = 30.0,
+        ring: Ring | None = None,
+        read_ahead: int = 10_000,
     ) -> None:
         self.ops = ops
         self.source = source
@@ -85,6 +89,12 @@ class Runner:
         self._reading = True
         self._handed = 0
         self._work_scope: anyio.CancelScope | None = None
+        # Several keys: jobs wait in per-tenant queues (at most `read_ahead` of them), and
+        # workers take them round robin from the tenants that can send now.
+        self._ring = ring
+        self._read_ahead = read_ahead
+        self._source_done = False
+        self._news = anyio.Event()  # a job was read or parked back, or the run is stopping
 
     @staticmethod
     def new_run_id() -> str:
@@ -134,6 +144,7 @@ class Runner:
 
     def _stop_sending(self) -> None:
         self._reading = False
+        self._news.set()
         if self._pull_scope is not None:
             self._pull_scope.cancel()  # e.g. a worker waiting on a silent stdin
         self.ops.close()
@@ -209,6 +220,95 @@ class Runner:
                 self.summary.not_finished += len(batch)  # recorded, not acked: redelivered
                 raise
 
+    async def _next_tenant_job(self) -> Job | None:
+        """Several keys: the next job of the next tenant (round robin) whose budget can send
+        now. Reading ahead fills the tenants' queues up to --read-ahead jobs, so a stream
+        whose head is all one cooling key still feeds the others; when no tenant can send,
+        the worker sleeps until the first parked one may, or until news."""
+        ring = self._ring
+        assert ring is not None
+        while self._reading:
+            if self.limit is not None and self._handed >= self.limit:
+                break
+            room = self._read_ahead - ring.queued
+            if (
+                not self._source_done
+                and room >= self._read_ahead // 4
+                and not self._pull_lock.locked()
+            ):
+                # Room for more: read now, not only when no tenant can send, so tenants
+                # beyond the read-ahead join the rotation as soon as there is room.
+                await self._read_into_ring()
+            job = ring.take(anyio.current_time())
+            if job is not None:
+                self._handed += 1
+                return job
+            if not self._source_done and ring.queued < self._read_ahead:
+                await self._read_into_ring()
+                continue
+            if self._source_done and ring.queued == 0:
+                return None  # whatever is parked back later has a worker already
+            news, ready = self._news, ring.next_ready()
+            delay = max(ready - anyio.current_time(), 0.0) if ready is not None else 1.0
+            with anyio.move_on_after(delay):
+                await news.wait()
+            if self._news is news and news.is_set():
+                self._news = anyio.Event()
+        self._reading = False
+        return None
+
+    async def _read_into_ring(self) -> None:
+        """Read the next batch and route each item: invalid lines, done and duplicate
+        accounts and unknown tenants are settled at once; jobs join their tenant's queue."""
+        ring = self._ring
+        assert ring is not None
+        assert self._batches is not None
+        async with self._pull_lock:
+            if self._source_done or not self._reading or ring.queued >= self._read_ahead:
+                return
+            with anyio.CancelScope() as scope:
+                self._pull_scope = scope
+                batch = await anext(self._batches, None)
+            self._pull_scope = None
+            if scope.cancelled_caught:
+                return
+            if batch is None:
+                self._source_done = True
+                self._news.set()
+                return
+            settle: list[tuple[Item, list[Result]]] = []
+            now = anyio.current_time()
+            for item in batch:
+                if isinstance(item, Invalid):
+                    settle.append((item, [self.ops.invalid(item)]))
+                    continue
+                tenant = ring.tenants.tenant(item)
+                if tenant is None:
+                    settle.append((item, [ring.tenants.unknown(item)]))
+                    continue
+                claim = self.ops.claims.claim(item.key)
+                if claim == "done":
+                    settle.append((item, []))
+                elif claim == "duplicate":
+                    settle.append((item, [self.ops.duplicate(item)]))
+                else:
+                    ring.put(tenant, item, now)
+            self._news.set()
+            self._news = anyio.Event()
+        for item, results in settle:
+            await self._settle(item, results)
+
+    def _park(self, job: Job, seconds: float) -> None:
+        """The job found no slot for its key: back to its tenant's queue, the tenant parked."""
+        assert self._ring is not None
+        tenant = self._ring.tenants.tenant(job)
+        if tenant is None:  # its key file went away meanwhile: recorded as unknown next time
+            tenant = self._ring.tenants.tenants[job.tenant or ""]
+        self._handed -= 1
+        self._ring.park(tenant, job, anyio.current_time() + seconds)
+        self._news.set()
+        self._news = anyio.Event()
+
     async def _next_job(self) -> Job | None:
         """The next job to send, or None when there is none. Workers take items in turn from
         the current batch (no await between taking and handling, so no lock is needed) and
@@ -252,16 +352,25 @@ class Runner:
             return True
 
     async def _work(self) -> None:
-        while (job := await self._next_job()) is not None:
+        tenants = self._ring is not None
+        next_job = self._next_tenant_job if tenants else self._next_job
+        while (job := await next_job()) is not None:
             finished = False
             tokens = bind_contextvars(
                 source=job.source, account_id=job.account_id, username=job.username
             )
+            patience = PATIENCE.set(Patience()) if tenants else None
             try:
                 finished = await self._settle(job, await self._handle(job))
+            except NoSlot as exc:
+                finished = True  # not finished either: back in its tenant's queue
+                self._park(job, exc.seconds)
             except BudgetClosed:
                 pass  # the run is stopping; this job was not sent (again)
             finally:
+                if patience is not None:
+                    PATIENCE.reset(patience)
+                self.ops.claims.release(job.key)  # queue mode: the account may come again
                 reset_contextvars(**tokens)
                 # Stopped or cancelled before its record: no record, a rerun picks it up.
                 self.summary.not_finished += not finished
@@ -271,7 +380,7 @@ class Runner:
         failed record, never an exception that cancels its siblings."""
         try:
             return await self.ops.handle(job)
-        except BudgetClosed:
+        except (BudgetClosed, NoSlot):
             raise
         except Exception as exc:
             name = type(exc).__name__
@@ -307,6 +416,10 @@ class Runner:
             return False
         counts = self.summary.monitors if result.op is Op.DELETE_MONITOR else self.summary.outcomes
         counts[str(result.outcome)] += 1
+        if self._ring is not None and result.op is not Op.DELETE_MONITOR:
+            self.summary.by_tenant.setdefault(result.tenant or "", Counter())[
+                str(result.outcome)
+            ] += 1
         self.summary.attempts += result.attempts
         if result.seen_connected is False:
             self.summary.not_connected += 1

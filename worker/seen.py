@@ -62,14 +62,30 @@ class Claims:
     not taken earlier in this run. One place for the rule, for ids read from the source and for
     ids a username resolves to."""
 
-    __slots__ = ("_done_before", "_seen")
+    __slots__ = ("_active", "_done_before", "_seen")
 
-    def __init__(self, done_before: set[str] | frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, done_before: set[str] | frozenset[str] = frozenset(), *, in_flight_only: bool = False
+    ) -> None:
         self._done_before = done_before
         self._seen = SeenSet()
+        # Queue mode: a consumer lives for months, and an account may rightly come back (a
+        # dead letter requeued, a reconnected account to disconnect again): only the same
+        # account twice at once is a duplicate, and a claim ends with its job.
+        self._active: set[str] | None = set() if in_flight_only else None
 
     def claim(self, key: str) -> Claim:
         """ "new" (the caller takes it), "done" (an earlier run did it) or "duplicate"."""
         if key in self._done_before:
             return "done"
+        if self._active is not None:
+            if key in self._active:
+                return "duplicate"
+            self._active.add(key)
+            return "new"
         return "new" if self._seen.add(key) else "duplicate"
+
+    def release(self, key: str) -> None:
+        """The job that claimed `key` is over (in-flight-only claims; else nothing)."""
+        if self._active is not None:
+            self._active.discard(key)

@@ -45,6 +45,7 @@ class QueueConfig:
     max_deliveries: int = 5
     drain: bool = False
     batch: int = 16
+    dead_letter_rejected: bool = False  # --keys: a 401 dead-letters its job (one key of many)
     block_ms: int = 1000
     connect_timeout: float | None = None  # None: wait for Redis for ever (a k8s consumer)
 
@@ -86,6 +87,10 @@ class RunSettings:
     budget_url: str | None = None  # file mode: keep the budget in this Redis, as queue mode does
     budget_connect_timeout: float = 30.0
     queue: QueueConfig | None = None  # set when SOURCE is a redis:// URL
+    keys_dir: Path | None = None  # --keys: one key per file, the file name the tenant's
+    # The keys read from keys_dir at start, by tenant: (key, account or None).
+    keys: dict[str, tuple[str, str | None]] = field(default_factory=dict, repr=False)
+    read_ahead: int = 10_000
     # Backoff between retries (full jitter, exponential); not flags, tests shorten them.
     backoff_base: float = 0.5
     backoff_cap: float = 30.0

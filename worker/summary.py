@@ -41,6 +41,8 @@ class Summary:
     retries: int = 0
     attempts: int = 0
     rate: dict[str, object] = field(default_factory=dict)  # the DELETE limit in force at the end
+    # Several keys: each tenant's outcomes ("" for the default key's jobs).
+    by_tenant: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -88,5 +90,13 @@ class Summary:
             if self.elapsed_s >= self._window()
             else None,
             "rate": self.rate,
+            **({"tenants": self.tenant_table()} if self.by_tenant else {}),
             "exit_code": int(self.exit_code()),
+        }
+
+    def tenant_table(self) -> dict[str, dict[str, int]]:
+        """Outcomes per tenant, by name ("(default)" for the default key's jobs)."""
+        return {
+            name or "(default)": dict(sorted(counts.items()))
+            for name, counts in sorted(self.by_tenant.items())
         }

@@ -68,6 +68,47 @@ _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # nothing to encode
 _ATTEMPT: contextvars.ContextVar[asyncio.Timeout] = contextvars.ContextVar("xquik_attempt")
 
 
+# The client whose request is in progress: with several keys one aiohttp session (one pool
+# of connections) serves every key's client, and its middleware meters each request against
+# the budgets of the client that sends it.
+_CLIENT: contextvars.ContextVar[XquikClient] = contextvars.ContextVar("xquik_client")
+
+
+class Patience:
+    """A job that must not wait for its key's DELETE budget (a tenant's job, with several
+    keys): its first DELETE takes a slot only if one is free now, else NoSlot is raised and
+    the job goes back to its tenant's queue, holding no worker. Once a DELETE was answered
+    (not 429), the job's later DELETEs (its monitors) wait as usual."""
+
+    __slots__ = ("answered",)
+
+    def __init__(self) -> None:
+        self.answered = False
+
+
+PATIENCE: contextvars.ContextVar[Patience | None] = contextvars.ContextVar(
+    "xquik_patience", default=None
+)
+
+
+def http_session(*, concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """The aiohttp session of a run: one pool of connections for every key's client."""
+    return aiohttp.ClientSession(
+        headers={"User-Agent": f"xquik-disconnect/{__version__}"},
+        connector=aiohttp.TCPConnector(limit=max(concurrency, 1) + 2),
+        # Connecting and silence are bounded here; the whole attempt in `request`.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+        middlewares=(_meter,),
+        raise_for_status=False,
+    )
+
+
+async def _meter(
+    req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    return await _CLIENT.get()._meter(req, handler)
+
+
 def origin(url: URL) -> str:
     """scheme://host:port, never userinfo, path or query: what a message may say of a URL."""
     return f"{url.scheme}://{url.host}:{url.port}" if url.host else "(no host)"
@@ -85,16 +126,18 @@ class XquikClient:
         concurrency: int = 4,
         delete_budget: Budget | None = None,
         read_budget: Budget | None = None,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be > 0")
         self._base = base_url.rstrip("/")
-        self._api_key = api_key
+        self.api_key = api_key  # replaced when its key file changes (a rotated key)
+        self._shared = http
         self._timeout = timeout
         self._concurrency = concurrency
         self.delete_budget: Budget = delete_budget or Unlimited()
         self.read_budget: Budget = read_budget or Unlimited()
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = http  # shared: open already
         self.sent: Counter[str] = Counter()  # real sends by method, hidden resends included
         # For metrics and the summary: plain numbers, cheap to keep.
         self.in_flight = 0
@@ -109,15 +152,8 @@ class XquikClient:
         self.duration_sum: dict[str, float] = {}
 
     async def __aenter__(self) -> XquikClient:
-        self._session = aiohttp.ClientSession(
-            headers={"x-api-key": self._api_key, "User-Agent": f"xquik-disconnect/{__version__}"},
-            connector=aiohttp.TCPConnector(limit=max(self._concurrency, 1) + 2),
-            # Connecting and silence are bounded here; the whole attempt in `request`.
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self._timeout, sock_read=self._timeout
-            ),
-            middlewares=(self._meter,),
-            raise_for_status=False,
+        self._session = self._shared or http_session(
+            concurrency=self._concurrency, timeout=self._timeout
         )
         return self
 
@@ -125,7 +161,8 @@ class XquikClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._session is not None:
-            await self._session.close()
+            if self._shared is None:  # a shared session is closed by its owner
+                await self._session.close()
             self._session = None
 
     def _budget(self, method: str) -> Budget:
@@ -136,14 +173,21 @@ class XquikClient:
     ) -> aiohttp.ClientResponse:
         started = time.monotonic()
         budget = self._budget(req.method)
-        slot = await budget.acquire()
+        patience = PATIENCE.get() if req.method == "DELETE" else None
+        if patience is not None and not patience.answered:
+            slot = await budget.acquire(block=False)
+        else:
+            slot = await budget.acquire()
         self.budget_wait_s += time.monotonic() - started
         self.sent[req.method] += 1
         attempt = _ATTEMPT.get(None)
         if attempt is not None:
             attempt.reschedule(asyncio.get_running_loop().time() + self._timeout)
         if slot is None:  # a budget without slots (unlimited): nothing to give back
-            return await handler(req)
+            resp = await handler(req)
+            if patience is not None and resp.status != 429:
+                patience.answered = True
+            return resp
         left = True
         status: int | None = None
         sent_at = time.monotonic()
@@ -151,6 +195,8 @@ class XquikClient:
             resp = await handler(req)
             status = resp.status
             self._observe(req.method, status, time.monotonic() - sent_at)
+            if patience is not None and status != 429:
+                patience.answered = True
             return resp
         except aiohttp.ClientConnectorError:
             # Refused, unreachable, TLS handshake failed: the request never left.
@@ -194,10 +240,13 @@ class XquikClient:
             url = url.with_query(query)
         self.in_flight += 1
         token = None
+        me = _CLIENT.set(self)
         try:
             async with asyncio.timeout(None) as attempt:
                 token = _ATTEMPT.set(attempt)
-                async with self._session.request(method, url, allow_redirects=False) as resp:
+                async with self._session.request(
+                    method, url, allow_redirects=False, headers={"x-api-key": self.api_key}
+                ) as resp:
                     raw = await _read_bounded(resp, limit)
                     status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -211,6 +260,7 @@ class XquikClient:
             raise NetworkError(detail) from exc
         finally:
             self.in_flight -= 1
+            _CLIENT.reset(me)
             if token is not None:
                 _ATTEMPT.reset(token)
         body = parse_json(raw.decode("utf-8", "replace"))
@@ -330,4 +380,4 @@ def _error_class(decision: Decision) -> type[ApiError]:
     return PermanentApiError
 
 
-__all__ = ["Answer", "XquikClient"]
+__all__ = ["PATIENCE", "Answer", "Patience", "XquikClient", "http_session"]

@@ -85,6 +85,16 @@ class Directory:
                 self._by_name = {str(a.get("xUsername", "")).lower(): a for a in self._accounts}
             return self._accounts
 
+    def forget(self, account_id: str) -> None:
+        """The account was just disconnected: no longer listed as connected, so a later job
+        for it (a queue consumer runs for months) is confirmed gone with a GET, never a
+        DELETE. Its username still resolves to it (a later job by name: already_gone)."""
+        self._by_id.pop(account_id, None)
+
+    def forget_failure(self) -> None:
+        """The key changed: a listing that failed with the old one may be asked again now."""
+        self._failed = None
+
     @property
     def has_listing(self) -> bool:
         """An account listing has been read in this run."""

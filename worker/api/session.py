@@ -50,9 +50,21 @@ class Session:
         redis: Any | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        http: Any | None = None,
+        account: str | None = None,
+        budgets: dict[str, tuple[Budget, Budget]] | None = None,
     ) -> None:
-        self.fingerprint = fingerprint(api_key, base_url)
+        """`http`: an aiohttp session shared with other keys' sessions. `account`: the Xquik
+        account the key belongs to, when several keys share it (their budgets are one: the
+        limits are per account); None: the key's own. `budgets`: where sessions of one run
+        find the budgets an earlier session of the same account built."""
+        self.fingerprint = (
+            fingerprint(f"account:{account}", base_url)
+            if account
+            else fingerprint(api_key, base_url)
+        )
         self.key_id = key_id(api_key)
+        self.account = account
 
         def budget(r: Rate, tier: str) -> Budget:
             return make_budget(
@@ -68,8 +80,12 @@ class Session:
             )
 
         self.rate = rate
-        self.delete_budget = budget(rate, "delete")
-        self.read_budget = budget(read_rate, "read")
+        shared = budgets.get(self.fingerprint) if budgets is not None else None
+        if shared is None:
+            shared = (budget(rate, "delete"), budget(read_rate, "read"))
+            if budgets is not None:
+                budgets[self.fingerprint] = shared
+        self.delete_budget, self.read_budget = shared
         self.client = XquikClient(
             base_url=base_url,
             api_key=api_key,
@@ -77,6 +93,7 @@ class Session:
             concurrency=concurrency,
             delete_budget=self.delete_budget,
             read_budget=self.read_budget,
+            http=http,
         )
         self.call = Caller(
             max_attempts=max_attempts,
@@ -95,6 +112,13 @@ class Session:
     ) -> None:
         self.close()
         await self.client.__aexit__(et, e, tb)
+
+    def rotate(self, api_key: str) -> None:
+        """The key file changed: send with the new key from now on (same budgets: the same
+        account)."""
+        self.client.api_key = api_key
+        self.key_id = key_id(api_key)
+        self.directory.forget_failure()
 
     def close(self) -> None:
         """Send nothing more: waiting and future requests get BudgetClosed."""

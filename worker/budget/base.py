@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from worker.errors import BudgetClosed
+from worker.errors import BudgetClosed, NoSlot
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -18,9 +18,10 @@ Sleep = Callable[[float], Awaitable[None]]
 class Budget(Protocol):
     """What the client asks before every real send."""
 
-    async def acquire(self) -> object:
+    async def acquire(self, block: bool = True) -> object:
         """Wait for a slot and take it, just before the request is sent; BudgetClosed once the
-        run is stopping. Returns the slot, for `release` or `refund`."""
+        run is stopping. Returns the slot, for `release` or `refund`. With `block=False`, a
+        slot that is not free now raises NoSlot (how long until one may be) instead."""
         ...
 
     async def release(self, slot: object, status: int | None = None) -> None:
@@ -101,13 +102,15 @@ class Unlimited:
         self._cooldown_until = float("-inf")
         self._closed = False
 
-    async def acquire(self) -> object:
+    async def acquire(self, block: bool = True) -> object:
         while True:
             if self._closed:
                 raise BudgetClosed
             wait = self._cooldown_until - self._clock()
             if wait <= 0:
                 return None
+            if not block:
+                raise NoSlot(wait)
             await self._naps(wait)
 
     async def release(self, slot: object, status: int | None = None) -> None:

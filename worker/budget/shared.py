@@ -18,7 +18,7 @@ import anyio
 
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
 from worker.budget.window import RATE_LIMITED
-from worker.errors import BudgetClosed
+from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
 from worker.redis_conn import redis_retrying
 
@@ -149,7 +149,9 @@ class RedisBudget:
         # Another worker's release wakes nobody here: poll at least this often while waiting.
         self._poll = max(0.05, min(1.0, self.span / 20))
 
-    async def acquire(self) -> object:
+    async def acquire(self, block: bool = True) -> object:
+        if not block and self._lock.locked():  # another request of this key already waits
+            raise NoSlot(max(self.cooldown_remaining(), self._poll))
         async with self._lock:  # one poller per process; the script arbitrates between them
             bound_ms = (self.attempt_bound + self.span) * 1000
             auto = "1" if self.auto else "0"
@@ -168,6 +170,9 @@ class RedisBudget:
                     if self.auto:
                         self._under[member] = self.limit
                     return member
+                if not block:  # a cooldown whole, a full window at most a span at a time
+                    cooling = wait_ms > bound_ms
+                    raise NoSlot(wait_ms / 1000 if cooling else min(wait_ms / 1000, self.span))
                 if wait_ms > bound_ms:  # only a cooldown is that long
                     self._cooldown_until = self._clock() + wait_ms / 1000
                     await self._naps(wait_ms / 1000)

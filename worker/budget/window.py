@@ -34,7 +34,7 @@ from typing import Protocol
 import anyio
 
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
-from worker.errors import BudgetClosed
+from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
 
 log = get_logger()
@@ -264,8 +264,16 @@ class SlidingWindowBudget:
             wait = max(wait, self._ends[over][0] - now if over < len(self._ends) else INFLIGHT)
         return wait
 
-    async def acquire(self) -> object:
-        """Wait for a slot and take it. Waiters are served first come, first served."""
+    def _no_slot(self, wait: float) -> NoSlot:
+        # A cooldown is waited out whole; a full window at most a span at a time (all held
+        # slots in flight: none frees before an answer plus a span).
+        return NoSlot(max(self.cooldown_remaining(), min(wait, self.span), 0.001))
+
+    async def acquire(self, block: bool = True) -> object:
+        """Wait for a slot and take it. Waiters are served first come, first served. With
+        `block=False`, raise NoSlot instead of waiting (and when another request waits)."""
+        if not block and self._lock.locked():
+            raise self._no_slot(self.delay())
         async with self._lock:
             while True:
                 if self._closed:
@@ -274,6 +282,8 @@ class SlidingWindowBudget:
                 # view, so concurrent runs together stay within the limit too.
                 with self._exchange():
                     wait = self.delay()
+                    if wait > 0 and not block:
+                        raise self._no_slot(wait)
                     if wait <= 0:
                         slot = next(self._ids)
                         self._set(slot, INFLIGHT)

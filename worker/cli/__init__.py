@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
             "xquik-disconnect run jobs/example.jsonl --sandbox   # no key: the built-in sandbox",
             "xquik-disconnect plan --health suspended | xquik-disconnect run - --yes",
             "xquik-disconnect run redis://127.0.0.1:6379/0       # a queue consumer",
+            "xquik-disconnect run jobs.jsonl --keys keys/   # several keys: each job's tenant",
+            "XQUIK_REDIS_URL=redis://:pw@redis:6379/0 xquik-disconnect run   # URL not in ps",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
             "xquik-disconnect plan --health needsReauth,suspended > jobs.jsonl",
             "xquik-disconnect plan --usernames handles.txt --with-monitors --format table",
             "xquik-disconnect plan --all --budget redis://redis:6379/0 | xquik-disconnect run -",
+            "xquik-disconnect plan --all --tenant client-x --keys keys/ > client-x.jsonl",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -154,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "xquik-disconnect sandbox --port 8787 --accounts 1000 --delete-limit 15/60s",
             "xquik-disconnect sandbox --fail-500 0.05 --slow 0.1 --ingress-jitter-ms 500",
+            "xquik-disconnect sandbox --tenants 3 --keys-out keys/   # 3 more Xquik accounts",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

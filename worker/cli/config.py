@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,7 +56,30 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             raise ConfigError(f"jobs file {source!r} not found")
         FileSource(path).check()
     results = Path(args.results) if args.results else _default_results(source)
-    base_url, key = api_access(args)
+    keys: dict[str, tuple[str, str | None]] = {}
+    if args.keys:
+        from worker.cli.keys import read_keys
+
+        if args.sandbox:
+            raise ConfigError(
+                "--keys with --sandbox: start `xquik-disconnect sandbox --tenants K --keys-out "
+                "DIR` and give its --base-url and --keys DIR"
+            )
+        keys = {t: (k.key, k.account) for t, k in read_keys(Path(args.keys)).items()}
+        if queue is not None:
+            # Several keys: a 401 dead-letters its job; read up to 1,000 jobs at a time into
+            # the tenants' queues (the read-ahead is the point: one batch of a single tenant
+            # would feed no other).
+            batch = max(queue.batch, min(1000, args.read_ahead))
+            queue = replace(queue, dead_letter_rejected=True, batch=batch)
+        try:
+            base_url, key = api_access(args)
+        except ConfigError as exc:
+            if not str(exc).startswith("no API key"):
+                raise
+            base_url, key = check_base_url(args.base_url or DEFAULT_BASE_URL), ""
+    else:
+        base_url, key = api_access(args)
     is_tty = sys.stderr.isatty()
     return RunSettings(
         source=source,
@@ -93,6 +117,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         confirm_over=args.confirm_over,
         budget_url=_budget_url(args.budget, queue),
         budget_connect_timeout=args.redis_connect_timeout or 30.0,
+        keys_dir=Path(args.keys) if args.keys else None,
+        keys=keys,
+        read_ahead=args.read_ahead,
     )
 
 

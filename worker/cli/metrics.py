@@ -9,7 +9,7 @@ in queue mode, Redis answers PING; else 503.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,6 +35,7 @@ class RunView:
 
     runner: Runner | None = None
     session: Session | None = None
+    tenants: dict[str, Session] = field(default_factory=dict)  # --keys: each tenant's
     queue: Any = None  # the RedisSource, once connected
     redis: Any = None  # its client, from the start
     finished_ok_at: float | None = None  # wall time of the end of a run that exited 0
@@ -55,55 +56,94 @@ class _Collector:
         info = GaugeMetricFamily("xquik_build_info", "This worker's version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-        if self.view.runner is None or self.view.session is None:
-            return
-        s, c = self.view.runner.summary, self.view.session.client
-        jobs = CounterMetricFamily(
-            "xquik_jobs", "Result records by op and outcome", labels=["op", "outcome"]
+        view = self.view
+        sessions = ([("", view.session)] if view.session is not None else []) + list(
+            view.tenants.items()
         )
-        for outcome, n in s.outcomes.items():
-            jobs.add_metric(["disconnect", outcome], n)
+        if view.runner is None or not sessions:
+            return
+        s = view.runner.summary
+        # With several keys (--keys) the per-key series carry a `tenant` label ("" for the
+        # default key): one series set per tenant.
+        by_tenant = bool(view.tenants) or bool(s.by_tenant)
+        extra = ["tenant"] if by_tenant else []
+        jobs = CounterMetricFamily(
+            "xquik_jobs", "Result records by op and outcome", labels=["op", "outcome", *extra]
+        )
+        if by_tenant:
+            for tenant, counts in sorted(s.by_tenant.items()):
+                for outcome, n in counts.items():
+                    jobs.add_metric(["disconnect", outcome, tenant], n)
+        else:
+            for outcome, n in s.outcomes.items():
+                jobs.add_metric(["disconnect", outcome], n)
         for outcome, n in s.monitors.items():
-            jobs.add_metric(["delete_monitor", outcome], n)
+            jobs.add_metric(["delete_monitor", outcome, *([""] if by_tenant else [])], n)
         yield jobs
         requests = CounterMetricFamily(
-            "xquik_requests", "HTTP requests sent, resends included", labels=["method"]
+            "xquik_requests", "HTTP requests sent, resends included", labels=["method", *extra]
         )
-        for method, n in c.sent.items():
-            requests.add_metric([method], n)
-        yield requests
         responses = CounterMetricFamily(
-            "xquik_responses", "HTTP answers by method and status", labels=["method", "status"]
+            "xquik_responses",
+            "HTTP answers by method and status",
+            labels=["method", "status", *extra],
         )
-        for (method, status), n in sorted(c.answered.items()):
-            responses.add_metric([method, str(status)], n)
+        limited = CounterMetricFamily("xquik_rate_limited", "429 answers received", labels=extra)
+        for tenant, session in sessions:
+            label = [tenant] if by_tenant else []
+            for method, n in session.client.sent.items():
+                requests.add_metric([method, *label], n)
+            for (method, status), n in sorted(session.client.answered.items()):
+                responses.add_metric([method, str(status), *label], n)
+            limited.add_metric(label, session.client.rate_limited)
+        yield requests
         yield responses
+        yield limited
+        clients = [session.client for _, session in sessions]
+        durations: dict[str, list[int]] = {}
+        duration_sum: dict[str, float] = {}
+        for c in clients:
+            for method, hist in c.durations.items():
+                into = durations.setdefault(method, [0] * len(hist))
+                durations[method] = [a + b for a, b in zip(into, hist, strict=True)]
+                duration_sum[method] = duration_sum.get(method, 0.0) + c.duration_sum[method]
         duration = HistogramMetricFamily(
             "xquik_request_duration_seconds",
             "Seconds from a request's send to its answer's headers",
             labels=["method"],
         )
-        for method, counts in sorted(c.durations.items()):
+        for method, hist in sorted(durations.items()):
             running, buckets = 0, []
-            for le, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
+            for le, n in zip((*DURATION_BUCKETS, float("inf")), hist, strict=True):
                 running += n
                 buckets.append(("+Inf" if le == float("inf") else f"{le:g}", running))
-            duration.add_metric([method], buckets, sum_value=c.duration_sum[method])
+            duration.add_metric([method], buckets, sum_value=duration_sum[method])
         yield duration
         for name, doc, value in (
             ("xquik_attempts", "Attempts made by recorded jobs", s.attempts),
-            ("xquik_retries", "Retries after transient errors", self.view.session.retries),
-            ("xquik_rate_limited", "429 answers received", c.rate_limited),
-            ("xquik_cooldown_seconds", "Seconds of key-wide cooldown applied", c.cooldown_s),
+            (
+                "xquik_retries",
+                "Retries after transient errors",
+                sum(session.retries for _, session in sessions),
+            ),
+            (
+                "xquik_cooldown_seconds",
+                "Seconds of key-wide cooldown applied",
+                sum(c.cooldown_s for c in clients),
+            ),
             (
                 "xquik_budget_wait_seconds",
                 "Seconds requests waited for the rate budget",
-                c.budget_wait_s,
+                sum(c.budget_wait_s for c in clients),
             ),
             ("xquik_skipped_done", "Jobs skipped as done in an earlier run", s.skipped_done),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily("xquik_requests_in_flight", "Requests in flight", value=c.in_flight)
+        yield GaugeMetricFamily(
+            "xquik_requests_in_flight",
+            "Requests in flight",
+            value=sum(c.in_flight for c in clients),
+        )
         yield GaugeMetricFamily(
             "xquik_not_finished", "Jobs stopped before their record", value=s.not_finished
         )

@@ -248,6 +248,23 @@ def run_options(p: argparse.ArgumentParser) -> None:
         help="requests in flight at most (default 4)",
     )
     p.add_argument(
+        "--keys",
+        metavar="DIR",
+        default=env("KEYS"),
+        help="several API keys: one per file, the file name being the tenant name (a mounted "
+        "Kubernetes Secret; NAME@ACCOUNT shares ACCOUNT's budget); a job's `tenant` picks "
+        "one, jobs without use the default key; files are read again when they change "
+        "(env XQUIK_KEYS)",
+    )
+    p.add_argument(
+        "--read-ahead",
+        type=positive_int,
+        default=env("READ_AHEAD", "10000"),
+        metavar="N",
+        help="with --keys: jobs read ahead into the tenants' queues at most, so one cooling "
+        "key never holds up the others (default 10000)",
+    )
+    p.add_argument(
         "--rate",
         type=delete_rate,
         default=env("RATE", "auto"),
@@ -561,6 +578,17 @@ def plan_options(p: argparse.ArgumentParser) -> None:
         help="jsonl jobs for `run -` (default), or a table for a person",
     )
     p.add_argument("--out", metavar="FILE", help="write the jobs here instead of stdout")
+    p.add_argument(
+        "--tenant",
+        metavar="NAME",
+        help="plan with this tenant's key from --keys DIR; each job names the tenant",
+    )
+    p.add_argument(
+        "--keys",
+        metavar="DIR",
+        default=env("KEYS"),
+        help="the keys directory of `run --keys` (env XQUIK_KEYS)",
+    )
 
 
 def queue_options(p: argparse.ArgumentParser) -> None:
@@ -654,6 +682,27 @@ def sandbox_options(p: argparse.ArgumentParser) -> None:
         "--api-key-file",
         metavar="PATH",
         help="accept this key (never printed); default: a throwaway key, printed",
+    )
+    p.add_argument(
+        "--tenants",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="serve K more Xquik accounts t1..tK, each with its own key, accounts (tK-1, "
+        "tK-2, …), monitors and windows; a key sees only its own account's connections "
+        "(default 0)",
+    )
+    p.add_argument(
+        "--tenant-accounts",
+        type=non_negative_int,
+        default=20,
+        metavar="N",
+        help="accounts each tenant holds (default 20)",
+    )
+    p.add_argument(
+        "--keys-out",
+        metavar="DIR",
+        help="write the tenants' keys there, one file per tenant (the --keys directory)",
     )
     p.add_argument(
         "--delete-limit",

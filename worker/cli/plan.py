@@ -19,12 +19,12 @@ import anyio
 
 from worker.api import Call, Session, describe, tracking
 from worker.api.directory import names
-from worker.cli.config import api_access
+from worker.cli.config import api_access, check_base_url
 from worker.cli.options import fail, log_level
 from worker.errors import AuthError, ConfigError, ExitCode, TlsError
 from worker.logs import configure, get_logger
 from worker.redis_conn import is_redis_url
-from worker.settings import Rate
+from worker.settings import DEFAULT_BASE_URL, Rate
 
 log = get_logger()
 
@@ -104,10 +104,12 @@ def write_jobs(
     fmt: str,
     monitors: dict[str, list[dict[str, Any]]] | None,
     keywords: dict[str, list[dict[str, Any]]] | None = None,
+    tenant: str | None = None,
 ) -> None:
-    """Jobs as JSONL, or a table for a person. With monitors: the account monitors that would
-    go with each account (--delete-monitors) and, listed apart, the keyword monitors whose query
-    names the user (only --delete-monitors=all deletes those)."""
+    """Jobs as JSONL (naming `tenant` if given), or a table for a person. With monitors: the
+    account monitors that would go with each account (--delete-monitors) and, listed apart,
+    the keyword monitors whose query names the user (only --delete-monitors=all deletes
+    those)."""
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table
@@ -137,6 +139,8 @@ def write_jobs(
         return
     for a in chosen:
         job: dict[str, Any] = {"account_id": str(a["id"]), "username": a.get("xUsername")}
+        if tenant:
+            job["tenant"] = tenant
         if monitors is not None:
             job["delete_monitors"] = True
             job["monitors"] = [str(m["id"]) for m in monitors[str(a["id"])]]
@@ -181,18 +185,44 @@ def main(args: argparse.Namespace) -> int:
     configure(args.log_format, level=log_level(args))
     try:
         filters = filters_from_args(args)
-        base_url, key = api_access(args)
+        account = None
+        if args.tenant:
+            base_url, key, account = tenant_access(args)
+        else:
+            base_url, key = api_access(args)
         if args.budget and not is_redis_url(args.budget):
             raise ConfigError(f"--budget {args.budget!r} is not a redis:// URL")
     except ConfigError as exc:
         return fail("plan", exc)
     try:
-        return anyio.run(_plan, args, filters, base_url, key)
+        return anyio.run(_plan, args, filters, base_url, key, account)
     except ConfigError as exc:  # --budget: Redis unreachable
         return fail("plan", exc)
 
 
-async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: str) -> int:
+def tenant_access(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """--tenant NAME: that tenant's key (and Xquik account) from --keys DIR."""
+    from worker.cli.keys import read_keys
+    from worker.models import TENANT_PATTERN
+
+    if not TENANT_PATTERN.fullmatch(args.tenant):
+        raise ConfigError(f"--tenant {args.tenant!r} is not a tenant name")
+    if not args.keys:
+        raise ConfigError("--tenant needs --keys DIR (the directory of `run --keys`)")
+    keys = read_keys(Path(args.keys))
+    if args.tenant not in keys:
+        raise ConfigError(f"--tenant {args.tenant}: no key file for it in {args.keys}")
+    base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
+    return base_url, keys[args.tenant].key, keys[args.tenant].account
+
+
+async def _plan(
+    args: argparse.Namespace,
+    filters: Filters,
+    base_url: str,
+    key: str,
+    account: str | None = None,
+) -> int:
     async with AsyncExitStack() as stack:
         if args.sandbox:
             from worker.sandbox import Sandbox
@@ -217,6 +247,7 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
                 timeout=args.timeout,
                 max_attempts=args.max_attempts,
                 redis=redis,
+                account=account,
             )
         )
         listed = await session.directory.accounts()
@@ -239,11 +270,16 @@ async def _plan(args: argparse.Namespace, filters: Filters, base_url: str, key: 
                 ]
                 for a in chosen
             }
+    tenant = args.tenant or None
     if args.out:
         with Path(args.out).open("w", encoding="utf-8") as out:  # noqa: ASYNC230 (tiny, once)
-            write_jobs(chosen, out, fmt=args.format, monitors=monitors, keywords=keywords)
+            write_jobs(
+                chosen, out, fmt=args.format, monitors=monitors, keywords=keywords, tenant=tenant
+            )
     else:
-        write_jobs(chosen, sys.stdout, fmt=args.format, monitors=monitors, keywords=keywords)
+        write_jobs(
+            chosen, sys.stdout, fmt=args.format, monitors=monitors, keywords=keywords, tenant=tenant
+        )
     report_missing(missing)
     log.info("plan_written", accounts=len(accounts), selected=len(chosen), missing=len(missing))
     return ExitCode.FAILED if missing else ExitCode.OK

@@ -141,6 +141,13 @@ def print_summary(summary: Summary, results: str) -> None:
         f"retries: {event['retries']}; exit code {event['exit_code']}{stopped}; "
         f"results: {results}"
     )
+    if summary.by_tenant:
+        tenants = Table(title="by tenant", title_justify="left")
+        tenants.add_column("tenant")
+        tenants.add_column("outcomes")
+        for name, per in summary.tenant_table().items():
+            tenants.add_row(name, ", ".join(f"{k} {v}" for k, v in per.items()))
+        console.print(tenants)
     if summary.rate:
         console.print(f"DELETE limit in force: {limit_words(summary.rate)}")
     if summary.not_connected:

@@ -74,10 +74,14 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
             )
     out["consumers"] = consumers
     dead: Counter[str] = Counter()
+    dead_by_tenant: Counter[str] = Counter()
     for _, fields in await redis.xrange(f"{stream}:dead", min="-", max="+"):
         dead[error_code(text(fields.get(b"reason", b"")))] += 1
+        dead_by_tenant[text(fields.get(b"tenant", b""))] += 1
     out["dead_letters"] = dict(sorted(dead.items(), key=lambda kv: -kv[1]))
     out["dead_total"] = sum(dead.values())
+    if any(dead_by_tenant):  # several keys: whose jobs they are ("" for the default key)
+        out["dead_by_tenant"] = dict(sorted(dead_by_tenant.items(), key=lambda kv: -kv[1]))
     out["results"] = await redis.xlen(f"{stream}:results")
     out["budgets"] = await budgets(redis)
     return out
@@ -116,6 +120,9 @@ def render(s: dict[str, Any]) -> str:
     if s["dead_total"]:
         by = ", ".join(f"{code} {n}" for code, n in s["dead_letters"].items())
         lines.append(f"dead letters: {s['dead_total']} ({by}) in {s['stream']}:dead")
+        if s.get("dead_by_tenant"):
+            tenants = ", ".join(f"{t or '(default)'} {n}" for t, n in s["dead_by_tenant"].items())
+            lines.append(f"  by tenant: {tenants}")
     else:
         lines.append("dead letters: none")
     for b in s["budgets"]:

@@ -63,6 +63,7 @@ class Report:
     last_failure: dict[str, str] = field(default_factory=dict)  # account -> error
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (source, error)
     not_connected: list[str] = field(default_factory=list)  # seen_connected: false
+    tenants: dict[str, Counter[str]] = field(default_factory=dict)  # "" for the default key
 
     def outstanding(self) -> dict[str, list[str]]:
         """Accounts whose latest failure no later record has made done, grouped by error."""
@@ -82,6 +83,7 @@ class Report:
             "failed_outstanding": self.outstanding(),
             "invalid_lines": [{"source": s, "error": e} for s, e in self.invalid],
             "not_connected_at_start": self.not_connected,
+            **({"tenants": self.tenant_table()} if self.has_tenants() else {}),
             "runs": [
                 {
                     "run_id": r.run_id,
@@ -94,6 +96,15 @@ class Report:
                 for r in self.runs.values()
             ],
             "unreadable_lines": self.unreadable_lines,
+        }
+
+    def has_tenants(self) -> bool:
+        return any(self.tenants)
+
+    def tenant_table(self) -> dict[str, dict[str, int]]:
+        return {
+            name or "(default)": dict(sorted(counts.items()))
+            for name, counts in sorted(self.tenants.items())
         }
 
 
@@ -148,7 +159,11 @@ def build(path: Path) -> Report:
                 continue
             report.outcomes[outcome] += 1
             run.outcomes[outcome] += 1
+            tenant = str(record["tenant"]) if isinstance(record.get("tenant"), str) else ""
+            report.tenants.setdefault(tenant, Counter())[outcome] += 1
             account = record.get("account_id") or ("@" + str(record.get("username")))
+            if tenant:  # one tenant's account is not another's
+                account = f"{tenant}/{account}"
             if record.get("seen_connected") is False:
                 report.not_connected.append(account)
             if outcome in DONE:
@@ -170,6 +185,11 @@ def render(report: Report, out: TextIO) -> None:
             w(f"\n{title}:\n")
             for outcome, count in sorted(counts.items()):
                 w(f"  {outcome:<14} {count}\n")
+    if report.has_tenants():
+        w("\nby tenant:\n")
+        for name, per in report.tenant_table().items():
+            shown = ", ".join(f"{k} {v}" for k, v in per.items())
+            w(f"  {name:<14} {shown}\n")
     w(f"\nruns ({len(report.runs)}):\n")
     for run in report.runs.values():
         rate = run.deletes_per_min()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 import anyio
 
 from worker.api import Session
-from worker.budget import default_state_dir
+from worker.api.call import Fatal
+from worker.api.client import http_session
+from worker.budget import Budget, Unlimited, default_state_dir
 from worker.cli.confirm import confirm, preview, should_ask
 from worker.cli.metrics import RunView
 from worker.cli.options import fail
@@ -30,6 +33,7 @@ from worker.settings import RunSettings, Secret
 from worker.sources import open_source
 from worker.sources.stream import RedisSource
 from worker.summary import Summary
+from worker.tenants import DEFAULT, Ring, Tenants
 
 log = get_logger()
 
@@ -179,13 +183,29 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                 reason="--state-dir none: a restarted or concurrent run on this key may burst "
                 "past the server's window",
             )
-        session = await stack.enter_async_context(
-            Session(
+        http = None
+        budgets: dict[str, tuple[Budget, Budget]] | None = None
+        tenants: Tenants | None = None
+        if settings.keys:
+            # Several keys: one pool of connections for all, and one budget per Xquik account.
+            _enough_files(4 * len(settings.keys) + 256)  # each budget's state file: 2 fds
+            http = http_session(concurrency=settings.concurrency, timeout=settings.timeout)
+            stack.push_async_callback(http.close)
+            budgets = {}
+
+        def fatal(name: str, exc: Fatal) -> None:
+            if tenants is not None:
+                tenants.fatal(name, exc)
+            else:
+                runner.key_failed(exc)
+
+        def new_session(name: str, key: str, account: str | None = None) -> Session:
+            return Session(
                 base_url=settings.base_url,
-                api_key=settings.api_key,
+                api_key=key,
                 rate=settings.rate,
                 read_rate=settings.read_rate,
-                on_fatal=lambda exc: runner.key_failed(exc),
+                on_fatal=partial(fatal, name),
                 concurrency=settings.concurrency,
                 timeout=settings.timeout,
                 max_attempts=settings.max_attempts,
@@ -196,8 +216,14 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                 redis=budget_redis,
                 backoff_base=settings.backoff_base,
                 backoff_cap=settings.backoff_cap,
+                http=http,
+                account=account,
+                budgets=budgets,
             )
-        )
+
+        session = None
+        if settings.api_key:
+            session = await stack.enter_async_context(new_session(DEFAULT, settings.api_key))
         view.session = session
         if should_ask(settings, yes=settings.yes):
             done = prior.done | prior.done_names if prior else frozenset()
@@ -210,34 +236,69 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
                     limit=settings.limit,
                 )
             )
+            ask_budget = session.delete_budget if session is not None else Unlimited()
             go = await anyio.to_thread.run_sync(
-                partial(
-                    confirm, preview_, over=settings.confirm_over, budget=session.delete_budget
-                ),
+                partial(confirm, preview_, over=settings.confirm_over, budget=ask_budget),
                 abandon_on_cancel=True,
             )
             if not go:
                 log.warning("not_confirmed", accounts=preview_.accounts, sent=0)
                 return Summary(run_id=Runner.new_run_id(), stopped="declined")
-        ops = Operations(
-            session,
-            run_id=Runner.new_run_id(),
-            claims=Claims(prior.done | prior.done_names if prior else frozenset()),
-            dry_run=settings.dry_run,
-            delete_monitors=settings.delete_monitors,
-            keyword_monitors=settings.keyword_monitors,
-            wait_monitors=settings.wait_monitors,
-            precheck=settings.precheck,
-            strict_missing=settings.strict_missing,
+        run_id = Runner.new_run_id()
+        claims = Claims(
+            prior.done | prior.done_names if prior else frozenset(),
+            in_flight_only=settings.queue is not None,
         )
+
+        def operations(of: Session) -> Operations:
+            return Operations(
+                of,
+                run_id=run_id,
+                claims=claims,
+                dry_run=settings.dry_run,
+                delete_monitors=settings.delete_monitors,
+                keyword_monitors=settings.keyword_monitors,
+                wait_monitors=settings.wait_monitors,
+                precheck=settings.precheck,
+                strict_missing=settings.strict_missing,
+            )
+
+        handler: Operations | Tenants
+        ring = None
+        if settings.keys:
+
+            def tenant_ops(name: str, key: str) -> Operations:
+                if name == DEFAULT and session is not None:
+                    return operations(session)
+                account = settings.keys.get(name, (key, None))[1]
+                view.tenants[name] = tenant_session = new_session(name, key, account)
+                return operations(tenant_session)
+
+            keys = {name: key for name, (key, _) in settings.keys.items()}
+            if settings.api_key:
+                keys[DEFAULT] = settings.api_key
+            handler = tenants = Tenants(
+                keys,
+                run_id=run_id,
+                make_ops=tenant_ops,
+                on_all_rejected=lambda exc: runner.key_failed(exc),
+                claims=claims,
+            )
+            ring = Ring(tenants)
+            log.info("tenants", keys=len(settings.keys), default_key=bool(settings.api_key))
+        else:
+            assert session is not None
+            handler = operations(session)
         runner = Runner(
-            ops,
+            handler,
             source=source,
             sink=sink,
             concurrency=settings.concurrency,
             limit=settings.limit,
             sync_before_settle=settings.queue is not None,
             grace=settings.grace,
+            ring=ring,
+            read_ahead=settings.read_ahead,
         )
         runner.summary.consumer = settings.queue is not None and not settings.queue.drain
         log.info(
@@ -249,11 +310,15 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             concurrency=settings.concurrency,
             skipping_done=len(prior.done) if prior else 0,
         )
-        budget = session.read_budget if settings.dry_run else session.delete_budget
+        budget: Budget = Unlimited()  # with several keys, the pace tells the ETA
+        if session is not None and tenants is None:
+            budget = session.read_budget if settings.dry_run else session.delete_budget
         # From here a signal stops the runner (within the grace), no longer the start-up.
         view.runner = stopper.runner = runner
         async with anyio.create_task_group() as tg:
             tg.start_soon(source.keep_alive)
+            if tenants is not None and settings.keys_dir is not None:
+                tg.start_soon(_watch_keys, settings.keys_dir, tenants)
             if settings.metrics_textfile is not None:
                 from worker.cli.metrics import textfile_loop
 
@@ -269,9 +334,17 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             )
             await runner.run()
             tg.cancel_scope.cancel()
-        runner.summary.sent = Counter(session.sent)
-        runner.summary.retries = session.retries
-        runner.summary.rate = session.delete_budget.describe()
+        if (
+            tenants is not None
+            and runner.summary.stopped is None
+            and tenants.every_used_key_rejected()
+        ):
+            runner.summary.stopped = "auth"
+        every = ([session] if session is not None else []) + list(view.tenants.values())
+        runner.summary.sent = sum((Counter(s.sent) for s in every), Counter())
+        runner.summary.retries = sum(s.retries for s in every)
+        if every:
+            runner.summary.rate = every[0].delete_budget.describe()
         if settings.metrics_textfile is not None or settings.pushgateway:
             from worker.cli.metrics import push, write_textfile
 
@@ -282,3 +355,31 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             if settings.pushgateway:
                 await push(view, settings.pushgateway)
     return runner.summary
+
+
+def _enough_files(wanted: int) -> None:
+    """Raise the soft limit of open files towards `wanted` (within the hard limit): a run
+    with thousands of keys keeps a state file open per budget, past a container's usual
+    1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def _watch_keys(directory: Path, tenants: Tenants, every: float = 5.0) -> None:
+    """Runs until cancelled: read the key files again every few seconds; a rotated key needs
+    no restart. A directory caught half-updated (or broken) keeps the keys already held."""
+    from worker.cli.keys import read_keys
+
+    while True:
+        await anyio.sleep(every)
+        try:
+            keys = await anyio.to_thread.run_sync(read_keys, directory)
+        except ConfigError as exc:
+            log.warning("keys_unreadable", error=str(exc))
+            continue
+        tenants.update_keys({name: k.key for name, k in keys.items()})

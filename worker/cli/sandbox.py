@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+from pathlib import Path
 
 import anyio
 
@@ -43,6 +45,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         accounts_page_cap=args.accounts_page_cap,
         monitor_deletion_s=args.monitor_deletion_s,
         keys={key} if key else set(),
+        tenants=args.tenants,
+        tenant_accounts=args.tenant_accounts,
         host=args.host,
         port=args.port,
     )
@@ -55,13 +59,27 @@ def serve(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except (ValueError, ConfigError) as exc:
         return fail("sandbox", exc)
-    anyio.run(_serve, config)
+    if args.keys_out and not config.tenants:
+        return fail("sandbox", "--keys-out needs --tenants K")
+    anyio.run(_serve, config, Path(args.keys_out) if args.keys_out else None)
     return ExitCode.OK
 
 
-async def _serve(config: SandboxConfig) -> None:
+def write_keys(directory: Path, keys: dict[str, str]) -> None:
+    """One file per tenant, named after it, holding its key (mode 0600): a --keys directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, key in keys.items():
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+
+
+async def _serve(config: SandboxConfig, keys_out: Path | None = None) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Sandbox(config) as sandbox:
+            if keys_out is not None:
+                write_keys(keys_out, sandbox.tenant_keys)
             # A key the sandbox made is a throwaway, printed so scripts and tests can use it;
             # one it was given is never printed.
             made = not config.keys
@@ -70,6 +88,8 @@ async def _serve(config: SandboxConfig) -> None:
                 "base_url": sandbox.base_url,
                 "api_key": sandbox.api_key if made else None,
                 "accounts": config.accounts,
+                "tenants": config.tenants,
+                "keys_out": str(keys_out) if keys_out is not None else None,
             }
             print(json.dumps(ready), flush=True)
             async for _ in signals:

@@ -31,12 +31,14 @@ class Stats:
     received: int = 0  # counted on arrival, before any answer
     by_status: Counter[str] = field(default_factory=Counter)  # "DELETE 200"
     rate_limited: int = 0
+    cross_tenant: int = 0  # requests for an account of another tenant than the key's
     faults: Counter[str] = field(default_factory=Counter)
     # (monotonic time, method, raw path, status) of the latest requests, for tests to inspect.
     log: deque[tuple[float, str, str, int]] = field(default_factory=lambda: deque(maxlen=200_000))
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "cross_tenant": self.cross_tenant,
             "received": self.received,
             "by_status": dict(self.by_status),
             "rate_limited": self.rate_limited,
@@ -46,12 +48,24 @@ class Stats:
 
 
 @dataclass
+class Tenancy:
+    name: str
+    store: Store
+    limits: dict[str, FixedWindow]
+
+
+@dataclass
 class SandboxState:
     store: Store
     keys: set[str]
     limits: dict[str, FixedWindow]  # tier ("read", "write", "delete") -> window
     faults: FaultPlan
     stats: Stats = field(default_factory=Stats)
+    # Other Xquik accounts (`--tenants`), by API key: each its own data and its own windows.
+    # A key sees only its own account's connections; asking for another's answers 404, and
+    # the ledger counts it (a client that sent a job with the wrong key).
+    tenants: dict[str, Tenancy] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)  # account id -> tenant name
     clock: Any = time.monotonic
     # Each request waits a random 0..ingress_jitter seconds before its tier's limiter counts
     # it: the way in is slow and uneven (a busy proxy, a congested network), as a client that
@@ -145,7 +159,11 @@ async def _gate(request: web.Request, handler: Any, state: SandboxState) -> web.
         return _error(request, 400, "invalid_id", "The id is not valid.")
     if state.ingress_jitter > 0:
         await asyncio.sleep(state.rng.uniform(0, state.ingress_jitter))
-    wait = state.limits[_tier(request.method)].hit(state.clock())
+    tenancy = state.tenants.get(_key(request) or "")
+    if tenancy is not None:
+        request["tenancy"] = tenancy
+    limits = tenancy.limits if tenancy is not None else state.limits
+    wait = limits[_tier(request.method)].hit(state.clock())
     if wait is not None:
         state.stats.rate_limited += 1
         seconds = int(FixedWindow.retry_after_header(wait))
@@ -216,7 +234,7 @@ async def list_accounts(request: web.Request) -> web.Response:
     """Every account up to the cap without pagination parameters (the live API: 10,000), else
     cursor pages; `list_limit` cuts the listing short (a harness fault)."""
     state = request.app[STATE]
-    accounts = list(state.store.accounts.values())[: state.list_limit]
+    accounts = list(_store(request).accounts.values())[: state.list_limit]
     paged = "limit" in request.query or "cursor" in request.query
     if not paged and len(accounts) <= state.accounts_page_cap:
         return web.json_response({"accounts": accounts})
@@ -227,36 +245,52 @@ async def list_accounts(request: web.Request) -> web.Response:
     return web.json_response({"accounts": page, **extra})
 
 
+def _store(request: web.Request) -> Store:
+    tenancy = request.get("tenancy")
+    return tenancy.store if tenancy is not None else request.app[STATE].store
+
+
+def _not_found(request: web.Request, account_id: str) -> web.Response:
+    """404, as the API answers for another account's connection; the ledger notes it."""
+    state = request.app[STATE]
+    tenancy = request.get("tenancy")
+    owner = state.owners.get(account_id)
+    if owner is not None and owner != (tenancy.name if tenancy is not None else ""):
+        state.stats.cross_tenant += 1
+    return _error(request, 404, "not_found", "Account not found.")
+
+
 async def get_account(request: web.Request) -> web.Response:
-    account = request.app[STATE].store.accounts.get(request.match_info["id"])
+    account = _store(request).accounts.get(request.match_info["id"])
     if account is None:
-        return _error(request, 404, "not_found", "Account not found.")
+        return _not_found(request, request.match_info["id"])
     return web.json_response(account)
 
 
 async def delete_account(request: web.Request) -> web.Response:
-    store = request.app[STATE].store
+    store = _store(request)
     account_id = request.match_info["id"]
     if store.accounts.pop(account_id, None) is None:
-        return _error(request, 404, "not_found", "Account not found.")
+        return _not_found(request, account_id)
     store.deleted_accounts.add(account_id)
     return web.json_response({"success": True})
 
 
-def _monitors(state: SandboxState, kind: str = "account") -> dict[str, dict[str, Any]]:
+def _monitors(request: web.Request, kind: str = "account") -> dict[str, dict[str, Any]]:
     """The monitors still listed: a deleted one stays until its background deletion ends."""
-    now = state.clock()
-    for monitor_id, until in list(state.store.deleting.items()):
+    store = _store(request)
+    now = request.app[STATE].clock()
+    for monitor_id, until in list(store.deleting.items()):
         if until <= now:
-            del state.store.deleting[monitor_id]
-            state.store.monitors.pop(monitor_id, None)
-            state.store.keyword_monitors.pop(monitor_id, None)
-    return state.store.keyword_monitors if kind == "keyword" else state.store.monitors
+            del store.deleting[monitor_id]
+            store.monitors.pop(monitor_id, None)
+            store.keyword_monitors.pop(monitor_id, None)
+    return store.keyword_monitors if kind == "keyword" else store.monitors
 
 
 async def list_monitors(request: web.Request) -> web.Response:
     """Account monitors, cursor-paginated (limit 1..200, default 200), as the SDK models."""
-    monitors = list(_monitors(request.app[STATE]).values())
+    monitors = list(_monitors(request).values())
     result = _page(request, monitors, default=200)
     if isinstance(result, web.Response):
         return result
@@ -265,7 +299,7 @@ async def list_monitors(request: web.Request) -> web.Response:
 
 
 async def list_keyword_monitors(request: web.Request) -> web.Response:
-    monitors = list(_monitors(request.app[STATE], "keyword").values())
+    monitors = list(_monitors(request, "keyword").values())
     result = _page(request, monitors, default=200)
     if isinstance(result, web.Response):
         return result
@@ -278,7 +312,7 @@ def _kind(request: web.Request) -> str:
 
 
 async def get_monitor(request: web.Request) -> web.Response:
-    monitor = _monitors(request.app[STATE], _kind(request)).get(request.match_info["id"])
+    monitor = _monitors(request, _kind(request)).get(request.match_info["id"])
     if monitor is None:
         return _error(request, 404, "not_found", "Monitor not found.")
     return web.json_response(monitor)
@@ -288,10 +322,10 @@ async def delete_monitor(request: web.Request) -> web.Response:
     """The deletion runs in the background: 200 `deletionStatus: deleting` at once, the monitor
     listed until it is gone, then its GET answers 404. Account and keyword monitors alike."""
     state = request.app[STATE]
-    store = state.store
+    store = _store(request)
     monitor_id = request.match_info["id"]
     kind = _kind(request)
-    if monitor_id not in _monitors(state, kind):
+    if monitor_id not in _monitors(request, kind):
         return _error(request, 404, "not_found", "Monitor not found.")
     if monitor_id not in store.deleting:
         store.deleted_monitors.add(monitor_id)
@@ -299,7 +333,7 @@ async def delete_monitor(request: web.Request) -> web.Response:
         store.deleting[monitor_id] = state.clock() + state.monitor_deletion_s
     else:
         store.delete_requests[monitor_id] += 1
-    _monitors(state)
+    _monitors(request)
     return web.json_response(
         {
             "success": True,
@@ -319,6 +353,15 @@ async def stats(request: web.Request) -> web.Response:
     body["deleted_accounts"] = sorted(state.store.deleted_accounts)
     body["deleted_monitors"] = sorted(state.store.deleted_monitors)
     body["monitor_delete_requests"] = dict(state.store.delete_requests)
+    if state.tenants:
+        body["tenants"] = {
+            t.name: {
+                "accounts": len(t.store.accounts),
+                "deleted_accounts": len(t.store.deleted_accounts),
+                "delete_window_count": t.limits["delete"].count,
+            }
+            for t in state.tenants.values()
+        }
     return web.json_response(body)
 
 
@@ -332,8 +375,14 @@ async def consume(request: web.Request) -> web.Response:
     """Spend `n` of a tier's window as another client of the same Xquik account would."""
     state = request.app[STATE]
     tier, n = request.query.get("tier", "delete"), int(request.query.get("n", "1"))
-    state.limits[tier].consume(state.clock(), n)
-    return web.json_response({"tier": tier, "count": state.limits[tier].count})
+    limits = state.limits
+    if name := request.query.get("tenant"):
+        found = [t for t in state.tenants.values() if t.name == name]
+        if not found:
+            return web.json_response({"error": f"no tenant {name}"}, status=404)
+        limits = found[0].limits
+    limits[tier].consume(state.clock(), n)
+    return web.json_response({"tier": tier, "count": limits[tier].count})
 
 
 API_PREFIX = "/api/v1"
@@ -360,4 +409,4 @@ def make_app(state: SandboxState) -> web.Application:
     return app
 
 
-__all__ = ["API_PREFIX", "STATE", "FaultConfig", "SandboxState", "Stats", "make_app"]
+__all__ = ["API_PREFIX", "STATE", "FaultConfig", "SandboxState", "Stats", "Tenancy", "make_app"]

@@ -12,7 +12,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from worker.sandbox.app import API_PREFIX, SandboxState, make_app
+from worker.sandbox.app import API_PREFIX, SandboxState, Tenancy, make_app
 from worker.sandbox.faults import FaultConfig, FaultPlan
 from worker.sandbox.limits import FixedWindow
 from worker.sandbox.store import Store
@@ -36,6 +36,8 @@ class SandboxConfig:
     accounts_page_cap: int = 10_000
     monitor_deletion_s: float = 0.0  # a deleted monitor stays listed this long ("deleting")
     keys: set[str] = field(default_factory=set)
+    tenants: int = 0  # other Xquik accounts, each with its own key, data and windows
+    tenant_accounts: int = 20  # accounts each of them holds
     host: str = "127.0.0.1"
     port: int = 0
 
@@ -49,11 +51,7 @@ class Sandbox:
         self.state = SandboxState(
             store=store or Store.generate(self.config.accounts, seed=self.config.seed),
             keys=self.config.keys | {self.api_key},
-            limits={
-                "delete": FixedWindow(*self.config.delete_limit),
-                "read": FixedWindow(*self.config.read_limit),
-                "write": FixedWindow(*self.config.write_limit),
-            },
+            limits=self._limits(),
             faults=FaultPlan(self.config.faults),
             clock=time.monotonic,
             ingress_jitter=self.config.ingress_jitter_ms / 1000,
@@ -62,8 +60,27 @@ class Sandbox:
             monitor_deletion_s=self.config.monitor_deletion_s,
             rng=random.Random(self.config.seed),
         )
+        # --tenants: keys t1..tK, each another Xquik account (accounts `tK-1`.., monitors,
+        # windows of its own). `tenant_keys` maps each tenant's name to its key.
+        self.tenant_keys: dict[str, str] = {}
+        for k in range(1, self.config.tenants + 1):
+            name, key = f"t{k}", new_key()
+            store_k = Store.for_tenant(name, self.config.tenant_accounts, seed=self.config.seed)
+            self.state.tenants[key] = Tenancy(name, store_k, self._limits())
+            self.state.keys.add(key)
+            self.tenant_keys[name] = key
+            self.state.owners.update(dict.fromkeys(store_k.accounts, name))
+        if self.config.tenants:
+            self.state.owners.update(dict.fromkeys(self.state.store.accounts, ""))
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    def _limits(self) -> dict[str, FixedWindow]:
+        return {
+            "delete": FixedWindow(*self.config.delete_limit),
+            "read": FixedWindow(*self.config.read_limit),
+            "write": FixedWindow(*self.config.write_limit),
+        }
 
     @property
     def url(self) -> str:

@@ -28,6 +28,20 @@ class Store:
     _next_monitor: int = 1
 
     @classmethod
+    def for_tenant(cls, name: str, count: int, *, seed: int = 0) -> Store:
+        """Another Xquik account's data (`sandbox --tenants`): accounts `NAME-1`..`NAME-count`
+        owned by user `NAME_user1`.., so no id or username is shared between tenants."""
+        rng = random.Random(f"{seed}:{name}")
+        store = cls()
+        for i in range(1, count + 1):
+            username = f"{name.replace('-', '_')}_user{i}"
+            created = _EPOCH + timedelta(hours=7 * i)
+            store.add_account(f"{name}-{i}", username, created=created)
+            if rng.random() < 0.3:
+                store.add_monitor(username, store.accounts[f"{name}-{i}"]["xUserId"])
+        return store
+
+    @classmethod
     def generate(cls, count: int, *, seed: int = 0, monitor_share: float = 0.3) -> Store:
         """Accounts "1".."count" (ids as in the docs' examples), usernames user1.., a seeded mix
         of health states (mostly healthy), and a monitor on about `monitor_share` of them."""

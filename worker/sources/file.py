@@ -174,7 +174,7 @@ class LineParser:
         try:
             columns = csv_columns(_csv_row(text))
         except csv.Error:
-            columns = (None, None, None, None)
+            columns = (None, None, None, None, None)
         if columns[0] is None and columns[1] is None:
             self.header_error = (
                 f"{self._where()}: the CSV header must name an account_id or username column"

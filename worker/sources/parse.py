@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.models import ID_PATTERN, USERNAME_PATTERN, Invalid, Job
+from worker.models import ID_PATTERN, TENANT_PATTERN, USERNAME_PATTERN, Invalid, Job
 
 MAX_LINE = 4096  # characters; a job line is a few dozen
 
@@ -37,6 +37,7 @@ def build_job(
     username: Any = None,
     job_id: Any = None,
     delete_monitors: Any = False,
+    tenant: Any = None,
 ) -> Job | Invalid:
     """Validate the fields of one job, from any format."""
     jid = None if job_id is None or job_id == "" else str(job_id)
@@ -64,7 +65,16 @@ def build_job(
         return Invalid(
             source, f"delete_monitors must be true or false, not {_show(delete_monitors)}", jid
         )
-    return Job(source, account_id, username, jid, monitors)
+    if isinstance(tenant, str):
+        tenant = tenant.strip() or None
+    if tenant is not None and (not isinstance(tenant, str) or not TENANT_PATTERN.fullmatch(tenant)):
+        return Invalid(
+            source,
+            f"invalid tenant {_show(tenant)}: a key file's name, 1-64 characters from "
+            "[A-Za-z0-9._-]",
+            jid,
+        )
+    return Job(source, account_id, username, jid, monitors, tenant=tenant)
 
 
 def parse_json_line(source: str, line: str) -> Job | Invalid:
@@ -85,6 +95,7 @@ def parse_json_line(source: str, line: str) -> Job | Invalid:
         username=data.get("username"),
         job_id=data.get("job_id"),
         delete_monitors=data.get("delete_monitors", False),
+        tenant=data.get("tenant"),
     )
 
 
@@ -101,21 +112,25 @@ def is_skippable_text(line: str) -> bool:
     return not text or text.startswith("#")
 
 
-def csv_columns(header: list[str]) -> tuple[int | None, int | None, int | None, int | None]:
-    """Column positions of account_id, username, job_id, delete_monitors in a header row."""
+Columns = tuple[int | None, int | None, int | None, int | None, int | None]
+
+
+def csv_columns(header: list[str]) -> Columns:
+    """Column positions of account_id, username, job_id, delete_monitors, tenant in a header
+    row."""
     names = [h.strip().lower().lstrip("\ufeff") for h in header]
 
     def pos(name: str) -> int | None:
         return names.index(name) if name in names else None
 
-    return pos("account_id"), pos("username"), pos("job_id"), pos("delete_monitors")
+    return pos("account_id"), pos("username"), pos("job_id"), pos("delete_monitors"), pos("tenant")
 
 
-def parse_csv_row(
-    source: str, row: list[str], columns: tuple[int | None, int | None, int | None, int | None]
-) -> Job | Invalid:
+def parse_csv_row(source: str, row: list[str], columns: Columns) -> Job | Invalid:
     def cell(i: int | None) -> str | None:
         return row[i].strip() if i is not None and i < len(row) and row[i].strip() else None
 
-    acc, user, jid, mon = (cell(i) for i in columns)
-    return build_job(source, account_id=acc, username=user, job_id=jid, delete_monitors=mon or "")
+    acc, user, jid, mon, tenant = (cell(i) for i in columns)
+    return build_job(
+        source, account_id=acc, username=user, job_id=jid, delete_monitors=mon or "", tenant=tenant
+    )

@@ -13,6 +13,7 @@ pending payloads.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import socket
 import time
@@ -30,7 +31,7 @@ from worker.sources.base import Item
 from worker.sources.parse import build_job
 
 log = get_logger()
-FIELDS = ("account_id", "username", "job_id", "delete_monitors")
+FIELDS = ("account_id", "username", "job_id", "delete_monitors", "tenant")
 RECORDED_FOR = 7 * 86400  # seconds a settled message id is remembered (redeliveries come sooner)
 
 # Settles one message, atomically and at most once: its record goes to <stream>:results (and,
@@ -98,6 +99,7 @@ def message_fields(job: Job) -> dict[str, str]:
             ("account_id", job.account_id),
             ("username", job.username),
             ("job_id", job.job_id),
+            ("tenant", job.tenant),
         )
         if v is not None
     }
@@ -118,17 +120,13 @@ def parse_message(stream: str, message_id: str, fields: dict[str, str]) -> Item:
         username=fields.get("username"),
         job_id=fields.get("job_id"),
         delete_monitors=fields.get("delete_monitors", ""),
+        tenant=fields.get("tenant"),
     )
     if isinstance(item, Invalid):
-        return Invalid(item.source, item.error, item.job_id, receipt=message_id)
-    return Job(
-        item.source,
-        item.account_id,
-        item.username,
-        item.job_id,
-        item.delete_monitors,
-        receipt=message_id,
-    )
+        return Invalid(
+            item.source, item.error, item.job_id, receipt=message_id, account_id=item.account_id
+        )
+    return dataclasses.replace(item, receipt=message_id)
 
 
 class RedisSource:
@@ -351,14 +349,16 @@ class RedisSource:
         XACK, one atomic script per message, all of them in one pipeline (a crash part way
         leaves each message settled or pending, never half; sent again after a Redis outage,
         a message is still recorded once: the script checks). Not acked: a job whose key was
-        rejected (another consumer, with a good key, may do it)."""
+        rejected (another consumer, with a good key, may do it), unless the consumer serves
+        several keys (--keys): then it is a dead letter (`dead requeue --error
+        unauthenticated` once the key is fixed)."""
         cfg = self.config
         keys = [f"{cfg.stream}:results", f"{cfg.stream}:dead", cfg.stream, f"{cfg.stream}:recorded"]
         calls: list[list[Any]] = []
         for item, result in done:
             mid = item.receipt
-            if result is not None and result.http_status == 401:
-                continue
+            if result is not None and result.http_status == 401 and not cfg.dead_letter_rejected:
+                continue  # one key: stays pending for a consumer whose key is good
             # Still "in progress here" until settled: while Redis is away the message's idle
             # time grows, and our own XAUTOCLAIM must not hand it out a second time.
             fields = self.pending_fields.get(mid, {})

@@ -1,0 +1,208 @@
+"""Many keys: 1,000 tenants on the sandbox, each with its own short window, in one run (file
+mode) and in one queue (1, 2 and 4 consumers).
+
+The sandbox serves one Xquik account per tenant (`sandbox --tenants K --keys-out DIR`), each
+with its own accounts and its own fixed window of N DELETEs per W s. The jobs file holds every
+tenant's jobs grouped by tenant (the worst order for head-of-line blocking). From the sandbox's
+own log: aggregate DELETEs per second over the DELETE span, 429s, and each tenant's finish time
+(its last DELETE): the spread between the fastest and the slowest tenant. The target is 0.9 of
+the smaller of the sum of the budgets and this client's ceiling on this machine, measured in
+the same run (one key, rate unlimited, the same number of jobs).
+
+    python bench/tenants.py           # 1,000 tenants x 20 jobs, 5 per 1 s each
+    python bench/tenants.py --smoke   # 50 tenants x 10 jobs, 5 per 1 s each
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, SandboxProc, table
+from tests.redis_server import RedisServer
+
+CONCURRENCY = 16
+
+
+def sandbox(tmp: Path, *args: str) -> SandboxProc:
+    keys = tmp / "keys" if "--tenants" in args else None
+    return SandboxProc(1, *args, keys_out=keys)
+
+
+def jobs_file(path: Path, tenants: int, per: int) -> Path:
+    with path.open("w") as f:
+        for t in range(1, tenants + 1):
+            for i in range(1, per + 1):
+                f.write(json.dumps({"account_id": f"t{t}-{i}", "tenant": f"t{t}"}) + "\n")
+    return path
+
+
+def wait_rss(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Exit code and peak RSS (MB) of one child."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def measure(sb: SandboxProc, jobs: int, window: float) -> dict[str, Any]:
+    log = sb.control("requests")
+    deletes = [(path, status, t) for method, path, status, t in log if method == "DELETE"]
+    times = [t for _, _, t in deletes]
+    span = max(times) - min(times)
+    finish: dict[str, float] = {}
+    for path, status, t in deletes:
+        if status in (200, 404):
+            tenant = path.rsplit("/", 1)[-1].split("-")[0]
+            finish[tenant] = max(finish.get(tenant, 0.0), t)
+    done = sum(1 for _, s, _ in deletes if s in (200, 404))
+    return {
+        "rate": done / span if span else float("inf"),
+        "429s": sum(1 for _, s, _ in deletes if s == 429),
+        "done": done,
+        "spread_windows": (max(finish.values()) - min(finish.values())) / window,
+        "cross": sb.control("stats").get("cross_tenant", 0),
+        "span": span,
+        "jobs": jobs,
+    }
+
+
+def run_case(
+    mode: str, consumers: int, tenants: int, per: int, n: int, w: float, tmp: Path
+) -> dict[str, Any]:
+    sb = sandbox(
+        tmp, "--tenants", str(tenants), "--tenant-accounts", str(per),
+        "--delete-limit", f"{n}/{w:g}s", "--read-limit", "unlimited",
+    )  # fmt: skip
+    jobs = jobs_file(tmp / "jobs.jsonl", tenants, per)
+    env = {"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"}
+    assert sb.keys is not None
+    common = ["--base-url", sb.base_url, "--keys", str(sb.keys), "--rate", f"{n}/{w:g}s"]
+    common += ["--read-rate", "unlimited", "--concurrency", str(CONCURRENCY)]
+    common += ["--log-format", "json", "--state-dir", str(tmp / "state")]
+    server = None
+    try:
+        if mode == "file":
+            argv = [[sys.executable, "-m", "worker", "run", str(jobs), *common]]
+            argv[0] += ["--results", str(tmp / "r.jsonl")]
+        else:
+            server = RedisServer(tmp)
+            server.start()
+            subprocess.run(
+                [sys.executable, "-m", "worker", "enqueue", str(jobs), "--redis", server.url],
+                check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+            run = [sys.executable, "-m", "worker", "run", server.url, *common, "--drain"]
+            argv = [
+                [*run, "--consumer", f"c{k}", "--results", str(tmp / f"c{k}.jsonl")]
+                for k in range(consumers)
+            ]
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(a, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+            for a in argv
+        ]  # fmt: skip
+        ends = [wait_rss(p) for p in procs]
+        wall = time.perf_counter() - started
+        out = measure(sb, tenants * per, w)
+    finally:
+        sb.stop()
+        if server is not None:
+            server.stop()
+    out["wall"] = wall
+    out["rss"] = max(rss for _, rss in ends)
+    out["codes"] = sorted({code for code, _ in ends})
+    return out
+
+
+def ceiling(jobs: int, tmp: Path) -> float:
+    """This client's DELETEs per second on this machine: one key, with its budget doing the
+    bookkeeping of every send (a finite rate far above the jobs: held slots and the state
+    file, as for each tenant), never waiting."""
+    sb = SandboxProc(jobs, "--delete-limit", "unlimited", "--read-limit", "unlimited")
+    ids = tmp / "ids.txt"
+    ids.write_text("".join(f"{i}\n" for i in range(1, jobs + 1)))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "worker", "run", str(ids), "--base-url", sb.base_url,
+             "--rate", "1000000/1s", "--read-rate", "unlimited", "--concurrency",
+             str(CONCURRENCY), "--log-format", "json", "--state-dir", str(tmp / "state"),
+             "--results", str(tmp / "ceiling.jsonl")],
+            cwd=ROOT, env={"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+        return float(measure(sb, jobs, 1.0)["rate"])
+    finally:
+        sb.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    tenants, per, n, w = (50, 10, 5, 1.0) if args.smoke else (1000, 20, 5, 1.0)
+    cases = [("file", 1), ("queue", 1), ("queue", 2)] if args.smoke else [
+        ("file", 1), ("queue", 1), ("queue", 2), ("queue", 4)
+    ]  # fmt: skip
+    jobs = tenants * per
+    with tempfile.TemporaryDirectory() as tmp:
+        top = ceiling(jobs, Path(tmp))
+    budgets = tenants * n / w
+    # The DELETE span a perfect client needs: each tenant's jobs take ceil(per/n) fixed
+    # windows, the first at once; within a window the tenants' n sends each go out at this
+    # client's ceiling at best (the last tenant's window opens that much later); and never
+    # faster than the ceiling over all the jobs.
+    ideal = max((math.ceil(per / n) - 1) * w + tenants * min(n, per) / top, jobs / top)
+    rows = []
+    for mode, k in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            m = run_case(mode, k, tenants, per, n, w, Path(tmp))
+        rows.append(
+            [
+                mode if mode == "file" else f"queue x{k}",
+                f"{m['done']:,}/{jobs:,}",
+                f"{m['span']:.2f}",
+                f"{ideal / m['span']:.0%}",
+                f"{m['rate']:,.0f}",
+                str(m["429s"]),
+                f"{m['spread_windows']:.1f}",
+                str(m["cross"]),
+                f"{m['rss']:.0f}",
+                f"{m['wall']:.1f}",
+                "ok" if m["codes"] == [0] else str(m["codes"]),
+            ]
+        )
+    print(
+        f"## Many keys: {tenants:,} tenants x {per} jobs, {n} per {w:g} s each "
+        "(`bench/tenants.py`)\n"
+    )
+    print(
+        table(
+            ["run", "done", "DELETE span s", "efficiency", "DELETEs/s", "429s",
+             "finish spread (windows)", "cross-tenant", "peak RSS MB", "wall s", "exit"],
+            rows,
+        )
+    )  # fmt: skip
+    print(
+        f"\nefficiency: the ideal DELETE span over the measured one. Ideal: every tenant at "
+        f"its full budget ({budgets:,.0f} DELETEs/s summed), (ceil({per}/{n}) - 1) x {w:g} s, "
+        f"plus one window's {tenants * min(n, per):,} sends at this client's ceiling "
+        f"({top:,.0f}/s, measured in the same run: one key at --rate 1000000/1s, so that its "
+        f"budget keeps the books of every send as each tenant's does, {jobs:,} jobs), "
+        f"or all {jobs:,} jobs at that ceiling if longer: {ideal:.2f} s. Targets: >= 90 %, "
+        "0 429s, finish spread <= 2 windows, 0 cross-tenant requests."
+    )
+
+
+if __name__ == "__main__":
+    main()

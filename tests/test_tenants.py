@@ -1,0 +1,344 @@
+"""Several API keys (--keys DIR) against a sandbox serving several Xquik accounts, in real
+processes: a cooling key holds up no other, a revoked key stops only its tenant, nothing is
+ever sent with another tenant's key, a rotated key needs no restart, and in queue mode a
+rejected tenant's jobs become dead letters that `dead requeue` sends once the key is fixed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.conftest import ROOT, SandboxProcess, cli_env, read_results, run_argv, run_cli
+from tests.redis_server import RedisServer
+from worker.models import Job
+from worker.tenants import Ring, Tenants
+
+BOGUS = "xq_" + "0" * 64
+
+
+def jobs_for(path: Path, tenants: dict[str, int]) -> Path:
+    """Each tenant's jobs one after another, in the order given (the worst order for
+    head-of-line blocking: the first tenant's jobs come first)."""
+    with path.open("w") as f:
+        for tenant, count in tenants.items():
+            for i in range(1, count + 1):
+                f.write(json.dumps({"account_id": f"{tenant}-{i}", "tenant": tenant}) + "\n")
+    return path
+
+
+def spend(sb: SandboxProcess, tenant: str, n: int) -> None:
+    """Another client of that Xquik account spends n of its DELETE window."""
+    url = f"{sb.url}/_sandbox/consume?tier=delete&n={n}&tenant={tenant}"
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+        pass
+
+
+def tenant_sandbox(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path, *args: str
+) -> tuple[SandboxProcess, Path]:
+    keys = tmp_path / "keys"
+    sb = sandbox_process("--accounts", "3", "--tenants", "3", "--keys-out", str(keys), *args)
+    return sb, keys
+
+
+def test_a_cooling_key_and_a_revoked_key_hold_up_no_other_tenant(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """t1's window was spent by another client (its first DELETE meets a 60 s cooldown), t2's
+    key is revoked, t3 is fine. t3 finishes at its full budget in the first window although
+    t1's 20 jobs come first in the file; t2's 20 jobs are `failed: unauthenticated` after at
+    most a worker's worth of 401s; t1 is still cooling when the run is stopped (no record, a
+    rerun sends them). The sandbox's ledger: not one request for an account of another
+    tenant than the key's."""
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path, "--delete-limit", "20/60s")
+    (keys / "t2").write_text(BOGUS + "\n")
+    spend(sb, "t1", 20)
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 20, "t2": 20, "t3": 20})
+    argv = run_argv(jobs, sb, "--keys", str(keys), "--rate", "20/60s", "--concurrency", "4")
+    argv += ["--state-dir", str(tmp_path / "state"), "--log-format", "json", "--grace", "1"]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(XQUIK_API_KEY=sb.api_key),
+    )
+    results = tmp_path / "jobs.jsonl.results.jsonl"
+    started = time.monotonic()
+    deadline = started + 30
+    while time.monotonic() < deadline:
+        done = Counter(r.get("tenant") for r in read_results(results)) if results.exists() else {}
+        if done.get("t3", 0) == 20 and done.get("t2", 0) == 20:
+            break
+        time.sleep(0.05)
+    finished_in = time.monotonic() - started
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err  # stopped while t1 cools down: resumable
+    records = read_results(results)
+    by = Counter((r["tenant"], r["outcome"]) for r in records)
+    assert by[("t3", "disconnected")] == 20
+    assert by[("t2", "failed")] == 20
+    assert by[("t1", "disconnected")] == 0  # still cooling: nothing sent past the 429s
+    assert finished_in < 20  # t3 and t2 were never held up by t1's 60 s cooldown
+    assert all(r["error"].startswith("unauthenticated") for r in records if r["tenant"] == "t2")
+    assert all(r["http_status"] == 401 for r in records if r["tenant"] == "t2")
+    stats = sb.stats()
+    assert stats["cross_tenant"] == 0
+    assert stats["tenants"]["t3"]["deleted_accounts"] == 20
+    assert stats["tenants"]["t1"]["deleted_accounts"] == 0
+    log = sb.requests()
+    t3_deletes = [t for m, p, s, t in log if m == "DELETE" and "/t3-" in p and s == 200]
+    assert max(t3_deletes) - min(t3_deletes) < 5  # all 20 in the first window: full budget
+    t1_429 = sum(1 for m, p, s, _ in log if m == "DELETE" and "/t1-" in p and s == 429)
+    assert 1 <= t1_429 <= 4  # at most one per worker, then the tenant is parked
+    assert stats["by_status"].get("DELETE 401", 0) + stats["by_status"].get("GET 401", 0) <= 4
+    summary = next(
+        json.loads(line) for line in err.splitlines() if '"event": "run_summary"' in line
+    )
+    assert summary["tenants"]["t3"] == {"disconnected": 20}
+    assert summary["tenants"]["t2"] == {"failed": 20}
+    report = run_cli("report", str(results), "--json")
+    assert json.loads(report.stdout)["tenants"] == {
+        "t2": {"failed": 20},
+        "t3": {"disconnected": 20},
+    }
+
+
+def test_every_key_rejected_exits_3_and_an_unknown_tenant_is_invalid(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path)
+    for name in ("t1", "t2", "t3"):
+        (keys / name).write_text(BOGUS + "\n")
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 3, "t2": 3})
+    with jobs.open("a") as f:
+        f.write('{"account_id": "t3-1", "tenant": "t9"}\n')
+    proc = run_cli(
+        *run_argv(jobs, sb, "--keys", str(keys), "--state-dir", str(tmp_path))[3:],
+        env=cli_env(),
+    )
+    assert proc.returncode == 3, proc.stderr
+    records = read_results(tmp_path / "jobs.jsonl.results.jsonl")
+    unknown = [r for r in records if r["outcome"] == "invalid"]
+    assert [r["error"] for r in unknown] == ["unknown tenant t9"]
+    assert sb.stats()["cross_tenant"] == 0
+
+
+def test_bad_keys_directories_exit_2_before_anything_is_sent(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path)
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 1})
+    cases: list[tuple[str, Callable[[Path], Any]]] = [
+        ("is not a tenant name", lambda d: (d / "bad name").write_text(BOGUS)),
+        ("expected one API key", lambda d: (d / "t9").write_text("not a key\n")),
+        ("no key file in it", lambda d: None),
+    ]
+    for n, (expected, make) in enumerate(cases):
+        directory = tmp_path / f"keys-{n}"
+        directory.mkdir()
+        make(directory)
+        proc = run_cli(*run_argv(jobs, sb, "--keys", str(directory))[3:])
+        assert proc.returncode == 2, expected
+        assert expected in proc.stderr
+        assert "not a key" not in proc.stderr  # a key file's content is never echoed
+    missing = run_cli(*run_argv(jobs, sb, "--keys", str(tmp_path / "nope"))[3:])
+    assert missing.returncode == 2
+    assert sb.stats()["received"] == 0
+    del keys
+
+
+def test_a_rotated_key_file_is_used_without_a_restart(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Queue mode: t1's key file holds a revoked key. Its jobs become dead letters with the
+    reason `unauthenticated`, t3's go on. The file gets the right key: the running consumer
+    reads it within seconds, later t1 jobs are sent, and `dead requeue --error
+    unauthenticated` brings back the first ones; in the end every t1 account is gone."""
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path, "--delete-limit", "unlimited")
+    good = (keys / "t1").read_text()
+    (keys / "t1").write_text(BOGUS + "\n")
+    jobs = jobs_for(tmp_path / "first.jsonl", {"t1": 5, "t3": 5})
+    assert run_cli("enqueue", str(jobs), "--redis", redis_server.url).returncode == 0
+    argv = run_argv(redis_server.url, sb, "--keys", str(keys), "--rate", "unlimited")
+    argv += ["--state-dir", str(tmp_path / "state"), "--results", str(tmp_path / "r.jsonl")]
+    argv += ["--log-format", "json", "--claim-idle", "2"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=cli_env(),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(read_results(tmp_path / "r.jsonl")) >= 10)
+        dead = run_cli("dead", "list", "--redis", redis_server.url, "--json")
+        letters = [json.loads(line) for line in dead.stdout.splitlines()]
+        assert len(letters) == 5
+        assert all(d["reason"].startswith("unauthenticated") for d in letters)
+        assert {d["job"]["tenant"] for d in letters} == {"t1"}
+        status = run_cli("queue", "status", "--redis", redis_server.url, "--json")
+        assert json.loads(status.stdout)["dead_by_tenant"] == {"t1": 5}
+        (keys / "t1").write_text(good)  # the rotation
+        time.sleep(6)  # the key files are read again every 5 s
+        later = tmp_path / "later.jsonl"
+        later.write_text(
+            "".join(f'{{"account_id": "t1-{i}", "tenant": "t1"}}\n' for i in (6, 7, 8))
+        )
+        assert run_cli("enqueue", str(later), "--redis", redis_server.url).returncode == 0
+        again = run_cli("dead", "requeue", "--error", "unauthenticated", "--redis",
+                        redis_server.url)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        wait_for(lambda: sb.stats()["tenants"]["t1"]["deleted_accounts"] == 8)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "tenant_key_changed" in err
+    assert BOGUS not in err
+    assert good.strip() not in err
+    assert sb.stats()["cross_tenant"] == 0
+
+
+def test_plan_for_a_tenant_writes_jobs_that_name_it(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """`plan --tenant t2 --keys DIR` lists t2's accounts with t2's key (only those: each key
+    sees its own account's connections) and every job names t2, ready for `run --keys`."""
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path)
+    plan = run_cli(
+        "plan", "--all", "--tenant", "t2", "--keys", str(keys), "--base-url", sb.base_url
+    )
+    assert plan.returncode == 0, plan.stderr
+    jobs = [json.loads(line) for line in plan.stdout.splitlines()]
+    assert len(jobs) == 20
+    assert {j["tenant"] for j in jobs} == {"t2"}
+    assert all(j["account_id"].startswith("t2-") for j in jobs)
+    unknown = run_cli("plan", "--all", "--tenant", "t9", "--keys", str(keys), "--base-url",
+                      sb.base_url)  # fmt: skip
+    assert unknown.returncode == 2
+    assert "no key file for it" in unknown.stderr
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+class _Ops:
+    key_id = None
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    async def handle(self, job: Job) -> list[Any]:
+        self.log.append(self.name)
+        return []
+
+    def invalid(self, item: Any) -> Any: ...
+    def duplicate(self, job: Job) -> Any: ...
+    def internal_error(self, job: Job, name: str) -> Any: ...
+    def failed(self, job: Job, error: str, http_status: int | None = None) -> Any: ...
+    def close(self) -> None: ...
+
+
+def test_sends_go_round_robin_among_ready_tenants() -> None:
+    """A tenant with 1,000 queued jobs does not starve one with 5: takes alternate; a parked
+    tenant is skipped until its time and comes back first in its queue order."""
+    log: list[str] = []
+    tenants = Tenants(
+        {"big": "k1", "small": "k2"},
+        run_id="r",
+        make_ops=lambda name, key: _Ops(name, log),
+        on_all_rejected=lambda exc: None,
+    )
+    ring = Ring(tenants)
+    for i in range(1000):
+        ring.put(tenants.tenants["big"], Job("f", f"b{i}", tenant="big"), 0.0)
+    for i in range(5):
+        ring.put(tenants.tenants["small"], Job("f", f"s{i}", tenant="small"), 0.0)
+    taken = [ring.take(0.0) for _ in range(10)]
+    assert [j.tenant for j in taken if j] == ["big", "small"] * 5
+    job = ring.take(0.0)
+    assert job is not None
+    ring.park(tenants.tenants["big"], job, until=5.0)
+    assert ring.take(1.0) is None  # small is empty, big is parked
+    assert ring.next_ready() == 5.0
+    again = ring.take(5.0)
+    assert again is job  # back at the head of its queue
+    assert ring.queued == 1000 - 6
+
+
+@pytest.mark.anyio
+async def test_unknown_tenant_record_and_stamped_records() -> None:
+    log: list[str] = []
+    tenants = Tenants(
+        {"a": "k"},
+        run_id="r",
+        make_ops=lambda name, key: _Ops(name, log),
+        on_all_rejected=lambda exc: None,
+    )
+    [record] = await tenants.handle(Job("f:1", "42", tenant="zz"))
+    assert record.outcome == "invalid"
+    assert record.error == "unknown tenant zz"
+    assert await tenants.handle(Job("f:2", "42", tenant="a")) == []
+    assert log == ["a"]
+    await anyio.lowlevel.checkpoint()
+
+
+def test_queue_claims_last_as_long_as_their_job() -> None:
+    """A consumer lives for months: the same account twice at once is a duplicate, but once
+    the first job is over the account may come again (a requeued dead letter, a reconnected
+    account). A file run keeps its claims for the whole run."""
+    from worker.seen import Claims
+
+    queue = Claims(in_flight_only=True)
+    assert queue.claim("42") == "new"
+    assert queue.claim("42") == "duplicate"
+    queue.release("42")
+    assert queue.claim("42") == "new"
+    run = Claims()
+    assert run.claim("42") == "new"
+    run.release("42")
+    assert run.claim("42") == "duplicate"
+
+
+def test_a_rerun_skips_what_each_tenant_has_done(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """The result log remembers done accounts per tenant: a rerun sends nothing for them
+    (the same id under another tenant is another account)."""
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path, "--delete-limit", "unlimited")
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 3, "t2": 3})
+    args = [*run_argv(jobs, sb, "--keys", str(keys), "--rate", "unlimited")[3:]]
+    args += ["--state-dir", str(tmp_path / "state"), "--log-format", "json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    sent = sb.stats()["received"]
+    with jobs.open("a") as f:
+        f.write('{"account_id": "t3-1", "tenant": "t3"}\n')
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    summary = next(
+        json.loads(line) for line in again.stderr.splitlines() if '"run_summary"' in line
+    )
+    assert summary["skipped_done"] == 6
+    assert summary["outcomes"] == {"disconnected": 1}
+    assert sb.stats()["by_status"]["DELETE 200"] == 7
+    assert sb.stats()["received"] - sent <= 2  # t3's listing and its one DELETE
