@@ -342,3 +342,33 @@ def test_a_rerun_skips_what_each_tenant_has_done(
     assert summary["outcomes"] == {"disconnected": 1}
     assert sb.stats()["by_status"]["DELETE 200"] == 7
     assert sb.stats()["received"] - sent <= 2  # t3's listing and its one DELETE
+
+
+def test_metrics_carry_a_tenant_label(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """--keys: jobs, requests and answers are counted per tenant (the textfile parses with
+    prometheus-client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path, "--delete-limit", "unlimited")
+    (keys / "t2").write_text(BOGUS + "\n")
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 4, "t2": 2})
+    prom = tmp_path / "xquik.prom"
+    args = run_argv(jobs, sb, "--keys", str(keys), "--rate", "unlimited")[3:]
+    args += ["--state-dir", str(tmp_path / "state"), "--metrics-textfile", str(prom)]
+    proc = run_cli(*args)
+    assert proc.returncode == 1, proc.stderr  # t2's jobs failed; t1 did not: not every key
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("xquik_jobs_total", op="disconnect", outcome="disconnected", tenant="t1") == 4
+    assert value("xquik_jobs_total", op="disconnect", outcome="failed", tenant="t2") == 2
+    assert value("xquik_requests_total", method="DELETE", tenant="t1") == 4
+    assert value("xquik_responses_total", method="GET", status="401", tenant="t2") >= 1
