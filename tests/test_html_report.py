@@ -6,6 +6,7 @@ on PATH, and fails rather than skips when XQUIK_REQUIRE_CHROMIUM is set."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -102,3 +103,29 @@ async def test_the_page_in_a_real_browser(sandbox_factory: object, tmp_path: Pat
     assert proc_shot.returncode == 0, proc_shot.stderr
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000
+
+
+def test_the_page_breaks_a_several_keys_log_down_by_tenant(tmp_path: Path) -> None:
+    """A --keys run's log: the page (as Chromium renders it) has a row per tenant with its
+    counts; the same id under two tenants is two accounts."""
+    rows = []
+    for tenant, account, outcome in (
+        ("brand-a", "42", "disconnected"), ("brand-a", "43", "failed"),
+        ("client-x", "42", "disconnected"), (None, "7", "already_gone"),
+    ):  # fmt: skip
+        record = {
+            "ts": "2026-11-29T10:00:00.000Z", "run_id": "r1", "source": "j:1",
+            "account_id": account, "op": "disconnect", "outcome": outcome, "http_status": 200,
+            "tenant": tenant, "error": "x" if outcome == "failed" else None,
+        }  # fmt: skip
+        rows.append(json.dumps(record))
+    log = tmp_path / "r.jsonl"
+    log.write_text("\n".join(rows) + "\n")
+    page = tmp_path / "report.html"
+    assert run_cli("report", str(log), "--html", str(page)).returncode == 1  # 43 failed
+    dom = chromium("--dump-dom", page.as_uri()).stdout
+    table = dom[dom.index('<table id="tenants">') :]
+    table = table[: table.index("</table>")]
+    cells = [re.sub("<[^>]+>", "", row).strip() for row in table.split("<tr>")[2:]]
+    assert cells == ["(default key)0100", "brand-a1010", "client-x1000"]
+    assert "3 accounts done" in dom

@@ -38,6 +38,7 @@ class Page:
     not_connected: list[str] = field(default_factory=list)
     runs: dict[str, list[str]] = field(default_factory=dict)  # run -> [first ts, last ts]
     key_ids: set[str] = field(default_factory=set)
+    tenants: dict[str, dict[str, int]] = field(default_factory=dict)  # --keys: "" = default
 
 
 def gather(path: Path) -> Page:
@@ -64,7 +65,12 @@ def gather(path: Path) -> Page:
                 page.monitors[outcome] = page.monitors.get(outcome, 0) + 1
                 continue
             page.outcomes[outcome] = page.outcomes.get(outcome, 0) + 1
+            tenant = str(r["tenant"]) if isinstance(r.get("tenant"), str) else ""
+            per = page.tenants.setdefault(tenant, {})
+            per[outcome] = per.get(outcome, 0) + 1
             account = str(r.get("account_id") or f"@{r.get('username')}")
+            if tenant:  # one tenant's account is not another's
+                account = f"{tenant}/{account}"
             if outcome in DONE:
                 page.done.add(account)
             elif outcome == "failed":
@@ -256,6 +262,19 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
         "(a cooldown, or waiting).</p>",
         chart(page, rate),
     ]
+    if any(page.tenants):
+        html.append(
+            "<h2>By tenant</h2><p class=muted>Several keys (--keys): each tenant's own "
+            "budget; the chart above sums them all.</p><table id=tenants><thead><tr>"
+            "<th>tenant</th><th>disconnected</th><th>already gone</th><th>failed</th>"
+            "<th>other</th></tr></thead><tbody>"
+        )
+        for name, per in sorted(page.tenants.items()):
+            main = ("disconnected", "already_gone", "failed")
+            other = sum(n for k, n in per.items() if k not in main)
+            cells = "".join(f"<td>{per.get(k, 0):,}</td>" for k in main)
+            html.append(f"<tr><td>{e(name or '(default key)')}</td>{cells}<td>{other:,}</td></tr>")
+        html.append("</tbody></table>")
     if page.failed:
         html.append(
             "<h2>Failed, not done since</h2><table id=failures><thead><tr><th>error</th>"
