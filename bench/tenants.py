@@ -77,7 +77,14 @@ def measure(sb: SandboxProc, jobs: int, window: float) -> dict[str, Any]:
 
 
 def run_case(
-    mode: str, consumers: int, tenants: int, per: int, n: int, w: float, tmp: Path
+    mode: str,
+    consumers: int,
+    tenants: int,
+    per: int,
+    n: int,
+    w: float,
+    tmp: Path,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     sb = sandbox(
         tmp, "--tenants", str(tenants), "--tenant-accounts", str(per),
@@ -88,7 +95,7 @@ def run_case(
     assert sb.keys is not None
     common = ["--base-url", sb.base_url, "--keys", str(sb.keys), "--rate", f"{n}/{w:g}s"]
     common += ["--read-rate", "unlimited", "--concurrency", str(CONCURRENCY)]
-    common += ["--log-format", "json", "--state-dir", str(tmp / "state")]
+    common += ["--log-format", "json", "--state-dir", str(tmp / "state"), *extra]
     server = None
     try:
         if mode == "file":
@@ -151,9 +158,14 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     tenants, per, n, w = (50, 10, 5, 1.0) if args.smoke else (1000, 20, 5, 1.0)
-    cases = [("file", 1), ("queue", 1), ("queue", 2)] if args.smoke else [
-        ("file", 1), ("queue", 1), ("queue", 2), ("queue", 4)
+    # Jobs grouped by tenant and the default --read-ahead (10,000): tenants past the first
+    # 10,000 jobs join the rotation as room frees up. One file row reads everything ahead.
+    everything = ("--read-ahead", str(tenants * per))
+    cases: list[tuple[str, int, tuple[str, ...]]] = [
+        ("file", 1, ()), ("file", 1, everything), ("queue", 1, ()), ("queue", 2, ()),
     ]  # fmt: skip
+    if not args.smoke:
+        cases.append(("queue", 4, ()))
     jobs = tenants * per
     with tempfile.TemporaryDirectory() as tmp:
         top = ceiling(jobs, Path(tmp))
@@ -164,12 +176,13 @@ def main() -> None:
     # faster than the ceiling over all the jobs.
     ideal = max((math.ceil(per / n) - 1) * w + tenants * min(n, per) / top, jobs / top)
     rows = []
-    for mode, k in cases:
+    for mode, k, extra in cases:
         with tempfile.TemporaryDirectory() as tmp:
-            m = run_case(mode, k, tenants, per, n, w, Path(tmp))
+            m = run_case(mode, k, tenants, per, n, w, Path(tmp), extra)
+        label = mode if mode == "file" else f"queue x{k}"
         rows.append(
             [
-                mode if mode == "file" else f"queue x{k}",
+                label + (f" --read-ahead {extra[1]}" if extra else ""),
                 f"{m['done']:,}/{jobs:,}",
                 f"{m['span']:.2f}",
                 f"{ideal / m['span']:.0%}",

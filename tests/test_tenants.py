@@ -172,6 +172,8 @@ def test_a_rotated_key_file_is_used_without_a_restart(
     (keys / "t1").write_text(BOGUS + "\n")
     jobs = jobs_for(tmp_path / "first.jsonl", {"t1": 5, "t3": 5})
     assert run_cli("enqueue", str(jobs), "--redis", redis_server.url).returncode == 0
+    before = run_cli("queue", "status", "--redis", redis_server.url, "--json")
+    assert json.loads(before.stdout)["waiting_by_tenant"] == {"t1": 5, "t3": 5}
     argv = run_argv(redis_server.url, sb, "--keys", str(keys), "--rate", "unlimited")
     argv += ["--state-dir", str(tmp_path / "state"), "--results", str(tmp_path / "r.jsonl")]
     argv += ["--log-format", "json", "--claim-idle", "2"]

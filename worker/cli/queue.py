@@ -21,6 +21,7 @@ from worker.errors import ConfigError, ExitCode
 from worker.redis_conn import connect, redis_errors
 
 UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
+PENDING_SCAN = 10_000  # pending entries read back for their tenant, at most
 
 
 def text(value: Any) -> str:
@@ -49,20 +50,30 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
     )
     info = groups.get(group)
     consumers: list[dict[str, Any]] = []
+    waiting: Counter[str] = Counter()  # undelivered and pending jobs, by tenant
+    undelivered = 0
+    start = "-" if info is None else f"({text(info['last-delivered-id'])}"
+    while out["length"] and undelivered < UNDELIVERED_CAP:
+        chunk = await redis.xrange(stream, min=start, max="+", count=10_000)
+        if not chunk:
+            break
+        undelivered += len(chunk)
+        start = f"({text(chunk[-1][0])}"
+        for _, fields in chunk:
+            waiting[text(fields.get(b"tenant", b""))] += 1
+    out["undelivered"] = undelivered
     if info is None:
-        out.update(undelivered=out["length"], pending=0, oldest_pending_age_s=None)
+        out.update(pending=0, oldest_pending_age_s=None)
     else:
-        last = text(info["last-delivered-id"])
-        undelivered = 0
-        start = f"({last}"
-        while undelivered < UNDELIVERED_CAP:
-            chunk = await redis.xrange(stream, min=start, max="+", count=10_000)
-            if not chunk:
-                break
-            undelivered += len(chunk)
-            start = f"({text(chunk[-1][0])}"
-        out["undelivered"] = undelivered
         out["pending"] = int(info["pending"])
+        if out["pending"]:  # whose jobs are in progress (the first PENDING_SCAN of them)
+            ids = await redis.xpending_range(stream, group, min="-", max="+", count=PENDING_SCAN)
+            pipe = redis.pipeline(transaction=False)
+            for p in ids:
+                pipe.xrange(stream, min=p["message_id"], max=p["message_id"])
+            for entries in await pipe.execute():
+                for _, fields in entries:
+                    waiting[text(fields.get(b"tenant", b""))] += 1
         summary = await redis.xpending(stream, group)
         oldest = summary.get("min") if summary else None
         out["oldest_pending_age_s"] = (
@@ -82,6 +93,8 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
     out["dead_total"] = sum(dead.values())
     if any(dead_by_tenant):  # several keys: whose jobs they are ("" for the default key)
         out["dead_by_tenant"] = dict(sorted(dead_by_tenant.items(), key=lambda kv: -kv[1]))
+    if any(waiting):
+        out["waiting_by_tenant"] = dict(sorted(waiting.items(), key=lambda kv: -kv[1]))
     out["results"] = await redis.xlen(f"{stream}:results")
     out["budgets"] = await budgets(redis)
     return out
@@ -116,6 +129,9 @@ def render(s: dict[str, Any]) -> str:
     ]
     for c in s["consumers"]:
         lines.append(f"  consumer {c['name']}: {c['pending']} pending, idle {c['idle_s']:.1f} s")
+    if s.get("waiting_by_tenant"):
+        tenants = ", ".join(f"{t or '(default)'} {n}" for t, n in s["waiting_by_tenant"].items())
+        lines.append(f"  waiting (not delivered or pending) by tenant: {tenants}")
     lines.append(f"results: {s['results']} records in {s['stream']}:results")
     if s["dead_total"]:
         by = ", ".join(f"{code} {n}" for code, n in s["dead_letters"].items())
