@@ -173,6 +173,8 @@ class Runner:
                 with anyio.CancelScope(shield=True):
                     await aclose()  # closes the jobs file now, not at garbage collection
             self._sync()
+            if self._ring is not None:  # read ahead, never handed out: a rerun sends them
+                self.summary.not_finished += self._ring.queued
             self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
