@@ -153,6 +153,7 @@ class Operations:
             outcome=Outcome.DUPLICATE,
             error="the same account appears earlier in this run",
             key_id=self.key_id,
+            tenant=job.tenant,
         )
 
     def internal_error(self, job: Job, name: str) -> Result:
@@ -170,6 +171,7 @@ class Operations:
             error=error,
             http_status=http_status,
             key_id=self.key_id,
+            tenant=job.tenant,
         )
 
     # The requests ----------------------------------------------------------------------------
@@ -188,6 +190,7 @@ class Operations:
             run_id=self.run_id,
             source=job.source,
             job_id=job.job_id,
+            tenant=job.tenant,
             username=fields.pop("username", job.username),
             elapsed_ms=round((time.monotonic() - started) * 1000),
             **fields,

@@ -264,18 +264,12 @@ class Runner:
         accounts and unknown tenants are settled at once; jobs join their tenant's queue."""
         ring = self._ring
         assert ring is not None
-        assert self._batches is not None
         async with self._pull_lock:
             if self._source_done or not self._reading or ring.queued >= self._read_ahead:
                 return
-            with anyio.CancelScope() as scope:
-                self._pull_scope = scope
-                batch = await anext(self._batches, None)
-            self._pull_scope = None
-            if scope.cancelled_caught:
-                return
+            batch = await self._pull()
             if batch is None:
-                self._source_done = True
+                self._source_done = True  # exhausted (or the run is stopping: no matter)
                 self._news.set()
                 return
             settle: list[tuple[Item, list[Result]]] = []
@@ -287,16 +281,11 @@ class Runner:
                 tenant = ring.tenants.tenant(item)
                 if tenant is None:
                     settle.append((item, [ring.tenants.unknown(item)]))
-                    continue
-                claim = self.ops.claims.claim(item.key)
-                if claim == "done":
-                    settle.append((item, []))
-                elif claim == "duplicate":
-                    settle.append((item, [self.ops.duplicate(item)]))
+                elif (records := self._unclaimed(item)) is not None:
+                    settle.append((item, records))
                 else:
                     ring.put(tenant, item, now)
-            self._news.set()
-            self._news = anyio.Event()
+            self._announce()
         for item, results in settle:
             await self._settle(item, results)
 
@@ -308,8 +297,32 @@ class Runner:
             tenant = self._ring.tenants.tenants[job.tenant or ""]
         self._handed -= 1
         self._ring.park(tenant, job, anyio.current_time() + seconds)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Wake the workers sleeping for news (a job read or parked back)."""
         self._news.set()
         self._news = anyio.Event()
+
+    def _unclaimed(self, job: Job) -> list[Result] | None:
+        """None when the job is this run's to send; else what settles it without a request:
+        nothing (done by an earlier run) or its duplicate record."""
+        claim = self.ops.claims.claim(job.key)
+        if claim == "done":
+            return []
+        if claim == "duplicate":
+            return [self.ops.duplicate(job)]
+        return None
+
+    async def _pull(self) -> Sequence[Item] | None:
+        """The source's next batch, under the pull lock (None: exhausted, or a stop cancelled
+        the read)."""
+        assert self._batches is not None
+        with anyio.CancelScope() as scope:
+            self._pull_scope = scope
+            batch = await anext(self._batches, None)
+        self._pull_scope = None
+        return None if scope.cancelled_caught else batch
 
     async def _next_job(self) -> Job | None:
         """The next job to send, or None when there is none. Workers take items in turn from
@@ -326,11 +339,8 @@ class Runner:
                     continue
                 if self.limit is not None and self._handed >= self.limit:
                     break
-                claim = self.ops.claims.claim(item.key)
-                if claim == "done":
-                    await self._settle(item, [])
-                elif claim == "duplicate":
-                    await self._settle(item, [self.ops.duplicate(item)])
+                if (records := self._unclaimed(item)) is not None:
+                    await self._settle(item, records)
                 else:
                     self._handed += 1
                     return item
@@ -340,15 +350,11 @@ class Runner:
     async def _read_batch(self) -> bool:
         """Read the next batch into the queue; False when the source is exhausted or the run
         is stopping. Whoever waits on the lock finds the batch another worker read."""
-        assert self._batches is not None
         async with self._pull_lock:
             if self._ready or not self._reading:
                 return self._reading
-            with anyio.CancelScope() as scope:
-                self._pull_scope = scope
-                batch = await anext(self._batches, None)
-            self._pull_scope = None
-            if scope.cancelled_caught or batch is None:
+            batch = await self._pull()
+            if batch is None:
                 return False
             self._ready.extend(batch)
             return True

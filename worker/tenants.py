@@ -16,7 +16,6 @@ changes is read again (a rotated key needs no restart) and lifts its tenant's re
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 from collections import deque
@@ -47,6 +46,7 @@ class TenantOps(Protocol):
     def duplicate(self, job: Job) -> Result: ...
     def internal_error(self, job: Job, name: str) -> Result: ...
     def failed(self, job: Job, error: str, http_status: int | None = None) -> Result: ...
+    def rotate(self, api_key: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -97,9 +97,7 @@ class Tenants:
                 tenant.key = key
                 tenant.rejected = False
                 if tenant.ops is not None:
-                    rotate = getattr(tenant.ops, "rotate", None)
-                    if rotate is not None:
-                        rotate(key)
+                    tenant.ops.rotate(key)
                 log.info("tenant_key_changed", tenant=name)
         for name, tenant in self.tenants.items():
             if name != DEFAULT and name not in keys and tenant.key is not None:
@@ -142,21 +140,13 @@ class Tenants:
         tenant.used = True
         ops = self._ops(tenant)
         if tenant.rejected:
-            return [self._stamp(self._rejected(ops, job), tenant)]
-        return [self._stamp(r, tenant) for r in await ops.handle(job)]
+            return [ops.failed(job, REJECTED, http_status=401)]
+        return await ops.handle(job)
 
     def unknown(self, job: Job) -> Result:
         name = job.tenant or DEFAULT
         error = f"unknown tenant {name}" if name else "no tenant named, and no default key"
         return self.invalid(Invalid(job.source, error, job.job_id, account_id=job.account_id))
-
-    def _rejected(self, ops: TenantOps, job: Job) -> Result:
-        return ops.failed(job, REJECTED, http_status=401)
-
-    def _stamp(self, result: Result, tenant: Tenant) -> Result:
-        if tenant.name == DEFAULT:
-            return result
-        return dataclasses.replace(result, tenant=tenant.name)
 
     def invalid(self, item: Invalid) -> Result:
         return invalid_record(item, run_id=self.run_id)
@@ -165,13 +155,13 @@ class Tenants:
         tenant = self.tenant(job)
         if tenant is None:
             return self.unknown(job)
-        return self._stamp(self._ops(tenant).duplicate(job), tenant)
+        return self._ops(tenant).duplicate(job)
 
     def internal_error(self, job: Job, name: str) -> Result:
         tenant = self.tenant(job)
         if tenant is None:
             return self.unknown(job)
-        return self._stamp(self._ops(tenant).internal_error(job, name), tenant)
+        return self._ops(tenant).internal_error(job, name)
 
     def close(self) -> None:
         for tenant in self.tenants.values():
