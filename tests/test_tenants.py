@@ -18,7 +18,15 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import ROOT, SandboxProcess, cli_env, read_results, run_argv, run_cli
+from tests.conftest import (
+    ROOT,
+    SandboxProcess,
+    cli_env,
+    read_results,
+    run_argv,
+    run_cli,
+    write_jobs,
+)
 from tests.redis_server import RedisServer
 from worker.models import Job
 from worker.tenants import Ring, Tenants
@@ -376,3 +384,28 @@ def test_metrics_carry_a_tenant_label(
     assert value("xquik_jobs_total", op="disconnect", outcome="failed", tenant="t2") == 2
     assert value("xquik_requests_total", method="DELETE", tenant="t1") == 4
     assert value("xquik_responses_total", method="GET", status="401", tenant="t2") >= 1
+
+
+def test_a_tenant_job_is_never_sent_with_the_key_of_a_run_without_keys(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """A job naming a tenant in a run with one key (no --keys) is invalid, naming its line;
+    the run's key is not used for it. The other jobs go on."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        ['{"account_id": "1", "tenant": "client-x"}', '{"account_id": "2"}'],
+    )
+    proc = run_cli(
+        *run_argv(jobs, sb, "--rate", "unlimited", "--state-dir", str(tmp_path))[3:],
+        env=cli_env(XQUIK_API_KEY=sb.api_key),
+    )
+    assert proc.returncode == 1, proc.stderr
+    records = read_results(tmp_path / "jobs.jsonl.results.jsonl")
+    by_id = {r["account_id"]: r for r in records}
+    assert by_id["1"]["outcome"] == "invalid"
+    assert by_id["1"]["error"] == "unknown tenant client-x (this run has no --keys)"
+    assert by_id["1"]["source"].endswith("jobs.jsonl:1")
+    assert by_id["2"]["outcome"] == "disconnected"
+    deleted = sb.stats()["deleted_accounts"]
+    assert deleted == ["2"]

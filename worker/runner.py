@@ -337,6 +337,11 @@ class Runner:
                 if isinstance(item, Invalid):
                     await self._settle(item, [self.ops.invalid(item)])
                     continue
+                if item.tenant is not None:  # a tenant's job, and this run has one key
+                    error = f"unknown tenant {item.tenant} (this run has no --keys)"
+                    invalid = Invalid(item.source, error, item.job_id, account_id=item.account_id)
+                    await self._settle(item, [self.ops.invalid(invalid)])
+                    continue
                 if self.limit is not None and self._handed >= self.limit:
                     break
                 if (records := self._unclaimed(item)) is not None:
