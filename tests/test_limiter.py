@@ -3,6 +3,7 @@ hold everyone, and the state survives a restart."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -236,6 +237,31 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     assert second.cooldown_remaining() > 4.0
     other = StateFile(tmp_path, "def", "delete")  # another key shares nothing
     assert other.load_into(SlidingWindowBudget(3, 60.0)) == 0
+
+
+async def test_a_release_reaches_the_state_file_by_the_next_decision_or_close(
+    tmp_path: Path,
+) -> None:
+    """A plain release is not written at once: until then other runs see the slot as in
+    flight (held until its attempt's bound + a span: longer, never shorter). The budget's
+    next acquire, or its close, writes it: then they see it held a span after its answer."""
+
+    def seen() -> list[int]:
+        """Seconds each slot stays held, as another run reads the file."""
+        other = SlidingWindowBudget(1, 60.0, attempt_bound=30.0)
+        StateFile(tmp_path, "abc", "delete").load_into(other)
+        return sorted(round(until - time.time()) for _, until, _ in other.entries())
+
+    file = StateFile(tmp_path, "abc", "delete")
+    first = SlidingWindowBudget(2, 60.0, attempt_bound=30.0, state=file)
+    await send(first)
+    assert seen() == [90]  # in flight, as far as the file says
+    slot = await first.acquire()  # the next decision writes the release
+    assert seen() == [60, 90]
+    await first.release(slot)
+    assert seen() == [60, 90]
+    first.close()
+    assert seen() == [60, 60]  # both answered: a span after their answers
 
 
 def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:

@@ -209,8 +209,12 @@ class XquikClient:
             # attempt failed, timed out or was cancelled: from now on one span is left to the
             # slot. Shielded, but bounded: a budget in Redis that is away keeps the slot held
             # for its attempt's bound instead (safe, only slower).
-            with anyio.move_on_after(2, shield=True):
-                await (budget.release(slot, status) if left else budget.refund(slot))
+            settle = budget.release(slot, status) if left else budget.refund(slot)
+            if budget.remote:
+                with anyio.move_on_after(2, shield=True):
+                    await settle
+            else:
+                await settle  # never suspends: a cancellation cannot cut it short
 
     def _observe(self, method: str, status: int, seconds: float) -> None:
         self.answered[(method, status)] += 1

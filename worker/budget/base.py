@@ -18,6 +18,10 @@ Sleep = Callable[[float], Awaitable[None]]
 class Budget(Protocol):
     """What the client asks before every real send."""
 
+    # True when release or refund may wait on the network (a budget in Redis): the client
+    # then bounds and shields it. A local budget's never suspends, so it always completes.
+    remote: bool
+
     async def acquire(self, block: bool = True) -> object:
         """Wait for a slot and take it, just before the request is sent; BudgetClosed once the
         run is stopping. Returns the slot, for `release` or `refund`. With `block=False`, a
@@ -86,6 +90,7 @@ class Unlimited:
     429 still holds every request until Retry-After has passed. A send costs a clock read."""
 
     __slots__ = ("_clock", "_closed", "_cooldown_until", "_max_cooldown", "_naps", "window")
+    remote = False
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = get_logger()
 
 COMPACT_BYTES = 64 * 1024  # never rewrite a log smaller than this
+_WRITABLE: set[Path] = set()  # state directories this process has written a file in
 
 
 def default_state_dir() -> Path:
@@ -43,7 +44,6 @@ class StateFile:
         "_cooldown",
         "_failed",
         "_fd",
-        "_ino",
         "_learned_at",
         "_lock_fd",
         "_pos",
@@ -55,7 +55,6 @@ class StateFile:
         self.path = directory / f"budget-{fingerprint}-{tier}.json"
         self._failed = False
         self._fd = -1
-        self._ino = -1
         self._pos = 0
         self._tail_ok = True  # the log ends with a newline (a crash mid-write may leave none)
         self._cooldown: float | None = None  # the last cooldown and finding we wrote
@@ -65,9 +64,11 @@ class StateFile:
             self._lock_fd = os.open(
                 directory / f"budget-{fingerprint}-{tier}.lock", os.O_RDWR | os.O_CREAT, 0o600
             )
-            probe = directory / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            if directory not in _WRITABLE:  # once per directory (1,000 keys: 1,000 budgets)
+                probe = directory / f".probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+                _WRITABLE.add(directory)
         except OSError as exc:
             raise ConfigError(
                 f"--state-dir {directory}: cannot keep the budget's state there "
@@ -80,28 +81,31 @@ class StateFile:
                 os.close(fd)
         self._fd = self._lock_fd = -1
 
-    def _open(self) -> bool:
-        """The current log open at our position; False if there is none yet."""
+    def _open(self) -> int:
+        """The size of the current log, open at our position; -1 if there is none yet. One
+        fstat when nothing changed: a log another run rewrote (renamed over ours) or removed
+        has no link left, and the path is opened again, read from its start."""
+        if self._fd >= 0:
+            st = os.fstat(self._fd)
+            if st.st_nlink > 0:
+                return st.st_size
+            self._forget()
         try:
-            ino = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            ino = -1
-        if ino != self._ino or self._fd < 0:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            self._ino, self._pos, self._tail_ok = -1, 0, True
-            if ino == -1:
-                return False
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
-            self._ino = os.fstat(self._fd).st_ino
-        return True
+        except FileNotFoundError:
+            return -1
+        return os.fstat(self._fd).st_size
+
+    def _forget(self) -> None:
+        """Close the log: the next look reads it from its start."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._pos, self._tail_ok = 0, True
 
     def _read_into(self, budget: SlidingWindowBudget) -> None:
         """What was appended since we last looked, into `budget`."""
-        if not self._open():
-            return
-        size = os.fstat(self._fd).st_size
+        size = self._open()
         if size <= self._pos:
             return
         data = os.pread(self._fd, size - self._pos, self._pos)
@@ -140,7 +144,6 @@ class StateFile:
             line = b"\n" + line  # end a line torn by a crash; it is skipped as unreadable
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            self._ino = os.fstat(self._fd).st_ino
         os.write(self._fd, line)
         self._pos += len(line)
         self._tail_ok = True
@@ -159,13 +162,12 @@ class StateFile:
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(json.dumps(state, separators=(",", ":")).encode() + b"\n")
         os.replace(tmp, self.path)
-        self._open()
-        self._pos = os.fstat(self._fd).st_size
+        self._pos = max(self._open(), 0)
 
     def load_into(self, budget: SlidingWindowBudget) -> int:
         """Restore the held slots into `budget` (the whole log, read from its start);
         returns how many are still held."""
-        self._ino = -1
+        self._forget()
         with self.exchange(budget, write=False):
             pass
         return budget.sends_in_span()

@@ -149,6 +149,7 @@ class SlidingWindowBudget:
         "span",
         "window",
     )
+    remote = False
 
     def __init__(
         self,
@@ -197,7 +198,9 @@ class SlidingWindowBudget:
         self._episode = float("-inf")
         self._episode_end = float("-inf")  # the last 429 of that window
         self._pending: set[str] = set()  # ours, in flight at that 429
-        self._lock = anyio.Lock()
+        # Taken without a checkpoint when free: a non-blocking acquire of another job of this
+        # key must find it locked only while a request really waits for a slot.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self._dirty: set[str] = set()  # our slots changed since the state file last saw them
         self._prefix = f"{os.getpid()}.{random.getrandbits(32):08x}."
@@ -307,16 +310,19 @@ class SlidingWindowBudget:
         limit."""
         if not isinstance(slot, str):
             return
-        with self._exchange():
+        # Only a 429, or an answer to a request in flight at one, teaches anything. Every
+        # other release (nearly all of them) shortens a hold other runs already see as longer
+        # (in flight: until the attempt's bound + a span), so it reaches the state file with
+        # this budget's next decision, or when it closes: later is only slower for them.
+        learns = self.learner is not None and (status == RATE_LIMITED or slot in self._pending)
+        with self._exchange() if learns or self._closed else nullcontext():
             if slot in self._slots:
                 accepted = status is not None and status != RATE_LIMITED
                 self._set(slot, self._clock() + self.span, accepted)
             under = self._sent_under.pop(slot, None)
             if slot == self._opener:
                 self._win_end = self._clock() + self.window
-            # Only a 429, or an answer to a request in flight at one, teaches anything: every
-            # other release (nearly all of them) costs nothing more here.
-            if self.learner is not None and (status == RATE_LIMITED or slot in self._pending):
+            if learns:
                 self._learn(slot, status, under)
             self._pending.discard(slot)
         self._naps.wake_all()
@@ -391,7 +397,11 @@ class SlidingWindowBudget:
         return self._state.exchange(self) if self._state is not None else nullcontext()
 
     def close(self) -> None:
-        """Refuse every waiting and future acquire; wakes sleeping waiters at once."""
+        """Refuse every waiting and future acquire; wakes sleeping waiters at once. Changes
+        not yet in the state file go there now (later releases go at once)."""
+        if not self._closed and self._dirty:
+            with self._exchange():
+                pass
         self._closed = True
         self._naps.wake_all()
 
