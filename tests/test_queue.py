@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 import redis
 
 from tests.conftest import (
@@ -331,6 +332,68 @@ def test_shared_budget_ignores_skewed_local_clocks(redis_server: RedisServer) ->
     assert len(ends) == 20
     for i in range(len(ends) - 5):
         assert ends[i + 5] - ends[i] >= 0.55 - 0.002  # the script's ms rounding only
+
+
+def test_many_budgets_share_round_trips_and_survive_a_script_flush(
+    redis_server: RedisServer,
+) -> None:
+    """300 keys' budgets (one slot per window each) on one Redis client, acquiring and
+    releasing at once: every acquire gets its own key's slot and its own answer, a second
+    acquire of a key finds the slot taken, and their scripts travel together (far fewer
+    pipelines than calls). After SCRIPT FLUSH (as after a Redis restart) they go on."""
+    from worker.errors import NoSlot
+
+    async def scenario() -> tuple[int, int]:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+        pipelines = 0
+        make = r.pipeline
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal pipelines
+            pipelines += 1
+            return make(*args, **kwargs)
+
+        r.pipeline = counted  # type: ignore[method-assign]
+        alone = Counter[str]()  # commands sent one round trip each
+        execute: Any = r.execute_command
+
+        async def single(*args: Any, **kwargs: Any) -> Any:
+            alone[str(args[0])] += 1
+            return await execute(*args, **kwargs)
+
+        r.execute_command = single  # type: ignore[method-assign]
+        budgets = [RedisBudget(r, f"xquik:budget:k{i}", 1, 60.0) for i in range(300)]
+        slots: list[object] = [None] * len(budgets)
+
+        async def take(i: int) -> None:
+            slots[i] = await budgets[i].acquire(block=False)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(budgets)):
+                tg.start_soon(take, i)
+        assert len(set(map(str, slots))) == 300  # each its own slot
+        for i in range(300):
+            assert await r.zscore(f"xquik:budget:k{i}:slots", str(slots[i])) is not None
+        for budget in budgets[:20]:
+            with pytest.raises(NoSlot) as refused:
+                await budget.acquire(block=False)
+            assert 59.0 < refused.value.seconds <= 60.0 + 60.0
+        await r.script_flush()
+        async with anyio.create_task_group() as tg:
+            for budget, slot in zip(budgets, slots, strict=True):
+                tg.start_soon(budget.release, slot, 200)
+        held = await r.zscore("xquik:budget:k7:slots", str(slots[7]))
+        now_ms = (await r.time())[0] * 1000
+        assert held is not None
+        assert 59_000 < held - now_ms <= 60_500  # answer + a span
+        await r.aclose()
+        assert not any(name.startswith(("EVAL", "FCALL")) for name in alone), alone
+        return pipelines, 300 + 20 + 300
+
+    pipelines, calls = anyio.run(scenario)
+    assert 1 <= pipelines <= calls // 5, (pipelines, calls)
 
 
 def test_rejected_key_stops_the_consumer_and_leaves_jobs_pending(
