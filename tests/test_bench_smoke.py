@@ -26,3 +26,26 @@ def test_benchmark_smoke(script: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "| " in proc.stdout
     assert "ratio" in proc.stdout
+
+
+def test_tenants_benchmark_smoke() -> None:
+    """Many keys at a small size: every case finishes every job with no 429 and no request
+    sent with another tenant's key."""
+    proc = subprocess.run(
+        [sys.executable, "bench/tenants.py", "--smoke"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ")]
+    header, body = [c.strip() for c in rows[0]], rows[1:]
+    assert len(body) == 5
+    for row in body:
+        cells = dict(zip(header, (c.strip() for c in row), strict=True))
+        assert cells["done"] == "500/500"
+        assert cells["429s"] == "0"
+        assert cells["cross-tenant"] == "0"
+        assert cells["exit"] == "ok"
