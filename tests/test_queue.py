@@ -396,6 +396,42 @@ def test_many_budgets_share_round_trips_and_survive_a_script_flush(
     assert 1 <= pipelines <= calls // 5, (pipelines, calls)
 
 
+def test_jobs_of_one_key_try_for_slots_side_by_side_but_a_waiter_goes_first(
+    redis_server: RedisServer,
+) -> None:
+    """Two jobs of one key trying at once (block=False) both get a slot when two are free
+    (one deciding does not turn the other away); the third finds none. A request already
+    waiting for a slot (a monitor's DELETE) goes first: a try meanwhile is turned away."""
+    from worker.errors import NoSlot
+
+    async def scenario() -> None:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+        budget = RedisBudget(r, "xquik:budget:side", 2, 1.0)
+        slots: list[object] = []
+
+        async def take() -> None:
+            slots.append(await budget.acquire(block=False))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take)
+            tg.start_soon(take)
+        assert len(set(map(str, slots))) == 2
+        with pytest.raises(NoSlot):
+            await budget.acquire(block=False)
+        for slot in slots:
+            await budget.release(slot, 200)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(budget.acquire)  # waits about a second for a slot
+            await anyio.sleep(0.2)
+            with pytest.raises(NoSlot):
+                await budget.acquire(block=False)
+        await r.aclose()
+
+    anyio.run(scenario)
+
+
 def test_rejected_key_stops_the_consumer_and_leaves_jobs_pending(
     redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
 ) -> None:

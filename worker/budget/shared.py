@@ -241,34 +241,45 @@ class RedisBudget:
         self._poll = max(0.05, min(1.0, self.span / 20))
 
     async def acquire(self, block: bool = True) -> object:
-        if not block and self._lock.locked():  # another request of this key already waits
-            raise NoSlot(max(self.cooldown_remaining(), self._poll))
+        if not block:
+            # One try, beside any other request of this key deciding now (the script
+            # arbitrates); but a request already waiting for a slot goes first.
+            if self._lock.locked():
+                raise NoSlot(max(self.cooldown_remaining(), self._poll))
+            return await self._try(block=False)
         async with self._lock:  # one poller per process; the script arbitrates between them
-            bound_ms = (self.attempt_bound + self.span) * 1000
-            auto = "1" if self.auto else "0"
             while True:
-                if self._closed:
-                    raise BudgetClosed
-                member = f"{self._me}:{next(self._ids)}"
-                wait, limit, learned = await self._script(
-                    self._acquire,
-                    keys=[self._keys[0], self._keys[1], self._keys[2]],
-                    args=[bound_ms, self.ceiling, member, auto, self.relearn * 1000],
-                )
-                self.limit, self.learned = int(limit), bool(int(learned))
-                wait_ms = float(wait)
-                if wait_ms <= 0:
-                    if self.auto:
-                        self._under[member] = self.limit
+                member = await self._try(block=True)
+                if member is not None:
                     return member
-                if not block:  # a cooldown whole, a full window at most a span at a time
-                    cooling = wait_ms > bound_ms
-                    raise NoSlot(wait_ms / 1000 if cooling else min(wait_ms / 1000, self.span))
-                if wait_ms > bound_ms:  # only a cooldown is that long
-                    self._cooldown_until = self._clock() + wait_ms / 1000
-                    await self._naps(wait_ms / 1000)
-                else:
-                    await self._naps(min(wait_ms / 1000, self._poll))
+
+    async def _try(self, *, block: bool) -> str | None:
+        """Take a slot if one is free now: its member. Else NoSlot (`block` False), or None
+        after a nap until one may be."""
+        if self._closed:
+            raise BudgetClosed
+        bound_ms = (self.attempt_bound + self.span) * 1000
+        member = f"{self._me}:{next(self._ids)}"
+        wait, limit, learned = await self._script(
+            self._acquire,
+            keys=[self._keys[0], self._keys[1], self._keys[2]],
+            args=[bound_ms, self.ceiling, member, "1" if self.auto else "0", self.relearn * 1000],
+        )
+        self.limit, self.learned = int(limit), bool(int(learned))
+        wait_ms = float(wait)
+        if wait_ms <= 0:
+            if self.auto:
+                self._under[member] = self.limit
+            return member
+        cooling = wait_ms > bound_ms  # only a cooldown is that long
+        if not block:  # a cooldown whole, a full window at most a span at a time
+            raise NoSlot(wait_ms / 1000 if cooling else min(wait_ms / 1000, self.span))
+        if cooling:
+            self._cooldown_until = self._clock() + wait_ms / 1000
+            await self._naps(wait_ms / 1000)
+        else:
+            await self._naps(min(wait_ms / 1000, self._poll))
+        return None
 
     async def release(self, slot: object, status: int | None = None) -> None:
         under = self._under.pop(str(slot), self.limit)
