@@ -220,6 +220,43 @@ def test_a_rotated_key_file_is_used_without_a_restart(
     assert sb.stats()["cross_tenant"] == 0
 
 
+def test_a_consumer_that_starts_later_gets_its_share_of_a_backlog(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Queue mode: 16 tenants' 800 jobs wait in the stream, grouped by tenant; each answer
+    takes 30 ms and a consumer sends 4 at a time. A consumer reads more only as its work runs
+    short, so a second one started later (as an autoscaler adds one) still finds most of the
+    backlog and does a fair part of it, instead of the first holding every job in its
+    read-ahead (10,000) while the second has nothing to do."""
+    keys = tmp_path / "keys"
+    sb = sandbox_process(
+        "--accounts", "1", "--tenants", "16", "--tenant-accounts", "50", "--keys-out",
+        str(keys), "--delete-limit", "unlimited", "--slow", "1", "--slow-seconds", "0.03",
+    )  # fmt: skip
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {f"t{i}": 50 for i in range(1, 17)})
+    assert run_cli("enqueue", str(jobs), "--redis", redis_server.url).returncode == 0
+
+    def consumer(name: str) -> subprocess.Popen[str]:
+        argv = run_argv(redis_server.url, sb, "--keys", str(keys), "--rate", "unlimited")
+        argv += ["--concurrency", "4", "--drain", "--consumer", name, "--log-format", "json"]
+        argv += ["--state-dir", str(tmp_path / "state"), "--results", str(tmp_path / name)]
+        return subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env=cli_env(),
+        )  # fmt: skip
+
+    first = consumer("a")
+    wait_for(lambda: (tmp_path / "a").exists() and len(read_results(tmp_path / "a")) >= 20)
+    second = consumer("b")
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    a, b = read_results(tmp_path / "a"), read_results(tmp_path / "b")
+    assert len({r["account_id"] for r in a + b}) == len(a) + len(b) == 800
+    assert len(b) >= 200, (len(a), len(b))  # a fair part; all of it would be ~400
+    assert sb.stats()["cross_tenant"] == 0
+
+
 def test_plan_for_a_tenant_writes_jobs_that_name_it(
     sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
 ) -> None:

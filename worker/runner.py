@@ -66,6 +66,7 @@ class Runner:
         grace: float = 30.0,
         ring: Ring | None = None,
         read_ahead: int = 10_000,
+        shared_source: bool = False,
     ) -> None:
         self.ops = ops
         self.source = source
@@ -93,7 +94,13 @@ class Runner:
         # workers take them round robin from the tenants that can send now.
         self._ring = ring
         self._read_ahead = read_ahead
+        # A queue is shared with other consumers: what one reads ahead, no other can take.
+        # So a consumer reads more only when its work runs short: few jobs left, or a third
+        # of its tenants waiting for their budgets (its view grows too narrow to keep its
+        # workers busy), not whenever there is room.
+        self._shared_source = shared_source
         self._source_done = False
+        self._reads = 0  # batches read into the tenants' queues
         self._news = anyio.Event()  # a job was read or parked back, or the run is stopping
 
     @staticmethod
@@ -233,20 +240,21 @@ class Runner:
             if self.limit is not None and self._handed >= self.limit:
                 break
             room = self._read_ahead - ring.queued
-            if (
-                not self._source_done
-                and room >= self._read_ahead // 4
-                and not self._pull_lock.locked()
-            ):
-                # Room for more: read now, not only when no tenant can send, so tenants
-                # beyond the read-ahead join the rotation as soon as there is room.
+            wanted = (
+                ring.queued < 2 * self.concurrency or ring.ready() <= 2 * ring.parked()
+                if self._shared_source
+                else room >= self._read_ahead // 4
+            )
+            if not self._source_done and room > 0 and wanted and not self._pull_lock.locked():
+                # A file: room for more is read now, not only when no tenant can send, so
+                # tenants beyond the read-ahead join the rotation as soon as there is room.
                 await self._read_into_ring()
             job = ring.take(anyio.current_time())
             if job is not None:
                 self._handed += 1
                 return job
             if not self._source_done and ring.queued < self._read_ahead:
-                await self._read_into_ring()
+                await self._read_into_ring(self._reads)
                 continue
             if self._source_done and ring.queued == 0:
                 return None  # whatever is parked back later has a worker already
@@ -259,15 +267,20 @@ class Runner:
         self._reading = False
         return None
 
-    async def _read_into_ring(self) -> None:
+    async def _read_into_ring(self, seen: int | None = None) -> None:
         """Read the next batch and route each item: invalid lines, done and duplicate
-        accounts and unknown tenants are settled at once; jobs join their tenant's queue."""
+        accounts and unknown tenants are settled at once; jobs join their tenant's queue.
+        `seen`: the reads counted when this worker found nothing to take; if another worker
+        read meanwhile, that read was for it too."""
         ring = self._ring
         assert ring is not None
         async with self._pull_lock:
             if self._source_done or not self._reading or ring.queued >= self._read_ahead:
                 return
+            if seen is not None and seen != self._reads:
+                return
             batch = await self._pull()
+            self._reads += 1
             if batch is None:
                 self._source_done = True  # exhausted (or the run is stopping: no matter)
                 self._news.set()

@@ -215,6 +215,15 @@ class Ring:
             tenant.parked_until = until
             heapq.heappush(self._parked, (until, next(self._seq), tenant))
 
+    def ready(self) -> int:
+        """Tenants in the rotation (at most: one parked while in it leaves when its turn
+        comes)."""
+        return len(self._ring)
+
+    def parked(self) -> int:
+        """Tenants waiting for their budget (at least those; a few may be due already)."""
+        return len(self._parked)
+
     def next_ready(self) -> float | None:
         """When the earliest parked tenant may send again (None: none is parked)."""
         while self._parked and not self._parked[0][2].queue:

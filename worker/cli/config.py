@@ -67,10 +67,10 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             )
         keys = {t: (k.key, k.account) for t, k in read_keys(Path(args.keys)).items()}
         if queue is not None:
-            # Several keys: a 401 dead-letters its job; read up to 1,000 jobs at a time into
-            # the tenants' queues (the read-ahead is the point: one batch of a single tenant
-            # would feed no other).
-            batch = max(queue.batch, min(1000, args.read_ahead))
+            # Several keys: a 401 dead-letters its job; read up to 256 jobs at a time into
+            # the tenants' queues (enough to meet new tenants quickly; small enough that
+            # consumers reading as they need take turns, and none takes the whole stream).
+            batch = max(queue.batch, min(256, args.read_ahead))
             queue = replace(queue, dead_letter_rejected=True, batch=batch)
         try:
             base_url, key = api_access(args)

@@ -262,7 +262,8 @@ def run_options(p: argparse.ArgumentParser) -> None:
         default=env("READ_AHEAD", "10000"),
         metavar="N",
         help="with --keys: jobs read ahead into the tenants' queues at most, so one cooling "
-        "key never holds up the others (default 10000)",
+        "key never holds up the others; a queue consumer reads only as its work runs short, "
+        "leaving the rest to other consumers (default 10000)",
     )
     p.add_argument(
         "--rate",

@@ -299,6 +299,7 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
             grace=settings.grace,
             ring=ring,
             read_ahead=settings.read_ahead,
+            shared_source=settings.queue is not None,
         )
         runner.summary.consumer = settings.queue is not None and not settings.queue.drain
         log.info(
