@@ -40,11 +40,18 @@ def sandbox(tmp: Path, *args: str) -> SandboxProc:
     return SandboxProc(1, *args, keys_out=keys)
 
 
-def jobs_file(path: Path, tenants: int, per: int) -> Path:
+def jobs_file(path: Path, tenants: int, per: int, *, mixed: bool = False) -> Path:
+    """Every tenant's jobs: grouped by tenant (t1's all first: the worst order for
+    head-of-line blocking), or `mixed` (one of each tenant in turn, as a pipeline's
+    arrivals would be)."""
+    order = (
+        ((t, i) for i in range(1, per + 1) for t in range(1, tenants + 1))
+        if mixed
+        else ((t, i) for t in range(1, tenants + 1) for i in range(1, per + 1))
+    )
     with path.open("w") as f:
-        for t in range(1, tenants + 1):
-            for i in range(1, per + 1):
-                f.write(json.dumps({"account_id": f"t{t}-{i}", "tenant": f"t{t}"}) + "\n")
+        for t, i in order:
+            f.write(json.dumps({"account_id": f"t{t}-{i}", "tenant": f"t{t}"}) + "\n")
     return path
 
 
@@ -88,6 +95,7 @@ def run_case(
     extra: tuple[str, ...] = (),
     *,
     unlimited: bool = False,
+    mixed: bool = False,
 ) -> dict[str, Any]:
     """One run. `unlimited`: the same run (keys, jobs, mode, consumers, read-ahead) against a
     sandbox without a limit, each tenant's budget at 1,000,000 per window, so that it keeps
@@ -99,7 +107,7 @@ def run_case(
         tmp, "--tenants", str(tenants), "--tenant-accounts", str(per),
         "--delete-limit", server_limit, "--read-limit", "unlimited",
     )  # fmt: skip
-    jobs = jobs_file(tmp / "jobs.jsonl", tenants, per)
+    jobs = jobs_file(tmp / "jobs.jsonl", tenants, per, mixed=mixed)
     env = {"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"}
     assert sb.keys is not None
     common = ["--base-url", sb.base_url, "--keys", str(sb.keys), "--rate", rate]
@@ -174,31 +182,36 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     tenants, per, n, w = (50, 10, 5, 1.0) if args.smoke else (1000, 20, 5, 1.0)
-    # Jobs grouped by tenant and the default --read-ahead (10,000): tenants past the first
-    # 10,000 jobs join the rotation as room frees up. One file row reads everything ahead.
+    # Jobs grouped by tenant with the default --read-ahead (10,000): tenants past the first
+    # 10,000 jobs join the rotation as room frees up; one file row reads everything ahead.
+    # Mixed rows: one job of each tenant in turn. Queue consumers read as they need.
     everything = ("--read-ahead", str(tenants * per))
-    cases: list[tuple[str, int, tuple[str, ...]]] = [
-        ("file", 1, ()), ("file", 1, everything),
-        ("queue", 1, ()), ("queue", 1, everything), ("queue", 2, ()),
+    cases: list[tuple[str, int, tuple[str, ...], bool]] = [
+        ("file", 1, (), False), ("file", 1, everything, False), ("file", 1, (), True),
+        ("queue", 1, (), False), ("queue", 1, (), True), ("queue", 2, (), False),
+        ("queue", 4, (), False), ("queue", 4, (), True),
     ]  # fmt: skip
-    if not args.smoke:
-        cases.append(("queue", 4, ()))
+    if args.smoke:
+        cases = [case for case in cases if case[1] < 4]
     jobs = tenants * per
     with tempfile.TemporaryDirectory() as tmp:
         single = one_key(jobs, Path(tmp))
     budgets = tenants * n / w
     rows = []
-    for mode, k, extra in cases:
+    for mode, k, extra, mixed in cases:
         # This run's ceiling first (the same run without a limit), then the run itself.
         with tempfile.TemporaryDirectory() as tmp:
-            top = run_case(mode, k, tenants, per, n, w, Path(tmp), extra, unlimited=True)
+            top = run_case(
+                mode, k, tenants, per, n, w, Path(tmp), extra, unlimited=True, mixed=mixed
+            )
         with tempfile.TemporaryDirectory() as tmp:
-            m = run_case(mode, k, tenants, per, n, w, Path(tmp), extra)
+            m = run_case(mode, k, tenants, per, n, w, Path(tmp), extra, mixed=mixed)
         ideal = ideal_span(tenants, per, n, w, top["rate"])
         label = mode if mode == "file" else f"queue x{k}"
         rows.append(
             [
                 label + (f" --read-ahead {extra[1]}" if extra else ""),
+                "mixed" if mixed else "grouped",
                 f"{m['done']:,}/{jobs:,}",
                 f"{top['rate']:,.0f}",
                 f"{m['span']:.2f}",
@@ -219,7 +232,7 @@ def main() -> None:
     )
     print(
         table(
-            ["run", "done", "ceiling /s", "DELETE span s", "ideal s", "efficiency",
+            ["run", "jobs", "done", "ceiling /s", "DELETE span s", "ideal s", "efficiency",
              "DELETEs/s", "429s", "finish spread (windows)", "cross-tenant", "peak RSS MB",
              "wall s", "exit"],
             rows,
