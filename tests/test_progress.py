@@ -42,3 +42,26 @@ def test_the_limit_in_words() -> None:
     assert limit_words(auto) == "12/4s learned (ceiling 40/4s)"
     auto["learned"] = False
     assert "nothing learned" in limit_words(auto)
+
+
+def test_the_printed_summary_shows_each_tenants_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    """With several keys the summary's table has each tenant's outcomes and the DELETE limit
+    in force for it (one learned lower, one at the ceiling), not one key's limit for all."""
+    from collections import Counter
+
+    from worker.cli.progress import print_summary
+    from worker.summary import Summary
+
+    summary = Summary("r1")
+    summary.by_tenant = {"t1": Counter(failed=2), "t3": Counter(disconnected=20)}
+    auto = {"window_s": 60.0, "mode": "auto", "ceiling": 20}
+    summary.tenant_rates = {
+        "t1": {**auto, "limit": 1, "learned": True},
+        "t3": {**auto, "limit": 20, "learned": False},
+    }
+    summary.rate = summary.tenant_rates["t1"]
+    print_summary(summary, "r.jsonl")
+    err = " ".join(capsys.readouterr().err.split())
+    assert "t1 │ failed 2 │ 1/60s learned (ceiling 20/60s)" in err
+    assert "t3 │ disconnected 20 │ 20/60s (auto: the ceiling, nothing learned)" in err
+    assert "DELETE limit in force:" not in err  # one key's limit would speak for all

@@ -64,16 +64,17 @@ def test_a_cooling_key_and_a_revoked_key_hold_up_no_other_tenant(
 ) -> None:
     """t1's window was spent by another client (its first DELETE meets a 60 s cooldown), t2's
     key is revoked, t3 is fine. t3 finishes at its full budget in the first window although
-    t1's 20 jobs come first in the file; t2's 20 jobs are `failed: unauthenticated` after at
-    most a worker's worth of 401s; t1 is still cooling when the run is stopped (no record, a
-    rerun sends them). The sandbox's ledger: not one request for an account of another
-    tenant than the key's."""
+    t1's 20 jobs come first in the file (and t1 alone learns a lower limit); t2's 20 jobs are
+    `failed: unauthenticated` after at most a worker's worth of 401s; t1 is still cooling
+    when the run is stopped (no record, a rerun sends them). The sandbox's ledger: not one
+    request for an account of another tenant than the key's."""
     sb, keys = tenant_sandbox(sandbox_process, tmp_path, "--delete-limit", "20/60s")
     (keys / "t2").write_text(BOGUS + "\n")
     spend(sb, "t1", 20)
     jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 20, "t2": 20, "t3": 20})
-    argv = run_argv(jobs, sb, "--keys", str(keys), "--rate", "20/60s", "--concurrency", "4")
-    argv += ["--state-dir", str(tmp_path / "state"), "--log-format", "json", "--grace", "1"]
+    argv = run_argv(jobs, sb, "--keys", str(keys), "--rate", "auto:20/60s")
+    argv += ["--concurrency", "4", "--state-dir", str(tmp_path / "state")]
+    argv += ["--log-format", "json", "--grace", "1"]
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.DEVNULL,
@@ -118,6 +119,11 @@ def test_a_cooling_key_and_a_revoked_key_hold_up_no_other_tenant(
     assert summary["tenants"]["t3"] == {"disconnected": 20}
     assert summary["tenants"]["t2"] == {"failed": 20}
     assert summary["not_finished"] == 20  # t1's, parked in its queue: a rerun sends them
+    limits = summary["tenant_limits"]  # each Xquik account learns its own limit
+    assert limits["t1"]["limit"] == 1  # its 429 came with nothing of ours accepted
+    assert limits["t1"]["learned"] is True
+    assert limits["t3"]["limit"] == 20
+    assert limits["t3"]["learned"] is False
     report = run_cli("report", str(results), "--json")
     assert json.loads(report.stdout)["tenants"] == {
         "t2": {"failed": 20},

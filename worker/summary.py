@@ -40,9 +40,13 @@ class Summary:
     sent: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     attempts: int = 0
-    rate: dict[str, object] = field(default_factory=dict)  # the DELETE limit in force at the end
-    # Several keys: each tenant's outcomes ("" for the default key's jobs).
+    # The DELETE limit in force at the end: of the default key (with --keys and no default
+    # key, of the first tenant's; each tenant's own in tenant_rates).
+    rate: dict[str, object] = field(default_factory=dict)
+    # Several keys: each tenant's outcomes ("" for the default key's jobs), and the DELETE
+    # limit in force for it at the end (each Xquik account learns its own).
     by_tenant: dict[str, Counter[str]] = field(default_factory=dict)
+    tenant_rates: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -91,6 +95,15 @@ class Summary:
             else None,
             "rate": self.rate,
             **({"tenants": self.tenant_table()} if self.by_tenant else {}),
+            **(
+                {
+                    "tenant_limits": {
+                        n or "(default)": r for n, r in sorted(self.tenant_rates.items())
+                    }
+                }
+                if self.tenant_rates
+                else {}
+            ),
             "exit_code": int(self.exit_code()),
         }
 

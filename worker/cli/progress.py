@@ -145,10 +145,15 @@ def print_summary(summary: Summary, results: str) -> None:
         tenants = Table(title="by tenant", title_justify="left")
         tenants.add_column("tenant")
         tenants.add_column("outcomes")
-        for name, per in summary.tenant_table().items():
-            tenants.add_row(name, ", ".join(f"{k} {v}" for k, v in per.items()))
+        tenants.add_column("DELETE limit in force")
+        for name, per in sorted(summary.by_tenant.items()):
+            tenants.add_row(
+                name or "(default)",
+                ", ".join(f"{k} {v}" for k, v in sorted(per.items())),
+                limit_words(summary.tenant_rates.get(name, {})) or "-",
+            )
         console.print(tenants)
-    if summary.rate:
+    elif summary.rate:
         console.print(f"DELETE limit in force: {limit_words(summary.rate)}")
     if summary.not_connected:
         console.print(

@@ -346,6 +346,12 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
         runner.summary.retries = sum(s.retries for s in every)
         if every:
             runner.summary.rate = every[0].delete_budget.describe()
+        if tenants is not None:
+            runner.summary.tenant_rates = {
+                name: s.delete_budget.describe() for name, s in view.tenants.items()
+            }
+            if session is not None and DEFAULT in runner.summary.by_tenant:
+                runner.summary.tenant_rates[DEFAULT] = session.delete_budget.describe()
         if settings.metrics_textfile is not None or settings.pushgateway:
             from worker.cli.metrics import push, write_textfile
 
