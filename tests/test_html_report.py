@@ -129,3 +129,30 @@ def test_the_page_breaks_a_several_keys_log_down_by_tenant(tmp_path: Path) -> No
     cells = [re.sub("<[^>]+>", "", row).strip() for row in table.split("<tr>")[2:]]
     assert cells == ["(default key)0100", "brand-a1010", "client-x1000"]
     assert "3 accounts done" in dom
+
+
+def test_each_tenant_has_its_own_windows_in_the_chart(tmp_path: Path) -> None:
+    """Two tenants, each spending its whole window (3 per 60 s) at the same moment: the chart
+    shows a window of 3 for each, none over the limit line; their sum (6) against one limit
+    would read as a violation that never happened."""
+    rows = []
+    for tenant in ("brand-a", "client-x"):
+        for i in range(3):
+            record = {
+                "ts": f"2026-11-29T10:00:0{i}.000Z", "run_id": "r1", "source": f"j:{i}",
+                "account_id": f"{tenant}-{i}", "op": "disconnect", "outcome": "disconnected",
+                "http_status": 200, "tenant": tenant,
+            }  # fmt: skip
+            rows.append(json.dumps(record))
+    log = tmp_path / "r.jsonl"
+    log.write_text("\n".join(rows) + "\n")
+    page = tmp_path / "report.html"
+    done = run_cli("report", str(log), "--html", str(page), "--rate", "3/60s")
+    assert done.returncode == 0, done.stderr
+    dom = chromium("--dump-dom", page.as_uri()).stdout
+    bars = re.findall(r'<rect class="(bar[^"]*)"[^>]*data-count="(\d+)"', dom)
+    assert sorted(int(n) for _, n in bars) == [3, 3]
+    assert all(cls == "bar" for cls, _ in bars)
+    assert "of brand-a" in dom
+    assert "of client-x" in dom
+    assert "window of each tenant" in dom

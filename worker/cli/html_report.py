@@ -30,6 +30,8 @@ class Page:
     outcomes: dict[str, int] = field(default_factory=dict)
     monitors: dict[str, int] = field(default_factory=dict)
     deletes: list[float] = field(default_factory=list)  # answer times of real DELETEs
+    # The same, by tenant ("" for the default key): each Xquik account has its own windows.
+    tenant_deletes: dict[str, list[float]] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     rows_total: int = 0
     failed: dict[str, list[str]] = field(default_factory=dict)  # error -> accounts (latest)
@@ -60,7 +62,10 @@ def gather(path: Path) -> Page:
             if op == "check":
                 continue
             if spent_delete(r):
-                page.deletes.append(_when(ts))
+                when = _when(ts)
+                page.deletes.append(when)
+                who = str(r["tenant"]) if isinstance(r.get("tenant"), str) else ""
+                page.tenant_deletes.setdefault(who, []).append(when)
             if op == "delete_monitor":
                 page.monitors[outcome] = page.monitors.get(outcome, 0) + 1
                 continue
@@ -107,11 +112,24 @@ def windows(times: list[float], w: float) -> list[tuple[float, int]]:
 
 
 def chart(page: Page, rate: Rate) -> str:
-    """DELETEs per window as bars, the limit as a line, pauses of a window or more shaded."""
+    """DELETEs per window as bars, the limit as a line, pauses of a window or more shaded.
+    With several tenants each has its own windows and limit: a bar per window of each
+    tenant (where they overlap, the busiest shows), never their sum against one limit."""
     w = rate.period
-    bins = windows(page.deletes, w)
-    if not bins:
+    every = windows(page.deletes, w)  # the pauses: no tenant's DELETE at all
+    if not every:
         return '<p class="muted">No DELETE was answered in this log.</p>'
+    tenants = len(page.tenant_deletes) > 1
+    labelled = (
+        sorted(
+            (start, n, who)
+            for who, times in page.tenant_deletes.items()
+            for start, n in windows(times, w)
+        )
+        if tenants
+        else [(start, n, "") for start, n in every]
+    )
+    bins = [(start, n) for start, n, _ in labelled]
     limit = rate.limit or max(n for _, n in bins)
     top = max(limit, *(n for _, n in bins)) * 1.15
     width, height, left, bottom = 960, 260, 44, 28
@@ -129,7 +147,7 @@ def chart(page: Page, rate: Rate) -> str:
         f'<svg id="timeline" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="DELETEs per {w:g} s window">'
     ]
-    for (start, _), (nxt, _) in pairwise(bins):
+    for (start, _), (nxt, _) in pairwise(every):
         if nxt - (start + w) >= w:  # a window or more with no DELETE answered
             parts.append(
                 f'<rect class="pause" x="{x(start + w):.1f}" y="10" '
@@ -137,13 +155,14 @@ def chart(page: Page, rate: Rate) -> str:
                 "<title>no DELETE answered: a cooldown, or waiting</title></rect>"
             )
     bar = max(2.0, w * x_scale - 2)
-    for i, (start, n) in enumerate(bins):
+    for i, (start, n, who) in enumerate(labelled):
         when = datetime.fromtimestamp(start, UTC).strftime("%H:%M:%S")
+        whose = f" of {escape(who or '(default)')}" if tenants else ""
         parts.append(
             f'<rect class="bar{" over" if rate.limit and n > rate.limit else ""}" '
             f'data-window="{i}" data-count="{n}" x="{x(start):.1f}" y="{y(n):.1f}" '
             f'width="{bar:.1f}" height="{y(0) - y(n):.1f}"><title>{when} UTC: {n} DELETEs'
-            "</title></rect>"
+            f"{whose}</title></rect>"
         )
     parts.append(
         f'<line id="limit-line" data-limit="{limit}" x1="{left}" x2="{width - 10}" '
@@ -255,7 +274,9 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
             for cls, label, n in cards
         ),
         "</div>",
-        f"<h2>DELETEs per {rate.period:g} s window</h2>",
+        f"<h2>DELETEs per {rate.period:g} s window"
+        + (" of each tenant" if len(page.tenant_deletes) > 1 else "")
+        + "</h2>",
         '<p class="muted">Each bar is one of the server\'s fixed windows (opened by the first '
         "DELETE after the last one ended); the dashed line is the limit "
         f"({e(str(rate))}, report --rate); shaded: a window or more with no DELETE answered "
@@ -264,8 +285,8 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
     ]
     if any(page.tenants):
         html.append(
-            "<h2>By tenant</h2><p class=muted>Several keys (--keys): each tenant's own "
-            "budget; the chart above sums them all.</p><table id=tenants><thead><tr>"
+            "<h2>By tenant</h2><p class=muted>Several keys (--keys): each tenant has its own "
+            "budget, and its own windows in the chart above.</p><table id=tenants><thead><tr>"
             "<th>tenant</th><th>disconnected</th><th>already gone</th><th>failed</th>"
             "<th>other</th></tr></thead><tbody>"
         )
