@@ -226,6 +226,39 @@ def test_a_rotated_key_file_is_used_without_a_restart(
     assert sb.stats()["cross_tenant"] == 0
 
 
+def test_a_stream_whose_head_is_one_cooling_key_still_feeds_the_others(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Queue mode, reading as it needs: the stream's first 600 jobs are t1's, whose window
+    another client spent (a 60 s cooldown from its first DELETE); t3's 20 come after. The
+    consumer reads past t1's jobs and finishes t3's within seconds; t1 sends no more than
+    its 429s."""
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path, "--delete-limit", "20/60s")
+    spend(sb, "t1", 20)
+    jobs = jobs_for(tmp_path / "jobs.jsonl", {"t1": 600, "t3": 20})
+    assert run_cli("enqueue", str(jobs), "--redis", redis_server.url).returncode == 0
+    argv = run_argv(redis_server.url, sb, "--keys", str(keys), "--rate", "20/60s")
+    argv += ["--concurrency", "4", "--state-dir", str(tmp_path / "state")]
+    argv += ["--results", str(tmp_path / "r.jsonl"), "--log-format", "json"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=cli_env(),
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        wait_for(lambda: sum(r["tenant"] == "t3" for r in read_results(tmp_path / "r.jsonl")) == 20)
+        assert time.monotonic() - started < 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert sb.stats()["tenants"]["t3"]["deleted_accounts"] == 20
+    t1 = [s for m, p, s, _ in sb.requests() if m == "DELETE" and "/t1-" in p]
+    assert 1 <= len(t1) <= 4
+    assert set(t1) == {429}
+    assert sb.stats()["cross_tenant"] == 0
+
+
 def test_a_consumer_that_starts_later_gets_its_share_of_a_backlog(
     redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
 ) -> None:
