@@ -189,7 +189,7 @@ def main() -> None:
     cases: list[tuple[str, int, tuple[str, ...], bool]] = [
         ("file", 1, (), False), ("file", 1, everything, False), ("file", 1, (), True),
         ("queue", 1, (), False), ("queue", 1, (), True), ("queue", 2, (), False),
-        ("queue", 4, (), False), ("queue", 4, (), True),
+        ("queue", 2, (), True), ("queue", 4, (), False), ("queue", 4, (), True),
     ]  # fmt: skip
     if args.smoke:
         cases = [case for case in cases if case[1] < 4]

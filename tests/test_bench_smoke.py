@@ -42,7 +42,7 @@ def test_tenants_benchmark_smoke() -> None:
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ")]
     header, body = [c.strip() for c in rows[0]], rows[1:]
-    assert len(body) == 6
+    assert len(body) == 7
     for row in body:
         cells = dict(zip(header, (c.strip() for c in row), strict=True))
         assert cells["done"] == "500/500"
