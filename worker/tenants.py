@@ -221,7 +221,8 @@ class Ring:
         return len(self._ring)
 
     def parked(self) -> int:
-        """Tenants waiting for their budget (at least those; a few may be due already)."""
+        """Tenants waiting for their budget, about (a tenant parked again before its time
+        counts twice until then; one whose queue emptied, until it is due)."""
         return len(self._parked)
 
     def next_ready(self) -> float | None:

@@ -13,7 +13,6 @@ import os
 import random
 import socket
 import time
-import weakref
 from typing import Any
 
 import anyio
@@ -180,14 +179,13 @@ class ScriptBatch:
         raise AssertionError("SCRIPT LOAD did not take")  # pragma: no cover
 
 
-_BATCHES: weakref.WeakKeyDictionary[Any, ScriptBatch] = weakref.WeakKeyDictionary()
-
-
 def script_batch(redis: Any) -> ScriptBatch:
-    """The one batch of a Redis client (every budget on it shares it)."""
-    batch = _BATCHES.get(redis)
+    """The one batch of a Redis client (every budget on it shares it), kept on the client:
+    it goes when the client goes."""
+    batch: ScriptBatch | None = getattr(redis, "xquik_script_batch", None)
     if batch is None:
-        batch = _BATCHES[redis] = ScriptBatch(redis)
+        batch = ScriptBatch(redis)
+        redis.xquik_script_batch = batch
     return batch
 
 
