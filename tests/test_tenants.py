@@ -296,6 +296,47 @@ def test_a_consumer_that_starts_later_gets_its_share_of_a_backlog(
     assert sb.stats()["cross_tenant"] == 0
 
 
+def test_a_key_file_added_while_running_shares_its_accounts_budget(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """A consumer runs with `t1@grp`; t1's 5 jobs spend the account's window (5 per 60 s).
+    Then a file `late@grp` holding a key of the same account appears: its jobs wait for
+    grp's window like t1's would, instead of getting a budget of their own and meeting the
+    server's 429s."""
+    sb, keys = tenant_sandbox(
+        sandbox_process, tmp_path, "--tenant-accounts", "10", "--delete-limit", "5/60s"
+    )
+    key = (keys / "t1").read_text()
+    (keys / "t1").rename(keys / "t1@grp")
+    first = jobs_for(tmp_path / "first.jsonl", {"t1": 5})
+    assert run_cli("enqueue", str(first), "--redis", redis_server.url).returncode == 0
+    argv = run_argv(redis_server.url, sb, "--keys", str(keys), "--rate", "5/60s")
+    argv += ["--state-dir", str(tmp_path / "state"), "--results", str(tmp_path / "r.jsonl")]
+    argv += ["--log-format", "json"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=cli_env(),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(read_results(tmp_path / "r.jsonl")) == 5)
+        (keys / "late@grp").write_text(key)
+        time.sleep(6)  # the key files are read again every 5 s
+        later = tmp_path / "later.jsonl"
+        later.write_text(
+            "".join(f'{{"account_id": "t1-{i}", "tenant": "late"}}\n' for i in range(6, 11))
+        )
+        assert run_cli("enqueue", str(later), "--redis", redis_server.url).returncode == 0
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "tenant_added" in err
+    statuses = Counter(s for m, _, s, _ in sb.requests() if m == "DELETE")
+    assert statuses == {200: 5}  # late's jobs wait for grp's next window: no 429
+    assert sb.stats()["cross_tenant"] == 0
+
+
 def test_plan_for_a_tenant_writes_jobs_that_name_it(
     sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
 ) -> None:
@@ -351,9 +392,9 @@ def test_sends_go_round_robin_among_ready_tenants() -> None:
     tenant is skipped until its time and comes back first in its queue order."""
     log: list[str] = []
     tenants = Tenants(
-        {"big": "k1", "small": "k2"},
+        {"big": ("k1", None), "small": ("k2", None)},
         run_id="r",
-        make_ops=lambda name, key: _Ops(name, log),
+        make_ops=lambda name, key, account: _Ops(name, log),
         on_all_rejected=lambda exc: None,
     )
     ring = Ring(tenants)
@@ -377,9 +418,9 @@ def test_sends_go_round_robin_among_ready_tenants() -> None:
 async def test_unknown_tenant_record_and_stamped_records() -> None:
     log: list[str] = []
     tenants = Tenants(
-        {"a": "k"},
+        {"a": ("k", None)},
         run_id="r",
-        make_ops=lambda name, key: _Ops(name, log),
+        make_ops=lambda name, key, account: _Ops(name, log),
         on_all_rejected=lambda exc: None,
     )
     [record] = await tenants.handle(Job("f:1", "42", tenant="zz"))
@@ -388,6 +429,31 @@ async def test_unknown_tenant_record_and_stamped_records() -> None:
     assert await tenants.handle(Job("f:2", "42", tenant="a")) == []
     assert log == ["a"]
     await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.anyio
+async def test_key_files_read_again_carry_their_account() -> None:
+    """A tenant's Operations are built with the account its file names when its first job
+    comes, also for a file that appeared or was renamed since the start; one that has sent
+    already keeps its budget until the next run."""
+    built: list[tuple[str, str, str | None]] = []
+
+    def make(name: str, key: str, account: str | None) -> _Ops:
+        built.append((name, key, account))
+        return _Ops(name, [])
+
+    tenants = Tenants(
+        {"a": ("k1", None), "b": ("k2", None)},
+        run_id="r",
+        make_ops=make,
+        on_all_rejected=lambda exc: None,
+    )
+    await tenants.handle(Job("f:1", "1", tenant="a"))
+    tenants.update_keys({"a": ("k1", "acme"), "b": ("k2", "acme"), "c": ("k3", "acme")})
+    await tenants.handle(Job("f:2", "2", tenant="a"))
+    await tenants.handle(Job("f:3", "3", tenant="b"))
+    await tenants.handle(Job("f:4", "4", tenant="c"))
+    assert built == [("a", "k1", None), ("b", "k2", "acme"), ("c", "k3", "acme")]
 
 
 def test_queue_claims_last_as_long_as_their_job() -> None:

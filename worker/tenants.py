@@ -31,6 +31,10 @@ from worker.seen import Claims
 
 log = get_logger()
 
+# A tenant's key file: its key, and the Xquik account whose budget it shares (`NAME@ACCOUNT`;
+# None: a budget of its own).
+TenantKey = tuple[str, str | None]
+
 DEFAULT = ""  # the tenant of jobs that name none: the default key (XQUIK_API_KEY)
 REJECTED = "unauthenticated: the key was rejected earlier in this run (401); nothing sent"
 
@@ -51,11 +55,14 @@ class TenantOps(Protocol):
 
 
 class Tenant:
-    __slots__ = ("in_ring", "key", "name", "ops", "parked_until", "queue", "rejected", "used")
+    __slots__ = (
+        "account", "in_ring", "key", "name", "ops", "parked_until", "queue", "rejected", "used",
+    )  # fmt: skip
 
-    def __init__(self, name: str, key: str | None) -> None:
+    def __init__(self, name: str, key: str | None, account: str | None = None) -> None:
         self.name = name
         self.key = key  # None: no such key (any more)
+        self.account = account  # the budget's group; None: the key's own budget
         self.ops: TenantOps | None = None
         self.rejected = False
         self.used = False  # a job of it was handled: counts for "every key rejected"
@@ -65,16 +72,16 @@ class Tenant:
 
 
 class Tenants:
-    """The runner's handler with several keys. `make_ops(name, key)` builds a tenant's
-    Operations (its Session) the first time it is needed; `on_all_rejected` is called once
+    """The runner's handler with several keys. `make_ops(name, key, account)` builds a
+    tenant's Operations (its Session) the first time it is needed; `on_all_rejected` is called once
     every key in use has been rejected."""
 
     def __init__(
         self,
-        keys: Mapping[str, str],
+        keys: Mapping[str, TenantKey],
         *,
         run_id: str,
-        make_ops: Callable[[str, str], TenantOps],
+        make_ops: Callable[[str, str, str | None], TenantOps],
         on_all_rejected: Callable[[Fatal], None],
         claims: Claims | None = None,
     ) -> None:
@@ -82,18 +89,27 @@ class Tenants:
         self.claims = claims or Claims()
         self._make_ops = make_ops
         self._on_all_rejected = on_all_rejected
-        self.tenants: dict[str, Tenant] = {name: Tenant(name, key) for name, key in keys.items()}
+        self.tenants: dict[str, Tenant] = {
+            name: Tenant(name, key, account) for name, (key, account) in keys.items()
+        }
 
     # The keys --------------------------------------------------------------------------------
-    def update_keys(self, keys: Mapping[str, str]) -> None:
-        """The key files as read again: new tenants appear, a changed key replaces the old one
-        in its session (and lifts its rejection), a removed file ends its tenant."""
-        for name, key in keys.items():
+    def update_keys(self, keys: Mapping[str, TenantKey]) -> None:
+        """The key files as read again: new tenants appear (in their account's budget), a
+        changed key replaces the old one in its session (and lifts its rejection), a removed
+        file ends its tenant. A tenant that has sent keeps its budget until the next run."""
+        for name, (key, account) in keys.items():
             tenant = self.tenants.get(name)
             if tenant is None:
-                self.tenants[name] = Tenant(name, key)
+                self.tenants[name] = Tenant(name, key, account)
                 log.info("tenant_added", tenant=name)
-            elif tenant.key != key:
+                continue
+            if tenant.account != account:
+                if tenant.ops is None:
+                    tenant.account = account
+                else:
+                    log.warning("tenant_account_changed", tenant=name, applies="next run")
+            if tenant.key != key:
                 tenant.key = key
                 tenant.rejected = False
                 if tenant.ops is not None:
@@ -112,7 +128,7 @@ class Tenants:
     def _ops(self, tenant: Tenant) -> TenantOps:
         if tenant.ops is None:
             assert tenant.key is not None
-            tenant.ops = self._make_ops(tenant.name, tenant.key)
+            tenant.ops = self._make_ops(tenant.name, tenant.key, tenant.account)
         return tenant.ops
 
     def fatal(self, name: str, exc: Fatal) -> None:
@@ -240,4 +256,4 @@ class Ring:
         return jobs
 
 
-__all__ = ["DEFAULT", "REJECTED", "Ring", "Tenant", "TenantOps", "Tenants"]
+__all__ = ["DEFAULT", "REJECTED", "Ring", "Tenant", "TenantKey", "TenantOps", "Tenants"]

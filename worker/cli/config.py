@@ -58,14 +58,14 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     results = Path(args.results) if args.results else _default_results(source)
     keys: dict[str, tuple[str, str | None]] = {}
     if args.keys:
-        from worker.cli.keys import read_keys
+        from worker.cli.keys import tenant_keys
 
         if args.sandbox:
             raise ConfigError(
                 "--keys with --sandbox: start `xquik-disconnect sandbox --tenants K --keys-out "
                 "DIR` and give its --base-url and --keys DIR"
             )
-        keys = {t: (k.key, k.account) for t, k in read_keys(Path(args.keys)).items()}
+        keys = tenant_keys(Path(args.keys))
         if queue is not None:
             # Several keys: a 401 dead-letters its job; read up to 256 jobs at a time into
             # the tenants' queues (enough to meet new tenants quickly; small enough that

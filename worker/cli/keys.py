@@ -66,4 +66,9 @@ def read_keys(directory: Path) -> dict[str, KeyFile]:
     return keys
 
 
-__all__ = ["KeyFile", "read_keys"]
+def tenant_keys(directory: Path) -> dict[str, tuple[str, str | None]]:
+    """`read_keys` as the runner takes them: tenant -> (key, account or None)."""
+    return {tenant: (k.key, k.account) for tenant, k in read_keys(directory).items()}
+
+
+__all__ = ["KeyFile", "read_keys", "tenant_keys"]

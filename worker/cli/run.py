@@ -267,16 +267,15 @@ async def _run(settings: RunSettings, stopper: _Stopper) -> Summary:
         ring = None
         if settings.keys:
 
-            def tenant_ops(name: str, key: str) -> Operations:
+            def tenant_ops(name: str, key: str, account: str | None) -> Operations:
                 if name == DEFAULT and session is not None:
                     return operations(session)
-                account = settings.keys.get(name, (key, None))[1]
                 view.tenants[name] = tenant_session = new_session(name, key, account)
                 return operations(tenant_session)
 
-            keys = {name: key for name, (key, _) in settings.keys.items()}
+            keys = dict(settings.keys)
             if settings.api_key:
-                keys[DEFAULT] = settings.api_key
+                keys[DEFAULT] = (settings.api_key, None)
             handler = tenants = Tenants(
                 keys,
                 run_id=run_id,
@@ -380,13 +379,13 @@ def _enough_files(wanted: int) -> None:
 async def _watch_keys(directory: Path, tenants: Tenants, every: float = 5.0) -> None:
     """Runs until cancelled: read the key files again every few seconds; a rotated key needs
     no restart. A directory caught half-updated (or broken) keeps the keys already held."""
-    from worker.cli.keys import read_keys
+    from worker.cli.keys import tenant_keys
 
     while True:
         await anyio.sleep(every)
         try:
-            keys = await anyio.to_thread.run_sync(read_keys, directory)
+            keys = await anyio.to_thread.run_sync(tenant_keys, directory)
         except ConfigError as exc:
             log.warning("keys_unreadable", error=str(exc))
             continue
-        tenants.update_keys({name: k.key for name, k in keys.items()})
+        tenants.update_keys(keys)
