@@ -10,11 +10,8 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize(
-    "script", ["resume", "budget", "overhead", "memory", "startup", "queue_mode", "learn"]
-)
-def test_benchmark_smoke(script: str) -> None:
-    """The benchmark finishes and prints its table."""
+def smoke(script: str) -> str:
+    """`bench/SCRIPT.py --smoke` in its own process: what it printed (it must exit 0)."""
     proc = subprocess.run(
         [sys.executable, f"bench/{script}.py", "--smoke"],
         capture_output=True,
@@ -24,23 +21,24 @@ def test_benchmark_smoke(script: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "| " in proc.stdout
-    assert "ratio" in proc.stdout
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    "script", ["resume", "budget", "overhead", "memory", "startup", "queue_mode", "learn"]
+)
+def test_benchmark_smoke(script: str) -> None:
+    """The benchmark finishes and prints its table."""
+    out = smoke(script)
+    assert "| " in out
+    assert "ratio" in out
 
 
 def test_tenants_benchmark_smoke() -> None:
     """Many keys at a small size: every case finishes every job with no 429 and no request
     sent with another tenant's key."""
-    proc = subprocess.run(
-        [sys.executable, "bench/tenants.py", "--smoke"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ")]
+    lines = smoke("tenants").splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ")]
     header, body = [c.strip() for c in rows[0]], rows[1:]
     assert len(body) == 7
     for row in body:
