@@ -25,7 +25,7 @@ import anyio
 
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result
-from worker.redis_conn import connect, redis_retrying
+from worker.redis_conn import connect, redis_retrying, script_batch
 from worker.settings import QueueConfig
 from worker.sources.base import Item
 from worker.sources.parse import build_job
@@ -368,30 +368,10 @@ class RedisSource:
                 for k, v in {**fields, "message_id": mid, "reason": result.error or ""}.items():
                     dead += [k, v]
             calls.append([cfg.group, mid, record, cfg.retain or RECORDED_FOR, *dead])
-        if calls:
-            async for attempt in redis_retrying(self.redis):
-                with attempt:
-                    await self._pipeline(keys, calls)
+        if calls:  # one pipeline (ScriptBatch: a lost script is loaded again, Redis waited for)
+            await script_batch(self.redis).call_many(self._settle_script, keys, calls)
         for item, _ in done:
             self.pending_fields.pop(item.receipt, None)
-
-    async def _pipeline(self, keys: list[str], calls: list[list[Any]]) -> None:
-        """EVALSHA each settle in one round trip; the script is loaded again if Redis lost
-        it (a restart). Not redis-py's Script in a pipeline: that asks SCRIPT EXISTS first,
-        one more round trip per pipeline."""
-        from redis.exceptions import NoScriptError
-
-        sha = self._settle_script.sha
-        for _ in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            try:
-                await pipe.execute()
-                return
-            except NoScriptError:
-                sha = await self.redis.script_load(SETTLE)
-        raise AssertionError("SCRIPT LOAD did not take")  # pragma: no cover
 
 
 def _text(value: bytes | str) -> str:
