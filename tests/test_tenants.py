@@ -6,6 +6,7 @@ rejected tenant's jobs become dead letters that `dead requeue` sends once the ke
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -160,6 +161,7 @@ def test_bad_keys_directories_exit_2_before_anything_is_sent(
         ("is not a tenant name", lambda d: (d / "bad name").write_text(BOGUS)),
         ("expected one API key", lambda d: (d / "t9").write_text("not a key\n")),
         ("no key file in it", lambda d: None),
+        ("t2: not a regular file", lambda d: os.mkfifo(d / "t2")),  # would block the read
     ]
     for n, (expected, make) in enumerate(cases):
         directory = tmp_path / f"keys-{n}"

@@ -39,6 +39,8 @@ def read_keys(directory: Path) -> dict[str, KeyFile]:
     for path in entries[: MAX_KEYS + 1]:
         if path.is_dir():
             continue
+        if not path.is_file():  # a FIFO would block the read for ever, a device is no key
+            raise ConfigError(f"--keys: {path.name}: not a regular file")
         tenant, at, account = path.name.partition("@")
         if not TENANT_PATTERN.fullmatch(tenant) or (at and not TENANT_PATTERN.fullmatch(account)):
             raise ConfigError(
