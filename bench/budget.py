@@ -29,10 +29,10 @@ from aiolimiter import AsyncLimiter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table
-from worker.cli.run import run_async
+from worker import run_async
+from worker.budget.rate import Rate
 from worker.logs import configure
 from worker.sandbox import Sandbox, SandboxConfig
-from worker.settings import Rate, RunSettings, Secret
 
 CONCURRENCY = 8
 Gate = Callable[[], AbstractAsyncContextManager[object]]
@@ -42,17 +42,15 @@ async def ours(sb: Sandbox, jobs: int, n: int, w: float, tmp: Path) -> None:
     path = tmp / "jobs.txt"
     path.write_text("".join(f"{i}\n" for i in range(1, jobs + 1)))
     await run_async(
-        RunSettings(
-            source=str(path),
-            results=tmp / "results.jsonl",
-            base_url=sb.base_url,
-            api_key=Secret(sb.api_key),
-            rate=Rate(n, w),
-            read_rate=Rate(None, 1.0),
-            rate_margin=None,
-            concurrency=CONCURRENCY,
-            state_dir=tmp / "state",
-        )
+        path,
+        results=tmp / "results.jsonl",
+        base_url=sb.base_url,
+        api_key=sb.api_key,
+        rate=Rate(n, w),
+        read_rate="unlimited",
+        concurrency=CONCURRENCY,
+        state_dir=tmp / "state",
+        progress=False,
     )
 
 

@@ -32,11 +32,11 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table
-from worker.cli.run import run_async
+from worker import run_async
+from worker.budget.rate import Rate
 from worker.logs import configure
+from worker.run.summary import Summary, limit_words
 from worker.sandbox import Sandbox, SandboxConfig
-from worker.settings import Rate, RunSettings, Secret
-from worker.summary import Summary, limit_words
 
 CONCURRENCY = 4
 
@@ -48,17 +48,15 @@ async def run(
     path.write_text("".join(f"{i}\n" for i in ids))
     started = time.monotonic()
     summary = await run_async(
-        RunSettings(
-            source=str(path),
-            results=results,
-            base_url=sb.base_url,
-            api_key=Secret(sb.api_key),
-            rate=rate,
-            read_rate=Rate(None, 1.0),
-            rate_margin=None,
-            concurrency=CONCURRENCY,
-            state_dir=state,
-        )
+        path,
+        results=results,
+        base_url=sb.base_url,
+        api_key=sb.api_key,
+        rate=rate,
+        read_rate="unlimited",
+        concurrency=CONCURRENCY,
+        state_dir=state,
+        progress=False,
     )
     return summary, time.monotonic() - started
 

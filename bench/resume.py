@@ -24,7 +24,7 @@ from bench.common import measure, table
 OURS = """
 import json, sys, time
 from pathlib import Path
-from worker.results import read_prior
+from worker.results.prior import read_prior
 t = time.perf_counter(); prior = read_prior(Path(sys.argv[1])); s = time.perf_counter() - t
 import resource
 print(json.dumps({"seconds": s, "done": len(prior.done),

@@ -8,17 +8,17 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+import worker
 from tests.fakes import FakeClock
 from worker.logs import configure
 from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
-from worker.settings import Rate, RunSettings, Secret
+from worker.settings import Intervals
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,27 +63,37 @@ async def sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
     return await sandbox_factory(delete_limit=(None, 60.0), read_limit=(None, 1.0))  # type: ignore[no-any-return]
 
 
-def settings_for(
+# Timers shortened so that no test waits a fixed time for one (retries back off in ms).
+FAST = Intervals(key_poll=0.05, progress=0.05, textfile=0.05, backoff_base=0.01, backoff_cap=0.05)
+
+
+def options_for(sandbox: Sandbox, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Keywords of `worker.run` for a run against `sandbox`, results and state in tmp_path:
+    no limit of our own (the sandbox's decides), short timeouts and retries."""
+    options: dict[str, Any] = {
+        "results": tmp_path / "results.jsonl",
+        "base_url": sandbox.base_url,
+        "api_key": sandbox.api_key,
+        "rate": "unlimited",
+        "read_rate": "unlimited",
+        "concurrency": 4,
+        "max_attempts": 5,
+        "timeout": 5.0,
+        "max_cooldown": 30.0,
+        "grace": 5.0,
+        "state_dir": tmp_path / "state",
+        "progress": False,
+        "intervals": FAST,
+    }
+    options.update(overrides)
+    return options
+
+
+async def run_against(
     sandbox: Sandbox, source: Path | str, tmp_path: Path, **overrides: Any
-) -> RunSettings:
-    base = RunSettings(
-        source=str(source),
-        results=tmp_path / "results.jsonl",
-        base_url=sandbox.base_url,
-        api_key=Secret(sandbox.api_key),
-        rate=Rate(None, 1.0),
-        read_rate=Rate(None, 1.0),
-        rate_margin=None,
-        concurrency=4,
-        max_attempts=5,
-        timeout=5.0,
-        max_cooldown=30.0,
-        grace=5.0,
-        state_dir=tmp_path / "state",
-        backoff_base=0.01,
-        backoff_cap=0.05,
-    )
-    return replace(base, **overrides)
+) -> worker.Summary:
+    """`worker.run_async(source)` against `sandbox` (see `options_for`)."""
+    return await worker.run_async(source, **options_for(sandbox, tmp_path, **overrides))
 
 
 def write_jobs(path: Path, lines: list[str]) -> Path:

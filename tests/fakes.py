@@ -12,8 +12,8 @@ import anyio
 
 from worker.errors import BudgetClosed
 from worker.models import Invalid, Job, Outcome, Result
-from worker.seen import Claims
-from worker.sources import Item
+from worker.run.claims import Claims
+from worker.sources.base import Item
 
 
 class FakeClock:

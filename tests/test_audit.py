@@ -6,13 +6,13 @@ import hashlib
 import json
 from pathlib import Path
 
-from tests.conftest import read_results, run_cli, settings_for, write_jobs
-from worker.api import Session
-from worker.cli.run import run_async
+from tests.conftest import read_results, run_against, run_cli, write_jobs
+from worker.api.session import Session
+from worker.budget.rate import UNLIMITED
 from worker.models import Job
-from worker.operations import Operations
+from worker.run.operations import Operations
 from worker.sandbox import Sandbox
-from worker.settings import Rate
+from worker.settings import ApiSettings, Secret
 
 
 async def test_records_say_who_was_removed_and_by_which_key(
@@ -25,8 +25,8 @@ async def test_records_say_who_was_removed_and_by_which_key(
         tmp_path / "jobs.jsonl",
         ['{"account_id": "1"}', '{"username": "@USER2"}', '{"account_id": "3"}', "{broken"],
     )
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
-    assert summary.exit_code() == 1  # the broken line
+    summary = await run_against(sandbox, jobs, tmp_path)
+    assert summary.exit_code == 1  # the broken line
     records = read_results(tmp_path / "results.jsonl")
     key_id = hashlib.sha256(sandbox.api_key.encode()).hexdigest()[:12]
     assert {r["key_id"] for r in records} == {key_id}
@@ -50,8 +50,8 @@ async def test_an_id_not_connected_at_the_start_is_told_apart(
     the summary and in `report`; an account removed while the run went on (listed, then 404)
     is seen_connected true. --strict-missing fails the mistyped one: not_connected, exit 1."""
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "99999", "2"])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
-    assert summary.exit_code() == 0
+    summary = await run_against(sandbox, jobs, tmp_path)
+    assert summary.exit_code == 0
     assert summary.not_connected == 1
     [typo] = [r for r in read_results(tmp_path / "results.jsonl") if r["account_id"] == "99999"]
     assert (typo["outcome"], typo["checked"], typo["seen_connected"]) == (
@@ -65,12 +65,10 @@ async def test_an_id_not_connected_at_the_start_is_told_apart(
     assert as_json["not_connected_at_start"] == ["99999"]
 
     strict = write_jobs(tmp_path / "strict.txt", ["99998", "4"])
-    summary = await run_async(
-        settings_for(
-            sandbox, strict, tmp_path, strict_missing=True, results=tmp_path / "strict.jsonl"
-        )
+    summary = await run_against(
+        sandbox, strict, tmp_path, strict_missing=True, results=tmp_path / "strict.jsonl"
     )
-    assert summary.exit_code() == 1
+    assert summary.exit_code == 1
     records = {r["account_id"]: r for r in read_results(tmp_path / "strict.jsonl")}
     assert records["99998"]["outcome"] == "failed"
     assert records["99998"]["error"].startswith("not_connected")
@@ -82,13 +80,10 @@ async def test_removed_during_the_run_is_seen_connected(sandbox: Sandbox, tmp_pa
     """Listed when the run began, gone by its DELETE (someone else removed it): already_gone
     with seen_connected true and the account's X user: not a typo."""
     account = dict(sandbox.state.store.accounts["5"])
-    async with Session(
-        base_url=sandbox.base_url,
-        api_key=sandbox.api_key,
-        rate=Rate(None, 1.0),
-        read_rate=Rate(None, 1.0),
-        on_fatal=lambda exc: None,
-    ) as session:
+    api = ApiSettings(
+        sandbox.base_url, Secret(sandbox.api_key), rate=UNLIMITED, read_rate=UNLIMITED
+    )
+    async with Session(api, on_fatal=lambda exc: None) as session:
         ops = Operations(session, run_id="r")
         assert await session.directory.listed("5") is not None  # the run's listing
         del sandbox.state.store.accounts["5"]  # removed by someone else meanwhile
@@ -116,7 +111,7 @@ async def test_records_and_jobs_match_their_schemas(sandbox: Sandbox, tmp_path: 
             "{broken",
         ],
     )
-    await run_async(settings_for(sandbox, jobs, tmp_path))
+    await run_against(sandbox, jobs, tmp_path)
     records = read_results(tmp_path / "results.jsonl")
     assert {r["outcome"] for r in records} >= {
         "disconnected", "duplicate", "already_gone", "failed", "invalid", "deleted",

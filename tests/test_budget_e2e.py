@@ -13,14 +13,15 @@ from tests.conftest import (
     SandboxFactory,
     SandboxProcess,
     cli_env,
+    options_for,
     read_results,
+    run_against,
     run_argv,
-    settings_for,
     write_jobs,
 )
-from worker.cli.run import run_async
+from worker import run_async
+from worker.budget.rate import Rate
 from worker.sandbox import Sandbox
-from worker.settings import Rate
 
 
 async def test_short_window_200_jobs_zero_429_all_done(
@@ -31,11 +32,9 @@ async def test_short_window_200_jobs_zero_429_all_done(
     loaded machine's latency cannot make the check flake."""
     sandbox: Sandbox = await sandbox_factory(accounts=200, delete_limit=(20, 2.0))
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 201)])
-    settings = settings_for(
-        sandbox, jobs, tmp_path, rate=Rate(20, 2.0), rate_margin=0.5, concurrency=8
-    )
-    summary = await run_async(settings)
-    assert summary.exit_code() == 0
+    settings = options_for(sandbox, tmp_path, rate=Rate(20, 2.0), rate_margin=0.5, concurrency=8)
+    summary = await run_async(jobs, **settings)
+    assert summary.exit_code == 0
     log = [t for t, method, _, _ in sandbox.state.stats.log if method == "DELETE"]
     assert sandbox.state.stats.rate_limited == 0
     assert len(log) == 200
@@ -89,9 +88,9 @@ async def test_foreign_spending_one_cooldown_at_most_concurrency_429s(
     sandbox: Sandbox = await sandbox_factory(accounts=40, delete_limit=(10, 2.0))
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 41)])
     sandbox.state.limits["delete"].consume(sandbox.state.clock(), 10)
-    settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(10, 2.0), concurrency=4)
-    summary = await run_async(settings)
-    assert summary.exit_code() == 0
+    settings = options_for(sandbox, tmp_path, rate=Rate(10, 2.0), concurrency=4)
+    summary = await run_async(jobs, **settings)
+    assert summary.exit_code == 0
     log = list(sandbox.state.stats.log)
     rejected = [t for t, _, _, status in log if status == 429]
     assert 1 <= len(rejected) <= 4
@@ -130,8 +129,8 @@ async def test_auto_rate_learns_the_live_limit_and_the_next_run_starts_at_it(
     sandbox: Sandbox = await sandbox_factory(accounts=240, delete_limit=(12, 1.0))
     auto = Rate(40, 1.0, auto=True)
     first = write_jobs(tmp_path / "first.txt", [str(i) for i in range(1, 121)])
-    summary = await run_async(settings_for(sandbox, first, tmp_path, rate=auto, concurrency=4))
-    assert summary.exit_code() == 0
+    summary = await run_against(sandbox, first, tmp_path, rate=auto, concurrency=4)
+    assert summary.exit_code == 0
     deletes = [
         (t, status) for t, method, _, status in sandbox.state.stats.log if method == "DELETE"
     ]
@@ -145,11 +144,11 @@ async def test_auto_rate_learns_the_live_limit_and_the_next_run_starts_at_it(
 
     before = len(deletes)
     second = write_jobs(tmp_path / "second.txt", [str(i) for i in range(121, 241)])
-    again = settings_for(
-        sandbox, second, tmp_path, rate=auto, concurrency=4, results=tmp_path / "second.jsonl"
+    again = options_for(
+        sandbox, tmp_path, rate=auto, concurrency=4, results=tmp_path / "second.jsonl"
     )
-    summary = await run_async(again)
-    assert summary.exit_code() == 0
+    summary = await run_async(second, **again)
+    assert summary.exit_code == 0
     later = [s for t, method, _, s in sandbox.state.stats.log if method == "DELETE"][before:]
     assert later.count(429) == 0
     assert later.count(200) == 120

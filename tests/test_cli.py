@@ -259,7 +259,7 @@ def test_progress_bar_and_summary_table_on_a_tty(
 def test_rate_auto_and_fixed(text: str, expected: str) -> None:
     """`--rate auto` learns under the 60/60s ceiling, `auto:N/PERIOD` under another; a fixed
     rate stays fixed; `--read-rate` knows no auto."""
-    from worker.cli.options import delete_rate, rate
+    from worker.cli.types import delete_rate, rate
 
     assert str(delete_rate(text)) == expected
     assert delete_rate(text).auto == text.lower().startswith("auto")
@@ -272,7 +272,7 @@ def test_rate_auto_and_fixed(text: str, expected: str) -> None:
     ("text", "seconds"), [("24h", 86400), ("30m", 1800), ("90", 90), ("1d", 86400), ("0.5h", 1800)]
 )
 def test_relearn_durations(text: str, seconds: float) -> None:
-    from worker.cli.options import duration
+    from worker.cli.types import duration
 
     assert duration(text) == seconds
 
@@ -299,7 +299,7 @@ def test_log_level_quiet_and_verbose(tmp_path: Path) -> None:
 def test_every_help_shows_an_example_and_the_environment_twins(command: str) -> None:
     """Each --help ends with examples, and every option that reads XQUIK_<NAME> says so."""
     from worker.cli import build_parser
-    from worker.cli.options import ENV_NAMES
+    from worker.cli.types import ENV_NAMES
 
     proc = run_cli(command, "--help", env=cli_env(COLUMNS="200"))
     assert proc.returncode == 0

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SandboxFactory
 from worker.api.client import XquikClient
-from worker.budget import SlidingWindowBudget
+from worker.budget.local import LocalBudget
 from worker.errors import (
     AuthError,
     NetworkError,
@@ -99,7 +99,7 @@ async def test_permanent_errors_carry_the_code(sandbox: Sandbox) -> None:
 async def test_429_holds_the_budget_for_retry_after(sandbox_factory: SandboxFactory) -> None:
     """A 429 raises RateLimited and closes the DELETE budget for Retry-After seconds."""
     sandbox = await sandbox_factory(delete_limit=(1, 30.0))
-    budget = SlidingWindowBudget(100, 1.0)
+    budget = LocalBudget(100, 1.0)
     async with client_for(sandbox, delete_budget=budget) as client:
         await client.delete_account("1")
         with pytest.raises(RateLimited) as info:
@@ -112,7 +112,7 @@ async def test_budget_counts_aiohttp_hidden_resend(sandbox_factory: SandboxFacto
     """When a reused connection drops, aiohttp resends the DELETE by itself; that resend goes
     through the budget too, so the budget's count equals what the server saw."""
     sandbox = await sandbox_factory(delete_limit=(None, 60.0), faults={"reset": 0.5, "seed": 3})
-    budget = SlidingWindowBudget(1000, 60.0)
+    budget = LocalBudget(1000, 60.0)
     outcomes = []
     async with client_for(sandbox, delete_budget=budget, concurrency=1) as client:
         for i in range(1, 31):
@@ -136,8 +136,8 @@ async def test_a_read_429_without_retry_after_waits_the_read_window() -> None:
     async def bare_429(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "rate_limit_exceeded"}, status=429)
 
-    reads = SlidingWindowBudget(100, 1.0)
-    deletes = SlidingWindowBudget(15, 60.0)
+    reads = LocalBudget(100, 1.0)
+    deletes = LocalBudget(15, 60.0)
     async with Server(bare_429) as server:
         base = f"{server.url}/api/v1"
         async with XquikClient(
@@ -157,7 +157,7 @@ async def test_a_refused_connection_gives_its_slot_back() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    budget = SlidingWindowBudget(3, 60.0)
+    budget = LocalBudget(3, 60.0)
     base = f"http://127.0.0.1:{port}/api/v1"
     async with XquikClient(base_url=base, api_key="k", delete_budget=budget) as client:
         for _ in range(5):

@@ -143,7 +143,7 @@ def test_keda_scales_the_consumers_on_their_stream() -> None:
 def test_the_keys_secret_mounts_as_a_keys_directory(tmp_path: Path) -> None:
     """deploy/keys-secret.yaml: a Secret whose items, mounted as the comment says, make a
     directory `--keys` reads: tenants brand-a and brand-b of account acme, and client-x."""
-    from worker.cli.keys import read_keys
+    from worker.api.keys import read_keys
 
     [secret] = [d for d in yaml.safe_load_all((DEPLOY / "keys-secret.yaml").read_text()) if d]
     assert (secret["kind"], secret["apiVersion"]) == ("Secret", "v1")

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.fakes import FakeClock
-from worker.api import Call, Caller, Directory, XquikClient, tracks
-from worker.api.call import Fatal
+from worker.api.call import Call, Caller, Fatal
+from worker.api.client import XquikClient
+from worker.api.directory import Directory, tracks
 from worker.errors import AuthError
 from worker.sandbox import Sandbox
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_results, run_cli, settings_for, write_jobs
-from worker.cli.run import run_async
+from tests.conftest import read_results, run_against, run_cli, write_jobs
+from worker.budget.rate import Rate
 from worker.sandbox import Sandbox
-from worker.settings import Rate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -65,7 +64,7 @@ async def test_the_page_in_a_real_browser(sandbox_factory: object, tmp_path: Pat
     lines = [f'{{"account_id": "{i}"}}' for i in range(1, 41)]
     lines += ['{"account_id": "<img src=x onerror=alert(1)>"}', '{"job_id": "<b>x</b>"}']
     jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
-    await run_async(settings_for(sandbox, jobs, tmp_path, rate=Rate(8, 1.0), concurrency=4))
+    await run_against(sandbox, jobs, tmp_path, rate=Rate(8, 1.0), concurrency=4)
     results = tmp_path / "results.jsonl"
     records = read_results(results)
     page = tmp_path / "report.html"

@@ -17,14 +17,15 @@ from hypothesis import strategies as st
 
 from tests.fakes import FakeClock
 from tests.redis_server import RedisServer
-from worker.budget import Learner, SlidingWindowBudget, StateFile
+from worker.budget.local import Learner, LocalBudget
+from worker.budget.state import StateFile
 from worker.sandbox.limits import FixedWindow
 
 
 def auto_budget(
     clock: FakeClock, ceiling: int, window: float, *, relearn: float = 86400.0, **kw: object
-) -> SlidingWindowBudget:
-    return SlidingWindowBudget(
+) -> LocalBudget:
+    return LocalBudget(
         ceiling,
         window,
         clock=clock,
@@ -36,7 +37,7 @@ def auto_budget(
 
 
 async def simulate(
-    b: SlidingWindowBudget,
+    b: LocalBudget,
     clock: FakeClock,
     server: FixedWindow,
     *,
@@ -151,7 +152,7 @@ async def test_at_the_ceiling_nothing_is_learned_and_nothing_is_rejected() -> No
 async def test_a_fixed_rate_learns_nothing() -> None:
     """`--rate 40/4s` against a server at 12: it keeps its 40 (today's behaviour)."""
     clock = FakeClock()
-    b = SlidingWindowBudget(40, 4.0, clock=clock, sleep=clock.sleep)
+    b = LocalBudget(40, 4.0, clock=clock, sleep=clock.sleep)
     slot = await b.acquire()
     await b.release(slot, 429)
     assert b.limit == 40
@@ -176,7 +177,7 @@ async def test_a_429_teaches_what_was_accepted_and_late_answers_raise_it() -> No
     assert b.limit == 4
     clock.now += 61  # the cooldown is over: a late acceptance says nothing about that window
     assert b.limit == 4
-    lone = SlidingWindowBudget(
+    lone = LocalBudget(
         5, 60.0, clock=clock, sleep=clock.sleep, learner=Learner(5, 86400.0, wall=clock)
     )
     await lone.release(await lone.acquire(), 429)  # rejected with nothing accepted
@@ -201,7 +202,7 @@ async def test_the_learned_limit_survives_a_restart_and_expires(tmp_path: Path) 
     starts at the ceiling; another key learns nothing from it."""
     clock = FakeClock()
 
-    def run(fingerprint: str = "k") -> SlidingWindowBudget:
+    def run(fingerprint: str = "k") -> LocalBudget:
         b = auto_budget(
             clock, 40, 4.0, relearn=600.0, state=StateFile(tmp_path, fingerprint, "delete")
         )

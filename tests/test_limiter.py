@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import FakeClock
-from worker.budget import SlidingWindowBudget, StateFile, Unlimited
+from worker.budget.base import Unlimited
+from worker.budget.local import LocalBudget
+from worker.budget.state import StateFile
 from worker.errors import BudgetClosed, ConfigError
 
 
-def budget(
-    clock: FakeClock, limit: int = 3, window: float = 10.0, **kw: float
-) -> SlidingWindowBudget:
-    return SlidingWindowBudget(limit, window, clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+def budget(clock: FakeClock, limit: int = 3, window: float = 10.0, **kw: float) -> LocalBudget:
+    return LocalBudget(limit, window, clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
 
 
 def assert_never_over(starts: list[float], limit: int, span: float) -> None:
@@ -28,7 +28,7 @@ def assert_never_over(starts: list[float], limit: int, span: float) -> None:
         assert starts[i + limit] - starts[i] >= span - 1e-9, (i, starts[i : i + limit + 1])
 
 
-async def send(b: SlidingWindowBudget) -> object:
+async def send(b: LocalBudget) -> object:
     """A request whose answer comes at once: acquire, then release."""
     slot = await b.acquire()
     await b.release(slot)
@@ -185,7 +185,7 @@ async def test_cooldown_is_capped_and_jittered(clock: FakeClock) -> None:
 
 async def test_close_wakes_a_sleeping_waiter_at_once() -> None:
     """Stopping the run does not wait out a 60 s window: waiters get BudgetClosed now."""
-    b = SlidingWindowBudget(1, 60.0)
+    b = LocalBudget(1, 60.0)
     await b.acquire()
     with anyio.fail_after(2):
         async with anyio.create_task_group() as tg:
@@ -227,16 +227,16 @@ async def test_unlimited_still_honours_a_429(clock: FakeClock) -> None:
 async def test_state_survives_a_restart(tmp_path: Path) -> None:
     """A new budget loaded from the state file knows the sends of the previous process."""
     state = StateFile(tmp_path, "abc", "delete")
-    first = SlidingWindowBudget(3, 60.0, state=state)
+    first = LocalBudget(3, 60.0, state=state)
     for _ in range(3):
         await send(first)
     await first.hold(5.0)
-    second = SlidingWindowBudget(3, 60.0)
+    second = LocalBudget(3, 60.0)
     assert state.load_into(second) == 3
     assert 59.0 < second.delay() <= 60.0
     assert second.cooldown_remaining() > 4.0
     other = StateFile(tmp_path, "def", "delete")  # another key shares nothing
-    assert other.load_into(SlidingWindowBudget(3, 60.0)) == 0
+    assert other.load_into(LocalBudget(3, 60.0)) == 0
 
 
 async def test_a_release_reaches_the_state_file_by_the_next_decision_or_close(
@@ -248,12 +248,12 @@ async def test_a_release_reaches_the_state_file_by_the_next_decision_or_close(
 
     def seen() -> list[int]:
         """Seconds each slot stays held, as another run reads the file."""
-        other = SlidingWindowBudget(1, 60.0, attempt_bound=30.0)
+        other = LocalBudget(1, 60.0, attempt_bound=30.0)
         StateFile(tmp_path, "abc", "delete").load_into(other)
         return sorted(round(until - time.time()) for _, until, _ in other.entries())
 
     file = StateFile(tmp_path, "abc", "delete")
-    first = SlidingWindowBudget(2, 60.0, attempt_bound=30.0, state=file)
+    first = LocalBudget(2, 60.0, attempt_bound=30.0, state=file)
     await send(first)
     assert seen() == [90]  # in flight, as far as the file says
     slot = await first.acquire()  # the next decision writes the release
@@ -268,7 +268,7 @@ def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:
     """A damaged state file is treated as empty rather than stopping the run."""
     state = StateFile(tmp_path, "abc", "delete")
     state.path.write_text("{not json", encoding="utf-8")
-    b = SlidingWindowBudget(3, 60.0)
+    b = LocalBudget(3, 60.0)
     assert state.load_into(b) == 0
     assert b.delay() <= 0
 
@@ -323,9 +323,9 @@ async def test_two_budgets_on_one_state_file_share_the_window(
     """Two runs at once on one key (two budgets, one state dir): together at most N in a
     span, and a slot one gives back is free for the other."""
 
-    def run() -> SlidingWindowBudget:
+    def run() -> LocalBudget:
         state = StateFile(tmp_path, "k", "delete")
-        return SlidingWindowBudget(
+        return LocalBudget(
             4, 60.0, clock=clock, sleep=clock.sleep, state=state, wall=lambda: clock() + 1e9
         )
 

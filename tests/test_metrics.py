@@ -12,12 +12,18 @@ from pathlib import Path
 
 import anyio
 
-from tests.conftest import SandboxFactory, SandboxProcess, read_results, settings_for, write_jobs
+from tests.conftest import (
+    SandboxFactory,
+    SandboxProcess,
+    options_for,
+    read_results,
+    write_jobs,
+)
 from tests.redis_server import RedisServer, free_port
 from tests.test_queue import enqueue_ids, results_stream, worker
-from worker.cli.run import run_async
+from worker import run_async
+from worker.budget.rate import Rate
 from worker.sandbox import Sandbox
-from worker.settings import Rate
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
@@ -91,7 +97,7 @@ async def test_file_run_metrics_track_the_log_while_running(
     sandbox.state.limits["delete"].consume(sandbox.state.clock(), 10)
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 31)])
     port = free_port()
-    settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(10, 1.0), metrics_port=port)
+    settings = options_for(sandbox, tmp_path, rate=Rate(10, 1.0), metrics_port=port)
     seen: list[tuple[float, int, float, float]] = []
     texts: list[str] = []
 
@@ -116,9 +122,9 @@ async def test_file_run_metrics_track_the_log_while_running(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
-        summary = await run_async(settings)
+        summary = await run_async(jobs, **settings)
         tg.cancel_scope.cancel()
-    assert summary.exit_code() == 0
+    assert summary.exit_code == 0
     assert len(seen) >= 3
     assert all(done <= logged for done, logged, _, _ in seen)
     assert max(s[2] for s in seen) >= 1
@@ -177,12 +183,11 @@ async def test_batch_runs_write_a_textfile_and_push(
         sandbox: Sandbox = await sandbox_factory(accounts=5, delete_limit=(None, 60.0))
         jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3"])
         textfile = tmp_path / "xquik.prom"
-        settings = settings_for(
-            sandbox, jobs, tmp_path, metrics_textfile=textfile,
+        settings = options_for(sandbox, tmp_path, metrics_textfile=textfile,
             pushgateway=f"http://127.0.0.1:{server.server_port}",
         )  # fmt: skip
         before = time.time()
-        assert (await run_async(settings)).exit_code() == 0
+        assert (await run_async(jobs, **settings)).exit_code == 0
     finally:
         server.shutdown()
         server.server_close()

@@ -16,15 +16,16 @@ from aiohttp import web
 from tests.conftest import (
     SandboxFactory,
     cli_env,
+    options_for,
     read_results,
+    run_against,
     run_cli,
-    settings_for,
     write_jobs,
 )
 from tests.hostile_servers import Server
+from worker import run_async
 from worker.api.client import XquikClient
 from worker.api.directory import names
-from worker.cli.run import run_async
 from worker.errors import ApiError
 from worker.sandbox import Sandbox
 from worker.sandbox.store import Store
@@ -56,11 +57,9 @@ async def test_450_monitors_on_three_pages(sandbox_factory: SandboxFactory, tmp_
         store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0), monitor_deletion_s=0.5
     )
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 11)])
-    settings = settings_for(
-        sandbox, jobs, tmp_path, delete_monitors=True, keyword_monitors=True, concurrency=8
-    )
-    summary = await run_async(settings)
-    assert summary.exit_code() == 0
+    settings = options_for(sandbox, tmp_path, delete_monitors="all", concurrency=8)
+    summary = await run_async(jobs, **settings)
+    assert summary.exit_code == 0
     left = set(sandbox.state.store.monitors) - set(sandbox.state.store.deleting)
     kw_left = set(sandbox.state.store.keyword_monitors) - set(sandbox.state.store.deleting)
     assert kw_left == others
@@ -92,8 +91,8 @@ async def test_an_account_past_the_first_page_is_found(
         accounts=250, delete_limit=(None, 60.0), read_limit=(None, 1.0), accounts_page_cap=100
     )
     jobs = write_jobs(tmp_path / "jobs.jsonl", ['{"username": "USER250"}', '{"account_id": "240"}'])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
-    assert summary.exit_code() == 0
+    summary = await run_against(sandbox, jobs, tmp_path)
+    assert summary.exit_code == 0
     records = {r["account_id"]: r for r in read_results(tmp_path / "results.jsonl")}
     assert records["250"]["outcome"] == "disconnected"
     assert records["240"]["outcome"] == "disconnected"
@@ -173,8 +172,8 @@ async def test_delete_monitors_all_takes_the_keyword_monitors_naming_the_user(
         store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0)
     )
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3", "4", "5"])
-    settings = settings_for(sandbox, jobs, tmp_path, delete_monitors=True, keyword_monitors=True)
-    assert (await run_async(settings)).exit_code() == 0
+    settings = options_for(sandbox, tmp_path, delete_monitors="all")
+    assert (await run_async(jobs, **settings)).exit_code == 0
     gone = {ids[k] for k in sandbox.state.store.delete_requests if k in ids}
     assert gone == {q for q, match in queries.items() if match}
     records = [r for r in read_results(tmp_path / "results.jsonl") if r["op"] == "delete_monitor"]
@@ -184,10 +183,10 @@ async def test_delete_monitors_all_takes_the_keyword_monitors_naming_the_user(
 
     plain = write_jobs(tmp_path / "plain.txt", ["6", "7"])
     before = dict(sandbox.state.store.delete_requests)
-    settings = settings_for(
-        sandbox, plain, tmp_path, delete_monitors=True, results=tmp_path / "plain.jsonl"
+    settings = options_for(
+        sandbox, tmp_path, delete_monitors=True, results=tmp_path / "plain.jsonl"
     )
-    assert (await run_async(settings)).exit_code() == 0
+    assert (await run_async(plain, **settings)).exit_code == 0
     assert {k for k in sandbox.state.store.delete_requests if k.startswith("k")} == {
         k for k in before if k.startswith("k")
     }  # from:user6 stays: keyword monitors are only for =all
@@ -213,7 +212,7 @@ async def test_monitors_left_behind_by_an_earlier_run(
     )
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3", "4"])
     results = tmp_path / "results.jsonl"
-    assert (await run_async(settings_for(sandbox, jobs, tmp_path))).exit_code() == 0
+    assert (await run_against(sandbox, jobs, tmp_path)).exit_code == 0
     mine = {
         k
         for k, m in store.monitors.items()
@@ -261,16 +260,15 @@ async def test_wait_monitors_records_the_final_state(
         store=store, delete_limit=(None, 60.0), read_limit=(None, 1.0), monitor_deletion_s=0.6
     )
     first = write_jobs(tmp_path / "a.txt", ["1", "2"])
-    await run_async(settings_for(sandbox, first, tmp_path, delete_monitors=True))
+    await run_against(sandbox, first, tmp_path, delete_monitors=True)
     records = [r for r in read_results(tmp_path / "results.jsonl") if r["op"] == "delete_monitor"]
     assert [r["pending"] for r in records] == [True, True]
 
     second = write_jobs(tmp_path / "b.txt", ["3", "4"])
-    settings = settings_for(
-        sandbox, second, tmp_path, delete_monitors=True, wait_monitors=10.0,
+    settings = options_for(sandbox, tmp_path, delete_monitors=True, wait_monitors=10.0,
         results=tmp_path / "waited.jsonl",
     )  # fmt: skip
-    assert (await run_async(settings)).exit_code() == 0
+    assert (await run_async(second, **settings)).exit_code == 0
     records = [r for r in read_results(tmp_path / "waited.jsonl") if r["op"] == "delete_monitor"]
     assert [r["pending"] for r in records] == [False, False]
     polls = [(p, s) for _, m, p, s in sandbox.state.stats.log if m == "GET" and "/monitors/" in p]

@@ -14,15 +14,16 @@ from tests.conftest import (
     SandboxFactory,
     SandboxProcess,
     cli_env,
+    options_for,
     read_results,
+    run_against,
     run_cli,
-    settings_for,
     write_jobs,
 )
 from tests.redis_server import RedisServer
-from worker.cli.run import run_async
+from worker import run_async
+from worker.budget.rate import Rate
 from worker.sandbox import Sandbox
-from worker.settings import Rate
 
 
 def plan(sb: SandboxProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -127,9 +128,9 @@ async def test_delete_monitors_removes_only_the_disconnected_users_monitors(
         for k, v in store.monitors.items()
         if v["username"] not in {f"user{i}" for i in range(1, 11)}
     }
-    settings = settings_for(sandbox, jobs, tmp_path, rate=Rate(10, 1.0), delete_monitors=True)
-    summary = await run_async(settings)
-    assert summary.exit_code() == 0
+    settings = options_for(sandbox, tmp_path, rate=Rate(10, 1.0), delete_monitors=True)
+    summary = await run_async(jobs, **settings)
+    assert summary.exit_code == 0
     gone_users = {f"user{i}" for i in range(1, 11)}
     assert not [m for m in store.monitors.values() if m["username"] in gone_users]
     assert dict(store.monitors) == others_before
@@ -153,7 +154,7 @@ async def test_job_level_delete_monitors_flag(sandbox: Sandbox, tmp_path: Path) 
         tmp_path / "jobs.jsonl",
         ['{"account_id": "5", "delete_monitors": true}', '{"account_id": "6"}'],
     )
-    await run_async(settings_for(sandbox, jobs, tmp_path))
+    await run_against(sandbox, jobs, tmp_path)
     users = {m["username"] for m in store.monitors.values()}
     assert "user5" not in users
     assert "user6" in users

@@ -8,17 +8,18 @@ from collections import Counter
 import pytest
 
 from tests.fakes import FakeClock
-from worker.budget import SlidingWindowBudget, Unlimited
-from worker.cli.progress import eta_seconds
-from worker.cli.run import _total
-from worker.summary import Summary, limit_words
+from worker.budget.base import Unlimited
+from worker.budget.local import LocalBudget
+from worker.outputs.progress import eta_seconds
+from worker.run.assemble import progress_total
+from worker.run.summary import Summary, limit_words
 
 
 @pytest.mark.parametrize(
     ("lines", "limit", "total"), [(100, None, 100), (100, 20, 20), (10, 20, 10), (None, 5, 5)]
 )
 def test_the_total_respects_limit(lines: int | None, limit: int | None, total: int) -> None:
-    assert _total(lines, limit) == total
+    assert progress_total(lines, limit) == total
 
 
 async def test_the_eta_counts_a_cooldown_in_force() -> None:
@@ -29,7 +30,7 @@ async def test_the_eta_counts_a_cooldown_in_force() -> None:
     assert eta_seconds(summary, 20, budget, elapsed=10.0) == pytest.approx(10.0)
     await budget.hold(60.0)
     assert eta_seconds(summary, 20, budget, elapsed=10.0) == pytest.approx(70.0)
-    limited = SlidingWindowBudget(5, 60.0, clock=clock, sleep=clock.sleep)
+    limited = LocalBudget(5, 60.0, clock=clock, sleep=clock.sleep)
     await limited.hold(30.0)
     assert eta_seconds(summary, 20, limited, elapsed=10.0) == pytest.approx(30.0 + 60.0)
 
@@ -37,7 +38,7 @@ async def test_the_eta_counts_a_cooldown_in_force() -> None:
 def test_the_limit_in_words() -> None:
     assert limit_words({}) == ""
     assert limit_words(Unlimited().describe()) == "unlimited"
-    assert limit_words(SlidingWindowBudget(15, 60.0).describe()) == "15/60s fixed"
+    assert limit_words(LocalBudget(15, 60.0).describe()) == "15/60s fixed"
     auto = {"limit": 12, "window_s": 4.0, "mode": "auto", "learned": True, "ceiling": 40}
     assert limit_words(auto) == "12/4s learned (ceiling 40/4s)"
     auto["learned"] = False
@@ -49,8 +50,8 @@ def test_the_printed_summary_shows_each_tenants_limit(capsys: pytest.CaptureFixt
     in force for it (one learned lower, one at the ceiling), not one key's limit for all."""
     from collections import Counter
 
-    from worker.cli.progress import print_summary
-    from worker.summary import Summary
+    from worker.outputs.progress import print_summary
+    from worker.run.summary import Summary
 
     summary = Summary("r1")
     summary.by_tenant = {"t1": Counter(failed=2), "t3": Counter(disconnected=20)}

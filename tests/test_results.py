@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.models import ID_PATTERN, Op, Outcome, Result
-from worker.results import FileSink, read_prior
+from worker.results.prior import read_prior
+from worker.results.sink import FileSink
 
 
 def record(account: str, outcome: Outcome, op: Op = Op.DISCONNECT) -> Result:
@@ -44,7 +45,9 @@ def test_read_prior_finds_done_disconnects_only(tmp_path: Path) -> None:
         sink.write(r)
     sink.close()
     with path.open("a") as f:  # another writer's compact JSON takes the slow path
-        f.write(json.dumps({"account_id": "6", "outcome": "disconnected"}, separators=(",", ":")))
+        compact = {"ts": "2026-01-01T00:00:00Z", "run_id": "r", "account_id": "6"}
+        compact["outcome"] = "disconnected"
+        f.write(json.dumps(compact, separators=(",", ":")))
         f.write("\n")
         f.write('{"account_id": "7", "outcome": "disconnected", "op": "disconnect"')  # torn
     prior = read_prior(path)

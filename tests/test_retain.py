@@ -57,7 +57,7 @@ def test_pending_and_undelivered_entries_are_never_trimmed(redis_server: RedisSe
 
 
 def test_retain_option() -> None:
-    from worker.cli.options import retention
+    from worker.values import retention
 
     assert retention("7d") == 7 * 86400
     assert retention("forever") is None

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SandboxFactory, read_results, settings_for, write_jobs
-from worker.cli.run import run_async
+from tests.conftest import SandboxFactory, options_for, read_results, run_against, write_jobs
+from worker import run_async
+from worker.budget.rate import Rate
 from worker.logs import configure
-from worker.results import read_prior
+from worker.results.prior import read_prior
 from worker.sandbox import Sandbox
-from worker.settings import Rate, Secret
+from worker.settings import Secret
 
 SAFE_PATH = re.compile(r"/api/v1/x/accounts(/[A-Za-z0-9_-]{1,128})?")
 
@@ -50,7 +51,7 @@ async def test_faulty_api_every_line_one_record_every_account_deleted(
     jobs, existing = mixed_jobs(tmp_path / "jobs.jsonl")
     logs = io.StringIO()
     configure("json", stream=logs)
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=10))
+    summary = await run_against(sandbox, jobs, tmp_path, max_attempts=10)
 
     records = read_results(tmp_path / "results.jsonl")
     sources = Counter(r["source"] for r in records)
@@ -76,7 +77,7 @@ async def test_faulty_api_every_line_one_record_every_account_deleted(
     assert all(SAFE_PATH.fullmatch(path) for _, _, path, _ in stats.log)
     everything = (tmp_path / "results.jsonl").read_text() + logs.getvalue()
     assert sandbox.api_key not in everything
-    assert summary.exit_code() == 1  # invalid lines
+    assert summary.exit_code == 1  # invalid lines
     assert summary.records == 55
 
 
@@ -85,11 +86,9 @@ async def test_401_stops_the_run_after_at_most_concurrency_requests(
 ) -> None:
     """A rejected key: no new requests, exit 3, the unsent jobs get no record."""
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 51)])
-    settings = settings_for(
-        sandbox, jobs, tmp_path, concurrency=4, api_key=Secret("xq_" + "f" * 64)
-    )
-    summary = await run_async(settings)
-    assert summary.exit_code() == 3
+    settings = options_for(sandbox, tmp_path, concurrency=4, api_key=Secret("xq_" + "f" * 64))
+    summary = await run_async(jobs, **settings)
+    assert summary.exit_code == 3
     assert 1 <= len(sandbox.state.stats.log) <= 4
     records = read_results(tmp_path / "results.jsonl")
     assert len(records) == len(sandbox.state.stats.log)
@@ -104,9 +103,9 @@ async def test_429_holds_every_request_until_retry_after(
     sandbox: Sandbox = await sandbox_factory(delete_limit=(5, 2.0))
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 13)])
     sandbox.state.limits["delete"].consume(sandbox.state.clock(), 5)
-    settings = settings_for(sandbox, jobs, tmp_path, concurrency=1, rate=Rate(100, 1.0))
-    summary = await run_async(settings)
-    assert summary.exit_code() == 0
+    settings = options_for(sandbox, tmp_path, concurrency=1, rate=Rate(100, 1.0))
+    summary = await run_async(jobs, **settings)
+    assert summary.exit_code == 0
     log = list(sandbox.state.stats.log)
     rejected = [(t, i) for i, (t, _, _, status) in enumerate(log) if status == 429]
     assert rejected
@@ -130,14 +129,14 @@ async def test_429_holds_every_request_until_retry_after(
 async def test_dry_run_sends_no_delete(sandbox: Sandbox, tmp_path: Path) -> None:
     """--dry-run GETs each account: exists / missing, and the sandbox saw no DELETE."""
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "404404", "@user3"])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, dry_run=True))
-    assert summary.exit_code() == 0
+    summary = await run_against(sandbox, jobs, tmp_path, dry_run=True)
+    assert summary.exit_code == 0
     outcomes = {r["account_id"]: r["outcome"] for r in read_results(tmp_path / "results.jsonl")}
     assert outcomes == {"1": "exists", "2": "exists", "404404": "missing", "3": "exists"}
     assert {r["op"] for r in read_results(tmp_path / "results.jsonl")} == {"check"}
     assert not any(method == "DELETE" for _, method, _, _ in sandbox.state.stats.log)
     # A check is never taken for a deletion: a real run afterwards skips nothing.
-    from worker.cli.report import build
+    from worker.results.report import build
 
     report = build(tmp_path / "results.jsonl")
     assert report.checks == {"exists": 3, "missing": 1}
@@ -149,7 +148,7 @@ async def test_dry_run_sends_no_delete(sandbox: Sandbox, tmp_path: Path) -> None
 async def test_limit_handles_only_the_first_n_jobs(sandbox: Sandbox, tmp_path: Path) -> None:
     """--limit 3: a canary batch of three DELETEs, the rest untouched."""
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 11)])
-    await run_async(settings_for(sandbox, jobs, tmp_path, limit=3))
+    await run_against(sandbox, jobs, tmp_path, limit=3)
     records = read_results(tmp_path / "results.jsonl")
     assert sorted(r["account_id"] for r in records) == ["1", "2", "3"]
     assert len(sandbox.state.store.accounts) == 47
@@ -158,13 +157,13 @@ async def test_limit_handles_only_the_first_n_jobs(sandbox: Sandbox, tmp_path: P
 async def test_unknown_username_is_failed_not_dropped(sandbox: Sandbox, tmp_path: Path) -> None:
     """A handle that no connection has is recorded failed: unknown_username."""
     jobs = write_jobs(tmp_path / "jobs.txt", ["@nobody_here", "@user9"])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
+    summary = await run_against(sandbox, jobs, tmp_path)
     records = {r["username"]: r for r in read_results(tmp_path / "results.jsonl")}
     assert records["nobody_here"]["outcome"] == "failed"
     assert records["nobody_here"]["error"] == "unknown_username"
     assert records["user9"]["outcome"] == "disconnected"
     assert records["user9"]["account_id"] == "9"
-    assert summary.exit_code() == 1
+    assert summary.exit_code == 1
 
 
 @pytest.mark.parametrize(
@@ -181,13 +180,13 @@ async def test_permanent_error_fails_without_retry(
     """403, 409, 422: failed after exactly one attempt, the API's code recorded, one request."""
     sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0), faults={fault: 1.0})
     jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=5, precheck=False))
+    summary = await run_against(sandbox, jobs, tmp_path, max_attempts=5, no_precheck=True)
     [record] = read_results(tmp_path / "results.jsonl")
     assert (record["outcome"], record["attempts"], record["http_status"]) == ("failed", 1, status)
     assert record["error"].startswith(code)
     assert sandbox.state.stats.by_status == {f"DELETE {status}": 1}
     assert summary.retries == 0
-    assert summary.exit_code() == 1
+    assert summary.exit_code == 1
 
 
 async def test_transient_error_exhausts_retries(
@@ -196,13 +195,13 @@ async def test_transient_error_exhausts_retries(
     """Retries exhausted: failed, with the attempts made and the last error named."""
     sandbox: Sandbox = await sandbox_factory(delete_limit=(None, 60.0), faults={"fail_500": 1.0})
     jobs = write_jobs(tmp_path / "jobs.txt", ["1"])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, max_attempts=3))
+    summary = await run_against(sandbox, jobs, tmp_path, max_attempts=3)
     [record] = read_results(tmp_path / "results.jsonl")
     assert record["outcome"] == "failed"
     assert record["attempts"] == 3
     assert record["http_status"] == 500
     assert record["error"].startswith("retries_exhausted after 3 attempts: internal_error")
-    assert summary.exit_code() == 1
+    assert summary.exit_code == 1
 
 
 async def test_no_delete_is_spent_on_an_account_already_gone(
@@ -216,8 +215,8 @@ async def test_no_delete_is_spent_on_an_account_already_gone(
     for i in range(1, 1001, 2):
         del sandbox.state.store.accounts[str(i)]
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 1001)])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path, concurrency=8))
-    assert summary.exit_code() == 0
+    summary = await run_against(sandbox, jobs, tmp_path, concurrency=8)
+    assert summary.exit_code == 0
     deletes = [p for _, m, p, _ in sandbox.state.stats.log if m == "DELETE"]
     assert len(deletes) == 500
     records = read_results(tmp_path / "results.jsonl")
@@ -237,8 +236,8 @@ async def test_a_listing_cut_short_never_makes_a_wrong_already_gone(
         accounts=20, delete_limit=(None, 60.0), read_limit=(None, 1.0), list_limit=5
     )
     jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 21)])
-    summary = await run_async(settings_for(sandbox, jobs, tmp_path))
-    assert summary.exit_code() == 0
+    summary = await run_against(sandbox, jobs, tmp_path)
+    assert summary.exit_code == 0
     records = read_results(tmp_path / "results.jsonl")
     assert {r["outcome"] for r in records} == {"disconnected"}
     assert sandbox.state.store.accounts == {}
@@ -248,7 +247,7 @@ async def test_no_precheck_sends_every_delete(sandbox: Sandbox, tmp_path: Path) 
     """--no-precheck: no listing, no GET; a gone id costs a DELETE and its 404."""
     del sandbox.state.store.accounts["1"]
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2"])
-    await run_async(settings_for(sandbox, jobs, tmp_path, precheck=False))
+    await run_against(sandbox, jobs, tmp_path, no_precheck=True)
     methods = [m for _, m, _, _ in sandbox.state.stats.log]
     assert methods == ["DELETE", "DELETE"]
     records = read_results(tmp_path / "results.jsonl")

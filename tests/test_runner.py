@@ -10,8 +10,8 @@ import pytest
 
 from tests.fakes import FakeOps, ListSink, ListSource
 from worker.models import Invalid, Job, Outcome, Result
-from worker.runner import Runner
-from worker.sources import Item
+from worker.run.runner import Runner
+from worker.sources.base import Item
 
 
 def jobs(*ids: str) -> list[Item]:
@@ -40,7 +40,7 @@ async def test_every_item_gets_exactly_one_record_in_order_of_settling() -> None
     assert len(source.settled) == 5
     assert {id(item) for item, _ in source.settled} == {id(item) for item in items}
     assert runner.summary.records == 5
-    assert runner.summary.exit_code() == 1  # the invalid line
+    assert runner.summary.exit_code == 1  # the invalid line
 
 
 @pytest.mark.parametrize("concurrency", [1, 3, 8])
@@ -98,7 +98,7 @@ async def test_accounts_done_earlier_are_skipped_without_a_record() -> None:
     assert [r.account_id for r in sink.results] == ["2"]
     assert runner.summary.skipped_done == 2
     assert sum(result is None for _, result in source.settled) == 2
-    assert runner.summary.exit_code() == 0
+    assert runner.summary.exit_code == 0
 
 
 async def test_stop_ends_the_run_within_the_grace_and_counts_unfinished_jobs() -> None:
@@ -116,7 +116,7 @@ async def test_stop_ends_the_run_within_the_grace_and_counts_unfinished_jobs() -
     assert sink.results == []
     assert runner.summary.not_finished == 4
     assert runner.summary.stopped == "signal"
-    assert runner.summary.exit_code() == 130
+    assert runner.summary.exit_code == 130
     assert sink.syncs >= 1  # flushed on the way out
 
 
@@ -138,7 +138,7 @@ async def test_a_bug_in_one_job_is_that_jobs_failed_record() -> None:
     assert by_id["2"].outcome is Outcome.FAILED
     assert by_id["2"].error == "internal_error: KeyError"
     assert by_id["1"].outcome is by_id["3"].outcome is Outcome.DISCONNECTED
-    assert runner.summary.exit_code() == 1
+    assert runner.summary.exit_code == 1
 
 
 async def test_group_commit_acks_nothing_before_an_fsync_that_covers_it() -> None:

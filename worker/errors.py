@@ -3,7 +3,9 @@ these in `worker.api.client` only.
 
 XquikError
 ├── ConfigError            bad flag, file or environment: exit 2, nothing sent
+│   └── OptionError        one option (a flag, or a keyword of `worker.run`) is invalid
 ├── BudgetClosed           the run (or the key) is stopping: no request may start
+├── NoSlot                 a request that may not wait found no free slot: nothing sent
 ├── TransportError         no HTTP answer: retried
 │   ├── NetworkError       connection refused, reset, dropped
 │   ├── RequestTimeout     no whole answer within --timeout
@@ -29,7 +31,7 @@ class ExitCode(IntEnum):
     AUTH = 3  # the API key was rejected: the run stopped
     WRITE = 4  # the result log could not be written mid-run: sending stopped
     SOFTWARE = 70  # an internal error (EX_SOFTWARE): one line on stderr, the log flushed
-    INTERRUPTED = 130  # SIGINT/SIGTERM: rerun to resume
+    INTERRUPTED = 130  # SIGINT/SIGTERM/SIGHUP, or the confirmation declined: rerun to resume
 
 
 class XquikError(Exception):
@@ -38,6 +40,16 @@ class XquikError(Exception):
 
 class ConfigError(XquikError):
     """A usage or configuration problem, found before anything is sent."""
+
+
+class OptionError(ConfigError):
+    """An invalid option, from the command line or a keyword of `worker.run` / `run_async`:
+    `option` names it (the keyword, e.g. "concurrency"); the message says what is wrong.
+    Raised before anything is read or sent."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class BudgetClosed(XquikError):

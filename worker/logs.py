@@ -1,16 +1,41 @@
-"""Logging: structlog events on stderr, JSON off a TTY, with secrets masked in every field."""
+"""Logging: structlog events on stderr, JSON off a TTY, with secrets masked in every field.
+
+structlog probes for rich when it is imported (its console renderer formats tracebacks with
+it), and rich brings pygments: a tenth of a second at every start for a renderer that JSON
+logs never use and our console logs never need (no traceback reaches a terminal). So structlog
+is imported here with that probe answered "not installed"; rich stays importable for the
+progress bar, which imports it itself on a terminal."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Any, Literal, TextIO
-
-import structlog
-from structlog.typing import EventDict, WrappedLogger
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 from worker.redact import redact
+
+
+def _import_structlog() -> Any:
+    if "structlog" in sys.modules:
+        return sys.modules["structlog"]
+    hidden = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import rich` -> ImportError
+    try:
+        import structlog
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+    return structlog
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog()
+
+from structlog.typing import EventDict, WrappedLogger  # noqa: E402  (after the probe above)
 
 LogFormat = Literal["json", "console"]
 
@@ -31,16 +56,16 @@ def mask_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
 
 
 class Guarded:
-    """A log stream whose failures are not the run's: a closed stderr (`2>&1 | head`), a full
-    disk under a redirected log. Lines that cannot be written are dropped; the work goes on
-    and the result log keeps every record."""
+    """A log stream whose failures are not the run's: a closed stderr (`2>&-`, `2>&1 | head`),
+    a full disk under a redirected log. Lines that cannot be written are dropped; the work goes
+    on and the result log keeps every record."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
-        self.broken = False
+        self.broken = stream is None
 
     def write(self, text: str) -> int:
-        if not self.broken:
+        if not self.broken and self._stream is not None:
             try:
                 return self._stream.write(text)
             except (OSError, ValueError):
@@ -48,7 +73,7 @@ class Guarded:
         return len(text)
 
     def flush(self) -> None:
-        if not self.broken:
+        if not self.broken and self._stream is not None:
             try:
                 self._stream.flush()
             except (OSError, ValueError):
@@ -56,7 +81,7 @@ class Guarded:
 
     def isatty(self) -> bool:
         try:
-            return self._stream.isatty()
+            return self._stream is not None and self._stream.isatty()
         except (OSError, ValueError):
             return False
 
@@ -73,11 +98,11 @@ def configure(
     fmt: LogFormat | None = None, *, level: str = "info", stream: TextIO | None = None
 ) -> None:
     global _format
-    stream = stream or sys.stderr
+    out = Guarded(stream or sys.stderr)
     if fmt is None:
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if out.isatty() else "json"
     _format = fmt
-    colors = stream.isatty() and not os.environ.get("NO_COLOR")
+    colors = out.isatty() and not os.environ.get("NO_COLOR")
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=colors)
         if fmt == "console"
@@ -95,9 +120,26 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(Guarded(stream)),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+def configure_for_library(fmt: str | None, level: str | None) -> None:
+    """A run started from Python: configure the logs when asked (`log_format`, `log_level`)
+    or when the caller has not configured structlog itself (its defaults print debug events
+    in colour to stdout); else leave the caller's configuration alone."""
+    if fmt is not None and fmt not in ("json", "console"):
+        from worker.errors import OptionError
+
+        raise OptionError("log_format", f"--log-format: {fmt!r} is not json or console")
+    if level is not None and level.lower() not in ("debug", "info", "warning", "error"):
+        from worker.errors import OptionError
+
+        raise OptionError("log_level", f"--log-level: {level!r} is not a level")
+    if fmt is None and level is None and structlog.is_configured():
+        return
+    configure(cast("LogFormat | None", fmt), level=(level or "info").lower())
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:

@@ -144,6 +144,15 @@ class Result:
         if self.error is not None:
             object.__setattr__(self, "error", redact(self.error))
 
+    @classmethod
+    def for_job(cls, job: Job | Invalid, *, run_id: str, outcome: Outcome, **fields: Any) -> Result:
+        """A record of `job`: its source, job id, account, username and tenant, and `fields`
+        (which win over the job's: a resolved account id, a monitor's)."""
+        base: dict[str, Any] = {"job_id": job.job_id, "account_id": job.account_id}
+        if isinstance(job, Job):
+            base.update(username=job.username, tenant=job.tenant)
+        return cls(run_id=run_id, source=job.source, outcome=outcome, **{**base, **fields})
+
     @property
     def done(self) -> bool:
         return self.outcome in DONE

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,8 +20,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, OptionError
 from worker.logs import get_logger
+from worker.redact import register
+from worker.secret_file import read_secret
 
 log = get_logger()
 
@@ -27,6 +31,42 @@ log = get_logger()
 def is_redis_url(url: str) -> bool:
     """redis://, rediss:// or unix:// (a socket): what redis-py connects to."""
     return urlsplit(url).scheme in {"redis", "rediss", "unix"}
+
+
+def protect(url: str) -> str:
+    """Register the password of a Redis (or any) URL as a secret; returns the URL."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    if password:
+        register(password)
+    return url
+
+
+def url_from(
+    given: str | None, url_file: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> str | None:
+    """A Redis URL: `given` (a flag or an argument), else read from `url_file` (a mounted
+    Secret), else XQUIK_REDIS_URL; None when there is none. Its password is registered as a
+    secret. OptionError naming the option for a file that cannot be read, an empty one, a URL
+    given twice, or one that is not redis://…"""
+    if url_file:
+        if given and not getattr(given, "var", None):  # a flag, not XQUIK_REDIS_URL
+            raise OptionError(
+                "redis_url_file", "give the Redis URL once: as an argument or in --redis-url-file"
+            )
+        given = read_secret(url_file, "--redis-url-file")
+        if not given:
+            raise OptionError("redis_url_file", "--redis-url-file: the file is empty")
+    if given is None:
+        given = env.get("XQUIK_REDIS_URL", "").strip() or None
+    if given is None:
+        return None
+    protect(given)
+    if not is_redis_url(given):
+        raise OptionError("redis_url_file", "the Redis URL is not redis://, rediss:// or unix://")
+    return given
 
 
 def address(url: str) -> str:
@@ -37,6 +77,16 @@ def address(url: str) -> str:
     except ValueError:
         port = 6379
     return f"{parts.hostname or parts.path}:{port}{parts.path if parts.hostname else ''}"
+
+
+def need_url(given: str | None, url_file: str | None, env: Mapping[str, str]) -> str:
+    """`url_from` for the commands that only talk to a queue (enqueue, queue, dead)."""
+    url = url_from(given, url_file, env)
+    if url is None:
+        raise OptionError(
+            "redis", "no Redis: give --redis URL, --redis-url-file PATH or XQUIK_REDIS_URL"
+        )
+    return url
 
 
 def connect(url: str) -> Any:

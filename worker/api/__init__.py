@@ -1,20 +1,6 @@
-"""Speaking with the Xquik API: the client (the one aiohttp user), pure classification of its
-answers, one call under the retry policy, the listings, and the session that ties them to a key."""
+"""Speaking with the Xquik API: `client` (the one aiohttp user), `classify` (pure decisions on
+its answers), `call` (one call under the retry policy), `directory` (the listings), `session`
+(one key and everything that speaks with it), `keys` (every rule about API keys), `urls` (the
+network rule for URLs that receive secrets).
 
-from worker.api.call import Call, Caller, describe
-from worker.api.client import Answer, XquikClient
-from worker.api.directory import Directory, tracking, tracks
-from worker.api.session import Session, fingerprint
-
-__all__ = [
-    "Answer",
-    "Call",
-    "Caller",
-    "Directory",
-    "Session",
-    "XquikClient",
-    "describe",
-    "fingerprint",
-    "tracking",
-    "tracks",
-]
+Nothing is imported here: `--help` must not pay for aiohttp."""

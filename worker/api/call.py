@@ -17,7 +17,7 @@ from tenacity import (
 )
 
 from worker.api.client import Answer
-from worker.budget import Sleep
+from worker.budget.base import Sleep
 from worker.errors import (
     ApiError,
     AuthError,

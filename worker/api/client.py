@@ -29,9 +29,9 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from worker import __version__
+from worker._version import __version__
 from worker.api.classify import Decision, decide, error_body, parse_json, retry_after_seconds
-from worker.budget import Budget, Unlimited
+from worker.budget.base import Budget, Unlimited
 from worker.errors import (
     ApiError,
     AuthError,
@@ -74,7 +74,7 @@ _ATTEMPT: contextvars.ContextVar[asyncio.Timeout] = contextvars.ContextVar("xqui
 _CLIENT: contextvars.ContextVar[XquikClient] = contextvars.ContextVar("xquik_client")
 
 
-class Patience:
+class Parkable:
     """A job that must not wait for its key's DELETE budget (a tenant's job, with several
     keys): its first DELETE takes a slot only if one is free now, else NoSlot is raised and
     the job goes back to its tenant's queue, holding no worker. Once a DELETE was answered
@@ -86,8 +86,8 @@ class Patience:
         self.answered = False
 
 
-PATIENCE: contextvars.ContextVar[Patience | None] = contextvars.ContextVar(
-    "xquik_patience", default=None
+PARKABLE: contextvars.ContextVar[Parkable | None] = contextvars.ContextVar(
+    "xquik_parkable", default=None
 )
 
 
@@ -173,8 +173,8 @@ class XquikClient:
     ) -> aiohttp.ClientResponse:
         started = time.monotonic()
         budget = self._budget(req.method)
-        patience = PATIENCE.get() if req.method == "DELETE" else None
-        if patience is not None and not patience.answered:
+        parkable = PARKABLE.get() if req.method == "DELETE" else None
+        if parkable is not None and not parkable.answered:
             slot = await budget.acquire(block=False)
         else:
             slot = await budget.acquire()
@@ -185,8 +185,8 @@ class XquikClient:
             attempt.reschedule(asyncio.get_running_loop().time() + self._timeout)
         if slot is None:  # a budget without slots (unlimited): nothing to give back
             resp = await handler(req)
-            if patience is not None and resp.status != 429:
-                patience.answered = True
+            if parkable is not None and resp.status != 429:
+                parkable.answered = True
             return resp
         left = True
         status: int | None = None
@@ -195,8 +195,8 @@ class XquikClient:
             resp = await handler(req)
             status = resp.status
             self._observe(req.method, status, time.monotonic() - sent_at)
-            if patience is not None and status != 429:
-                patience.answered = True
+            if parkable is not None and status != 429:
+                parkable.answered = True
             return resp
         except aiohttp.ClientConnectorError:
             # Refused, unreachable, TLS handshake failed: the request never left.
@@ -384,4 +384,4 @@ def _error_class(decision: Decision) -> type[ApiError]:
     return PermanentApiError
 
 
-__all__ = ["PATIENCE", "Answer", "Patience", "XquikClient", "http_session"]
+__all__ = ["PARKABLE", "Answer", "Parkable", "XquikClient", "http_session"]

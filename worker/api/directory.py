@@ -11,7 +11,7 @@ import anyio
 
 from worker.api.call import Call, Caller, Request
 from worker.api.client import Answer, XquikClient
-from worker.budget import Clock
+from worker.budget.base import Clock
 
 REFRESH_AFTER = 30.0
 

@@ -1,69 +1,53 @@
 """One API key and everything that speaks with it: its client, its two budgets (DELETE and
-read), the retry caller and the directory of its accounts and monitors. Built once, for `run`
-and for `plan`; the seam that a run with several keys builds once per key."""
+read), the retry caller and the directory of its accounts and monitors. Built once, for `run`,
+`plan` and `monitors`; the seam that a run with several keys builds once per key."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from worker.api.call import Caller, Fatal
 from worker.api.client import XquikClient
 from worker.api.directory import Directory
-from worker.budget import Budget, make_budget
-from worker.settings import Rate
-
-
-def key_id(api_key: str) -> str:
-    """Which key did it, for the records: the first 12 hex digits of its SHA-256. Safe to
-    show: it cannot be turned back into the key, and it is the same on every machine."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
-
-
-def fingerprint(api_key: str, base_url: str) -> str:
-    """Names the state of one key on one API without revealing the key."""
-    return hashlib.sha256(f"{api_key}\0{base_url}".encode()).hexdigest()[:16]
+from worker.api.keys import fingerprint, key_id
+from worker.budget.base import Budget
+from worker.budget.make import make_budget
+from worker.budget.rate import Rate
+from worker.settings import ApiSettings, Secret
 
 
 class Session:
-    """`async with Session(...) as session:` opens the client; closing it closes the budgets."""
+    """`async with Session(api, ...) as session:` opens the client; closing it closes the
+    budgets. Built from a command's ApiSettings, here only (run, plan, monitors)."""
 
     def __init__(
         self,
+        api: ApiSettings,
         *,
-        base_url: str,
-        api_key: str,
-        rate: Rate,
-        read_rate: Rate,
         on_fatal: Callable[[Fatal], None],
-        concurrency: int = 4,
-        timeout: float = 30.0,
-        max_attempts: int = 5,
-        margin: float = 0.0,
-        max_cooldown: float = 900.0,
-        relearn: float = 86400.0,
-        state_dir: Path | None = None,
+        api_key: str | None = None,
         redis: Any | None = None,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
         http: Any | None = None,
         account: str | None = None,
         budgets: dict[str, tuple[Budget, Budget]] | None = None,
     ) -> None:
-        """`http`: an aiohttp session shared with other keys' sessions. `account`: the Xquik
-        account the key belongs to, when several keys share it (their budgets are one: the
-        limits are per account); None: the key's own. `budgets`: where sessions of one run
-        find the budgets an earlier session of the same account built."""
+        """`api_key`: this session's key, when not `api.api_key` (a tenant's). `redis`: where
+        the budgets live (None: local, in `api.state_dir`). `http`: an aiohttp session shared
+        with other keys' sessions. `account`: the Xquik account the key belongs to, when
+        several keys share it (their budgets are one: the limits are per account); None: the
+        key's own. `budgets`: where sessions of one run find the budgets an earlier session
+        of the same account built."""
+        key = api.api_key if api_key is None else api_key
+        base_url = api.base_url
         self.fingerprint = (
-            fingerprint(f"account:{account}", base_url)
-            if account
-            else fingerprint(api_key, base_url)
+            fingerprint(f"account:{account}", base_url) if account else fingerprint(key, base_url)
         )
-        self.key_id = key_id(api_key)
+        self.key_id = key_id(key)
         self.account = account
 
         def budget(r: Rate, tier: str) -> Budget:
@@ -71,35 +55,35 @@ class Session:
                 r,
                 tier=tier,
                 fingerprint=self.fingerprint,
-                margin=margin,
-                attempt_bound=timeout,
-                max_cooldown=max_cooldown,
-                relearn=relearn,
+                margin=api.margin,
+                attempt_bound=api.timeout,
+                max_cooldown=api.max_cooldown,
+                relearn=api.relearn,
                 redis=redis,
-                state_dir=state_dir,
+                state_dir=api.state_dir,
             )
 
-        self.rate = rate
+        self.rate = api.rate
         shared = budgets.get(self.fingerprint) if budgets is not None else None
         if shared is None:
-            shared = (budget(rate, "delete"), budget(read_rate, "read"))
+            shared = (budget(api.rate, "delete"), budget(api.read_rate, "read"))
             if budgets is not None:
                 budgets[self.fingerprint] = shared
         self.delete_budget, self.read_budget = shared
         self.client = XquikClient(
             base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            concurrency=concurrency,
+            api_key=key,
+            timeout=api.timeout,
+            concurrency=api.concurrency,
             delete_budget=self.delete_budget,
             read_budget=self.read_budget,
             http=http,
         )
         self.call = Caller(
-            max_attempts=max_attempts,
+            max_attempts=api.max_attempts,
             on_fatal=on_fatal,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
+            backoff_base=api.backoff_base,
+            backoff_cap=api.backoff_cap,
         )
         self.directory = Directory(self.client, self.call)
 
@@ -132,3 +116,28 @@ class Session:
     @property
     def retries(self) -> int:
         return self.call.retries
+
+
+async def open_session(
+    api: ApiSettings,
+    stack: AsyncExitStack,
+    *,
+    on_fatal: Callable[[Fatal], None],
+    account: str | None = None,
+) -> Session:
+    """A command's one session (plan, monitors), opened on `stack`: against the built-in
+    sandbox if asked (started here), its budgets in --budget's Redis if given (connected
+    here, within `api.budget_connect_timeout`)."""
+    if api.sandbox:
+        from worker.sandbox import Sandbox
+
+        sandbox = await stack.enter_async_context(Sandbox())
+        api = replace(api, base_url=sandbox.base_url, api_key=Secret(sandbox.api_key))
+    redis = None
+    if api.budget_url is not None:
+        from worker.redis_conn import connected
+
+        redis = await connected(api.budget_url, deadline=api.budget_connect_timeout)
+        stack.push_async_callback(redis.aclose)
+    session = Session(api, on_fatal=on_fatal, redis=redis, account=account)
+    return await stack.enter_async_context(session)

@@ -1,7 +1,7 @@
 """The budget shared by every worker on every machine: the held slots and the 429 cooldown live
 in Redis, decided atomically by Lua scripts on the Redis server's clock (TIME), so workers whose
 clocks disagree still never let a server window count N+1. The rule is the local budget's
-(`worker.budget.window`): a slot is held from just before its send until a span after its
+(`worker.budget.local`): a slot is held from just before its send until a span after its
 answer; the acquiring script stamps it held until the attempt's bound + a span (a worker that
 dies mid-request blocks nobody longer), the releasing script re-stamps it when the answer came."""
 
@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
-from worker.budget.window import RATE_LIMITED
+from worker.budget.local import RATE_LIMITED
 from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
 from worker.redis_conn import redis_retrying, script_batch
@@ -103,7 +103,7 @@ return tostring(current - now)
 
 
 class RedisBudget:
-    """Same contract as SlidingWindowBudget, with its state in Redis under `prefix`. With
+    """Same contract as LocalBudget, with its state in Redis under `prefix`. With
     `auto`, `limit` is the ceiling and the limit in force is learned, shared by every worker."""
 
     remote = True

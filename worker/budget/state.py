@@ -25,7 +25,7 @@ from worker.errors import ConfigError
 from worker.logs import get_logger
 
 if TYPE_CHECKING:
-    from worker.budget.window import SlidingWindowBudget
+    from worker.budget.local import LocalBudget
 
 log = get_logger()
 
@@ -103,7 +103,7 @@ class StateFile:
             self._fd = -1
         self._pos, self._tail_ok = 0, True
 
-    def _read_into(self, budget: SlidingWindowBudget) -> None:
+    def _read_into(self, budget: LocalBudget) -> None:
         """What was appended since we last looked, into `budget`."""
         size = self._open()
         if size <= self._pos:
@@ -115,7 +115,7 @@ class StateFile:
             if line.strip():
                 _apply(line, budget)
 
-    def _append(self, budget: SlidingWindowBudget) -> None:
+    def _append(self, budget: LocalBudget) -> None:
         held, dropped = budget.changes()
         change: dict[str, Any] = {}
         if held:
@@ -148,7 +148,7 @@ class StateFile:
         self._pos += len(line)
         self._tail_ok = True
 
-    def _rewrite(self, budget: SlidingWindowBudget) -> None:
+    def _rewrite(self, budget: LocalBudget) -> None:
         """The whole state as one line, in a new file renamed over the log."""
         learned = budget.learner.learned if budget.learner is not None else None
         state: dict[str, Any] = {
@@ -164,7 +164,7 @@ class StateFile:
         os.replace(tmp, self.path)
         self._pos = max(self._open(), 0)
 
-    def load_into(self, budget: SlidingWindowBudget) -> int:
+    def load_into(self, budget: LocalBudget) -> int:
         """Restore the held slots into `budget` (the whole log, read from its start);
         returns how many are still held."""
         self._forget()
@@ -173,7 +173,7 @@ class StateFile:
         return budget.sends_in_span()
 
     @contextmanager
-    def exchange(self, budget: SlidingWindowBudget, *, write: bool = True) -> Iterator[None]:
+    def exchange(self, budget: LocalBudget, *, write: bool = True) -> Iterator[None]:
         """Under the lock: every run's changes into `budget`, then (after the caller decided)
         `budget`'s own out. A state dir that fails mid-run (disk full) is logged once; the
         in-memory budget still holds for this run."""
@@ -199,10 +199,10 @@ class StateFile:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 
-def _apply(line: bytes, budget: SlidingWindowBudget) -> None:
+def _apply(line: bytes, budget: LocalBudget) -> None:
     """One line of the log into `budget`; an unreadable line (a torn write, another format) is
     skipped: it is no worse than no state."""
-    from worker.budget.window import Learned
+    from worker.budget.local import Learned
 
     try:
         data = json.loads(line)

@@ -3,22 +3,24 @@
 `<stream>:dead` holds the jobs that failed for good (a permanent error, retries exhausted, an
 invalid message, too many deliveries), each with its job fields and the reason. `list` shows
 them; `requeue` puts jobs back on the stream (with `requeued_from`) and removes them from the
-dead letters in one MULTI, so a crash never loses or duplicates one; `purge` drops old ones."""
+dead letters in one atomic script, so a crash never loses or duplicates one; `purge` drops
+old ones."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
 import anyio
 
-from worker.cli.options import duration, env, fail, need_redis, redis_option, say
 from worker.cli.queue import error_code, text
+from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
-from worker.redis_conn import connect, redis_errors
+from worker.redis_conn import connect, need_url, redis_errors
 
 KEPT_OUT = {"message_id", "reason", "requeued_from"}  # ours, not the job's
 
@@ -82,8 +84,8 @@ async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
 def main(args: argparse.Namespace) -> int:
     command = f"dead {args.dead_command}"
     try:
-        args.redis = need_redis(args)
-    except ValueError as exc:
+        args.redis = need_url(args.redis, args.redis_url_file, os.environ)
+    except ConfigError as exc:
         return fail(command, exc)
     if args.dead_command == "requeue" and not (args.all or args.id or args.error):
         return fail(command, "say which: --error CODE, --id ID … or --all")
@@ -120,27 +122,3 @@ def main(args: argparse.Namespace) -> int:
         return anyio.run(go)
     except redis_errors() as exc:
         return fail(command, ConfigError(f"Redis unreachable: {exc}"))
-
-
-def options(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="dead_command", required=True)
-
-    def common(q: argparse.ArgumentParser) -> None:
-        redis_option(q)
-        q.add_argument("--stream", default=env("STREAM", "xquik:disconnect"), help="job stream")
-
-    ls = sub.add_parser("list", help="each dead letter: job fields, reason, when")
-    common(ls)
-    ls.add_argument("--error", metavar="CODE", help="only this error code (e.g. forbidden)")
-    ls.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
-    rq = sub.add_parser("requeue", help="put jobs back on the stream")
-    common(rq)
-    which = rq.add_mutually_exclusive_group()
-    which.add_argument("--error", metavar="CODE", help="every dead letter with this code")
-    which.add_argument("--id", nargs="+", metavar="ID", help="these dead letters")
-    which.add_argument("--all", action="store_true", help="every dead letter")
-    pg = sub.add_parser("purge", help="drop dead letters older than a duration")
-    common(pg)
-    pg.add_argument(
-        "--older-than", type=duration, required=True, metavar="DURATION", help="e.g. 30d, 12h"
-    )

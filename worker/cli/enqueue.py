@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import anyio
 
-from worker.cli.options import fail, log_level, need_redis, say
+from worker.cli.parser import log_level
+from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure
 from worker.models import Invalid
-from worker.redis_conn import address, connect, redis_errors, redis_retrying
-from worker.sources import FileSource
+from worker.redis_conn import address, connect, need_url, redis_errors, redis_retrying
+from worker.sources.file import FileSource
 from worker.sources.stream import enqueue
 
 
@@ -32,8 +34,8 @@ async def _enqueue(
 
 def main(args: argparse.Namespace) -> int:
     try:
-        args.redis = need_redis(args)
-    except ValueError as exc:
+        args.redis = need_url(args.redis, args.redis_url_file, os.environ)
+    except ConfigError as exc:
         return fail("enqueue", exc)
     if args.jobs != "-":
         try:

@@ -6,125 +6,28 @@ text is data, never markup)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
-from worker.cli.report import read_record, spent_delete
-from worker.models import DONE
-from worker.settings import Rate
-
-MAX_ROWS = 20_000  # audit rows on the page; the log itself keeps every record
+from worker.budget.rate import Rate
+from worker.results.records import windows
+from worker.results.report import Report
 
 
-@dataclass
-class Page:
-    """What the page shows, gathered in one pass over the log."""
-
-    records: int = 0
-    unreadable: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
-    monitors: dict[str, int] = field(default_factory=dict)
-    deletes: list[float] = field(default_factory=list)  # answer times of real DELETEs
-    # The same, by tenant ("" for the default key): each Xquik account has its own windows.
-    tenant_deletes: dict[str, list[float]] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    rows_total: int = 0
-    failed: dict[str, list[str]] = field(default_factory=dict)  # error -> accounts (latest)
-    done: set[str] = field(default_factory=set)
-    invalid: list[tuple[str, str]] = field(default_factory=list)
-    not_connected: list[str] = field(default_factory=list)
-    runs: dict[str, list[str]] = field(default_factory=dict)  # run -> [first ts, last ts]
-    key_ids: set[str] = field(default_factory=set)
-    tenants: dict[str, dict[str, int]] = field(default_factory=dict)  # --keys: "" = default
-
-
-def gather(path: Path) -> Page:
-    page = Page()
-    last_failure: dict[str, str] = {}
-    with path.open("rb") as f:
-        for line in f:
-            r = read_record(line)
-            if r is None:
-                page.unreadable += 1
-                continue
-            outcome, run_id, ts = r["outcome"], r["run_id"], r["ts"]
-            page.records += 1
-            span = page.runs.setdefault(run_id, [ts, ts])
-            span[0], span[1] = min(span[0], ts), max(span[1], ts)
-            if r.get("key_id"):
-                page.key_ids.add(str(r["key_id"]))
-            op = r.get("op", "disconnect")
-            if op == "check":
-                continue
-            if spent_delete(r):
-                when = _when(ts)
-                page.deletes.append(when)
-                who = str(r["tenant"]) if isinstance(r.get("tenant"), str) else ""
-                page.tenant_deletes.setdefault(who, []).append(when)
-            if op == "delete_monitor":
-                page.monitors[outcome] = page.monitors.get(outcome, 0) + 1
-                continue
-            page.outcomes[outcome] = page.outcomes.get(outcome, 0) + 1
-            tenant = str(r["tenant"]) if isinstance(r.get("tenant"), str) else ""
-            per = page.tenants.setdefault(tenant, {})
-            per[outcome] = per.get(outcome, 0) + 1
-            account = str(r.get("account_id") or f"@{r.get('username')}")
-            if tenant:  # one tenant's account is not another's
-                account = f"{tenant}/{account}"
-            if outcome in DONE:
-                page.done.add(account)
-            elif outcome == "failed":
-                last_failure[account] = str(r.get("error"))
-            elif outcome == "invalid":
-                page.invalid.append((str(r.get("source")), str(r.get("error"))))
-            if r.get("seen_connected") is False:
-                page.not_connected.append(account)
-            page.rows_total += 1
-            if len(page.rows) < MAX_ROWS:
-                page.rows.append(r)
-    for account, error in last_failure.items():
-        if account not in page.done:
-            page.failed.setdefault(error, []).append(account)
-    return page
-
-
-def _when(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
-def windows(times: list[float], w: float) -> list[tuple[float, int]]:
-    """The server's fixed windows over the DELETE times, each opened by the first DELETE after
-    the last one ended: (start, count)."""
-    out: list[tuple[float, int]] = []
-    end = -math.inf
-    for t in sorted(times):
-        if t >= end:
-            out.append((t, 0))
-            end = t + w
-        start, n = out[-1]
-        out[-1] = (start, n + 1)
-    return out
-
-
-def chart(page: Page, rate: Rate) -> str:
+def chart(page: Report, rate: Rate) -> str:
     """DELETEs per window as bars, the limit as a line, pauses of a window or more shaded.
     With several tenants each has its own windows and limit: a bar per window of each
     tenant (where they overlap, the busiest shows), never their sum against one limit."""
     w = rate.period
-    every = windows(page.deletes, w)  # the pauses: no tenant's DELETE at all
+    every = windows(page.all_deletes(), w)  # the pauses: no tenant's DELETE at all
     if not every:
         return '<p class="muted">No DELETE was answered in this log.</p>'
-    tenants = len(page.tenant_deletes) > 1
+    tenants = len(page.deletes) > 1
     labelled = (
         sorted(
-            (start, n, who)
-            for who, times in page.tenant_deletes.items()
-            for start, n in windows(times, w)
+            (start, n, who) for who, times in page.deletes.items() for start, n in windows(times, w)
         )
         if tenants
         else [(start, n, "") for start, n in every]
@@ -134,7 +37,7 @@ def chart(page: Page, rate: Rate) -> str:
     top = max(limit, *(n for _, n in bins)) * 1.15
     width, height, left, bottom = 960, 260, 44, 28
     t0 = bins[0][0]
-    t1 = max(page.deletes) + w
+    t1 = max(page.all_deletes()) + w
     x_scale = (width - left - 10) / max(t1 - t0, w)
 
     def x(t: float) -> float:
@@ -236,9 +139,10 @@ JS = """
 """
 
 
-def render(page: Page, *, source: str, rate: Rate) -> str:
+def render(page: Report, *, source: str, rate: Rate) -> str:
     e = escape
-    outstanding = sum(len(v) for v in page.failed.values())
+    failed = page.outstanding()
+    outstanding = sum(len(v) for v in failed.values())
     gone = page.outcomes.get("already_gone", 0)
     disconnected = page.outcomes.get("disconnected", 0)
     bad = outstanding or page.invalid
@@ -248,8 +152,9 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
         + (f"; {len(page.invalid):,} invalid lines" if page.invalid else "")
         + "."
     )
-    first = min((s for s, _ in page.runs.values()), default="")
-    last = max((t for _, t in page.runs.values()), default="")
+    runs = sorted(page.runs.values(), key=lambda r: r.first)
+    first = runs[0].first_ts if runs else ""
+    last = max(runs, key=lambda r: r.last).last_ts if runs else ""
     cards = [
         ("ok", "accounts done", len(page.done)),
         ("", "disconnected", disconnected),
@@ -275,7 +180,7 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
         ),
         "</div>",
         f"<h2>DELETEs per {rate.period:g} s window"
-        + (" of each tenant" if len(page.tenant_deletes) > 1 else "")
+        + (" of each tenant" if len(page.deletes) > 1 else "")
         + "</h2>",
         '<p class="muted">Each bar is one of the server\'s fixed windows (opened by the first '
         "DELETE after the last one ended); the dashed line is the limit "
@@ -296,12 +201,12 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
             cells = "".join(f"<td>{per.get(k, 0):,}</td>" for k in main)
             html.append(f"<tr><td>{e(name or '(default key)')}</td>{cells}<td>{other:,}</td></tr>")
         html.append("</tbody></table>")
-    if page.failed:
+    if failed:
         html.append(
             "<h2>Failed, not done since</h2><table id=failures><thead><tr><th>error</th>"
             "<th>accounts</th><th>ids</th></tr></thead><tbody>"
         )
-        for error, accounts in sorted(page.failed.items(), key=lambda kv: -len(kv[1])):
+        for error, accounts in failed.items():
             ids = ", ".join(accounts[:50]) + (" …" if len(accounts) > 50 else "")
             html.append(f"<tr><td>{e(error)}</td><td>{len(accounts)}</td><td>{e(ids)}</td></tr>")
         html.append("</tbody></table>")
@@ -349,7 +254,5 @@ def render(page: Page, *, source: str, rate: Rate) -> str:
     return "".join(html)
 
 
-def write(results: Path, out: Path, *, rate: Rate, label: str | None = None) -> Page:
-    page = gather(results)
-    out.write_text(render(page, source=label or str(results), rate=rate), encoding="utf-8")
-    return page
+def write(report: Report, out: Path, *, rate: Rate, label: str) -> None:
+    out.write_text(render(report, source=label, rate=rate), encoding="utf-8")

@@ -13,42 +13,40 @@ import json
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 
-from worker.api import Call, Session, describe
-from worker.api.call import FATAL
+from worker.api.call import FATAL, Call, describe
 from worker.api.directory import tracks
-from worker.budget import default_state_dir
-from worker.cli.config import api_access
-from worker.cli.options import fail, log_level, say
+from worker.api.session import open_session
+from worker.cli.parser import log_level
+from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
-from worker.logs import configure, get_logger
-from worker.models import Op, Outcome, Result
-from worker.operations import monitor_deleted
-from worker.results import FileSink
-from worker.runner import Runner
+from worker.logs import configure
+from worker.models import Job, Op, Outcome, Result
+from worker.results import records
+from worker.results.sink import FileSink
+from worker.run.operations import monitor_deleted
+from worker.run.options import api_settings, need_key
+from worker.run.runner import Runner
+from worker.settings import ApiSettings
 
-log = get_logger()
+Users = dict[str, tuple[str | None, str | None]]  # account id -> (x_user_id, username)
 
 
-def disconnected_users(path: Path) -> dict[str, tuple[str | None, str | None]]:
-    """account id -> (x_user_id, username) of every account the log records as disconnected."""
-    users: dict[str, tuple[str | None, str | None]] = {}
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(r, dict) or r.get("op", "disconnect") != "disconnect":
-                continue
-            if r.get("outcome") != Outcome.DISCONNECTED or not r.get("account_id"):
-                continue
-            x_user_id = r.get("x_user_id") or None
-            username = r.get("x_username") or r.get("username") or None
-            if x_user_id or username:
-                users[str(r["account_id"])] = (x_user_id, username)
+def disconnected_users(path: Path) -> Users:
+    """Who every account the log records as disconnected was: (x_user_id, username)."""
+    users: Users = {}
+    for _, r in records.read(path):
+        if r is None or r.get("outcome") != Outcome.DISCONNECTED or not records.is_done(r):
+            continue
+        if not r.get("account_id"):
+            continue
+        x_user_id = records.text(r, "x_user_id")
+        username = records.text(r, "x_username") or records.text(r, "username")
+        if x_user_id or username:
+            users[str(r["account_id"])] = (x_user_id, username)
     return users
 
 
@@ -57,46 +55,33 @@ def main(args: argparse.Namespace) -> int:
     path = Path(args.results)
     try:
         users = disconnected_users(path)
-        base_url, key = api_access(args)
+        api = api_settings(**_api_options(args))
+        need_key(api)
     except OSError as exc:
         return fail("monitors", f"{path}: {exc.strerror}")
     except ConfigError as exc:
         return fail("monitors", exc)
     try:
-        return anyio.run(_monitors, args, path, users, base_url, key)
+        return anyio.run(_monitors, api, path, users, args.delete)
     except ConfigError as exc:
         return fail("monitors", exc)
 
 
-async def _monitors(
-    args: argparse.Namespace,
-    path: Path,
-    users: dict[str, tuple[str | None, str | None]],
-    base_url: str,
-    key: str,
-) -> int:
-    async with AsyncExitStack() as stack:
-        if args.sandbox:
-            from worker.sandbox import Sandbox
+def _api_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The API flags given, as `api_settings` keywords."""
+    names = ("base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "rate")
+    given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
+    given.update(sandbox=args.sandbox, budget=args.budget)
+    return {k: v for k, v in given.items() if v is not None}
 
-            sandbox = await stack.enter_async_context(Sandbox())
-            base_url, key = sandbox.base_url, sandbox.api_key
-        sink = FileSink.open(path) if args.delete else None  # locked: no run writes it now
+
+async def _monitors(api: ApiSettings, path: Path, users: Users, delete: bool) -> int:
+    async with AsyncExitStack() as stack:
+        sink = FileSink.open(path) if delete else None  # locked: no run writes it now
         if sink is not None:
             stack.callback(sink.close)
         rejected: list[object] = []
-        session = await stack.enter_async_context(
-            Session(
-                base_url=base_url,
-                api_key=key,
-                rate=args.rate,
-                read_rate=args.read_rate,
-                on_fatal=rejected.append,
-                timeout=args.timeout,
-                max_attempts=args.max_attempts,
-                state_dir=None if args.sandbox else default_state_dir(),
-            )
-        )
+        session = await open_session(api, stack, on_fatal=rejected.append)
         every = await session.directory.monitors()
         if isinstance(every, Call):
             assert every.error is not None
@@ -119,7 +104,7 @@ async def _monitors(
         say(
             f"{len(left)} monitors track users this log records as disconnected "
             f"({len(users)} users, {len(every)} monitors listed)"
-            + ("" if args.delete or not left else "; --delete removes them")
+            + ("" if delete or not left else "; --delete removes them")
         )
         if sink is None or not left:
             return ExitCode.OK
@@ -131,22 +116,24 @@ async def _monitors(
             fields: dict[str, object] = {"attempts": call.attempts}
             if call.answer is not None:
                 outcome, pending = monitor_deleted(call.answer)
-                fields.update(outcome=outcome, http_status=call.answer.status, pending=pending)
+                fields.update(http_status=call.answer.status, pending=pending)
             else:
                 assert call.error is not None
                 failed += 1
-                fields.update(outcome=Outcome.FAILED, error=describe(call.error, call.attempts))
+                outcome = Outcome.FAILED
+                fields.update(error=describe(call.error, call.attempts))
                 fields["http_status"] = getattr(call.error, "status", None)
+            job = Job(source=f"monitors:{path.name}", account_id=account_id)
             sink.write(
-                Result(
+                Result.for_job(
+                    job,
                     run_id=run_id,
-                    source=f"monitors:{path.name}",
+                    outcome=outcome,
                     op=Op.DELETE_MONITOR,
-                    account_id=account_id,
                     monitor_id=monitor_id,
                     monitor_kind="account",
                     key_id=session.key_id,
-                    **fields,  # type: ignore[arg-type]
+                    **fields,
                 )
             )
             if call.answer is None and isinstance(call.error, FATAL):
@@ -158,22 +145,4 @@ async def _monitors(
         return ExitCode.FAILED if failed else ExitCode.OK
 
 
-def options(p: argparse.ArgumentParser) -> None:
-    from worker.cli.options import AUTO_CEILING, delete_rate
-
-    p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)")
-    p.add_argument(
-        "--delete",
-        action="store_true",
-        help="delete them (DELETE budget), appending delete_monitor records to RESULTS",
-    )
-    p.add_argument(
-        "--rate",
-        type=delete_rate,
-        default=AUTO_CEILING,
-        metavar="RATE",
-        help="DELETE budget for the key, as for run (default auto)",
-    )
-
-
-__all__ = ["disconnected_users", "main", "options"]
+__all__ = ["disconnected_users", "main"]

@@ -17,14 +17,18 @@ from typing import Any, TextIO
 
 import anyio
 
-from worker.api import Call, Session, describe, tracking
-from worker.api.directory import names
-from worker.cli.config import api_access, check_base_url
-from worker.cli.options import fail, log_level
-from worker.errors import AuthError, ConfigError, ExitCode, TlsError
+from worker.api.call import Call, describe
+from worker.api.directory import names, tracking
+from worker.api.keys import read_keys
+from worker.api.session import open_session
+from worker.budget.rate import UNLIMITED
+from worker.cli.parser import log_level
+from worker.cli.say import fail
+from worker.errors import AuthError, ConfigError, ExitCode, OptionError, TlsError
 from worker.logs import configure, get_logger
-from worker.redis_conn import is_redis_url
-from worker.settings import DEFAULT_BASE_URL, Rate
+from worker.models import TENANT_PATTERN
+from worker.run.options import api_settings, need_key
+from worker.settings import ApiSettings
 
 log = get_logger()
 
@@ -185,71 +189,47 @@ def main(args: argparse.Namespace) -> int:
     configure(args.log_format, level=log_level(args))
     try:
         filters = filters_from_args(args)
+        options = _api_options(args)
         account = None
         if args.tenant:
-            base_url, key, account = tenant_access(args)
-        else:
-            base_url, key = api_access(args)
-        if args.budget and not is_redis_url(args.budget):
-            raise ConfigError(f"--budget {args.budget!r} is not a redis:// URL")
+            options["api_key"], account = tenant_key(args)
+        api = api_settings(**options)
+        need_key(api)
     except ConfigError as exc:
         return fail("plan", exc)
     try:
-        return anyio.run(_plan, args, filters, base_url, key, account)
+        return anyio.run(_plan, args, filters, api, account)
     except ConfigError as exc:  # --budget: Redis unreachable
         return fail("plan", exc)
 
 
-def tenant_access(args: argparse.Namespace) -> tuple[str, str, str | None]:
-    """--tenant NAME: that tenant's key (and Xquik account) from --keys DIR."""
-    from worker.cli.keys import read_keys
-    from worker.models import TENANT_PATTERN
+def _api_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The API flags given, as `api_settings` keywords. Plans only read: the DELETE tier is
+    never used, so it needs no budget of its own."""
+    names = ("base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "budget")
+    given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
+    given.update(sandbox=args.sandbox, rate=UNLIMITED, state_dir="none")
+    return given
 
+
+def tenant_key(args: argparse.Namespace) -> tuple[str, str | None]:
+    """--tenant NAME: that tenant's key (and Xquik account) from --keys DIR."""
     if not TENANT_PATTERN.fullmatch(args.tenant):
-        raise ConfigError(f"--tenant {args.tenant!r} is not a tenant name")
+        raise OptionError("tenant", f"--tenant {args.tenant!r} is not a tenant name")
     if not args.keys:
-        raise ConfigError("--tenant needs --keys DIR (the directory of `run --keys`)")
+        raise OptionError("tenant", "--tenant needs --keys DIR (the directory of `run --keys`)")
     keys = read_keys(Path(args.keys))
     if args.tenant not in keys:
-        raise ConfigError(f"--tenant {args.tenant}: no key file for it in {args.keys}")
-    base_url = check_base_url(args.base_url or DEFAULT_BASE_URL)
-    return base_url, keys[args.tenant].key, keys[args.tenant].account
+        raise OptionError("tenant", f"--tenant {args.tenant}: no key file for it in {args.keys}")
+    return keys[args.tenant].key, keys[args.tenant].account
 
 
 async def _plan(
-    args: argparse.Namespace,
-    filters: Filters,
-    base_url: str,
-    key: str,
-    account: str | None = None,
+    args: argparse.Namespace, filters: Filters, api: ApiSettings, account: str | None
 ) -> int:
     async with AsyncExitStack() as stack:
-        if args.sandbox:
-            from worker.sandbox import Sandbox
-
-            sandbox = await stack.enter_async_context(Sandbox())
-            base_url, key = sandbox.base_url, sandbox.api_key
         rejected: list[AuthError | TlsError] = []
-        redis = None
-        if args.budget:  # the key's read budget, shared with the consumers and runs using it
-            from worker.redis_conn import connected
-
-            redis = await connected(args.budget, deadline=30.0)
-            stack.push_async_callback(redis.aclose)
-        # Plans only read: the DELETE tier is never used, so it needs no budget of its own.
-        session = await stack.enter_async_context(
-            Session(
-                base_url=base_url,
-                api_key=key,
-                rate=Rate(None, 1.0),
-                read_rate=args.read_rate,
-                on_fatal=rejected.append,
-                timeout=args.timeout,
-                max_attempts=args.max_attempts,
-                redis=redis,
-                account=account,
-            )
-        )
+        session = await open_session(api, stack, on_fatal=rejected.append, account=account)
         listed = await session.directory.accounts()
         if isinstance(listed, Call):
             return _failed(listed, rejected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -16,9 +17,9 @@ from typing import Any
 
 import anyio
 
-from worker.cli.options import fail, need_redis
+from worker.cli.say import fail
 from worker.errors import ConfigError, ExitCode
-from worker.redis_conn import connect, redis_errors
+from worker.redis_conn import connect, need_url, redis_errors
 
 UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
 PENDING_SCAN = 10_000  # pending entries read back for their tenant, at most
@@ -152,8 +153,8 @@ def render(s: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        args.redis = need_redis(args)
-    except ValueError as exc:
+        args.redis = need_url(args.redis, args.redis_url_file, os.environ)
+    except ConfigError as exc:
         return fail("queue status", exc)
 
     async def go() -> dict[str, Any]:
@@ -173,18 +174,3 @@ def main(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render(s))
     return ExitCode.FAILED if s["dead_total"] else ExitCode.OK
-
-
-def options(p: argparse.ArgumentParser) -> None:
-    from worker.cli.options import env, redis_option
-
-    sub = p.add_subparsers(dest="queue_command", required=True)
-    st = sub.add_parser(
-        "status",
-        help="stream, pending, dead letters, budgets",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-    )
-    redis_option(st)
-    st.add_argument("--stream", default=env("STREAM", "xquik:disconnect"), help="job stream")
-    st.add_argument("--group", default=env("GROUP", "xquik-disconnect"), help="consumer group")
-    st.add_argument("--json", action="store_true", help="JSON even on a terminal")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import anyio
 
-from worker.cli.config import read_key_file
-from worker.cli.options import fail, is_loopback
+from worker.api.keys import read_key_file
+from worker.api.urls import is_loopback
+from worker.cli.say import fail
 from worker.errors import ConfigError, ExitCode
 from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
 
@@ -52,7 +53,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     )
 
 
-def serve(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         return fail("sandbox", "--host must be a loopback address")
     try:

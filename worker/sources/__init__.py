@@ -1,26 +1,29 @@
-"""Where jobs come from: the JobSource protocol, the line parsers, jobs files and stdin, and
-Redis Streams (a stream is just another source)."""
+"""Where jobs come from: `base` (the JobSource protocol), `parse` (one line to a job), `file`
+(jobs files and stdin), `stream` (Redis Streams: a stream is just another source). Nothing
+heavy is imported here."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worker.settings import QueueConfig
-from worker.sources.base import Item, JobSource
-from worker.sources.file import FileSource
+if TYPE_CHECKING:
+    from worker.settings import QueueConfig
+    from worker.sources.base import JobSource
 
 
 def open_source(
     source: str, *, queue: QueueConfig | None = None, redis: Any | None = None
 ) -> JobSource:
-    """The source named on the command line: a jobs file, `-` for stdin, or (with `queue`)
-    a Redis stream read through `redis`."""
+    """The source a run names: a jobs file, `-` for stdin, or (with `queue`) a Redis stream
+    read through `redis`."""
     if queue is not None:
         from worker.sources.stream import RedisSource
 
         return RedisSource(queue, redis=redis)
+    from worker.sources.file import FileSource
+
     return FileSource(None if source == "-" else Path(source))
 
 
-__all__ = ["FileSource", "Item", "JobSource", "open_source"]
+__all__ = ["open_source"]

@@ -1,9 +1,9 @@
 """Queue mode: jobs from a Redis stream through a consumer group, at least once.
 
 A message is acknowledged only after its record is durably written: fsynced in the result log
-and added to `<stream>:results`, in one MULTI with the XACK (and, for a job that failed for
-good or was invalid, with its XADD to `<stream>:dead`). Messages a dead consumer left pending
-longer than --claim-idle are taken over with XAUTOCLAIM; one delivered more than
+and added to `<stream>:results` by one atomic Lua script with the XACK (and, for a job that
+failed for good or was invalid, with its XADD to `<stream>:dead`). Messages a dead consumer
+left pending longer than --claim-idle are taken over with XAUTOCLAIM; one delivered more than
 --max-deliveries times goes to the dead-letter stream instead of being tried again. A job we
 could not finish (stopped, cancelled, key rejected) stays pending for another consumer.
 The job stream is trimmed only by --retain (`trim`), never by MAXLEN: that would delete

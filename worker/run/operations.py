@@ -9,9 +9,9 @@ from typing import Any
 
 import anyio
 
-from worker.api import Call, Session, describe
-from worker.api.call import FATAL
+from worker.api.call import FATAL, Call, describe
 from worker.api.client import Answer
+from worker.api.session import Session
 from worker.logs import get_logger
 from worker.models import (
     DONE,
@@ -24,7 +24,7 @@ from worker.models import (
     audit,
     job_key,
 )
-from worker.seen import Claims
+from worker.run.claims import Claims
 
 log = get_logger()
 
@@ -41,14 +41,8 @@ def monitor_deleted(answer: Answer) -> tuple[Outcome, bool]:
 def invalid_record(item: Invalid, *, run_id: str, key_id: str | None = None) -> Result:
     """An input line that is not a job (or names no known key): its `invalid` record."""
     log.warning("invalid_job", source=item.source, error=item.error)
-    return Result(
-        run_id=run_id,
-        source=item.source,
-        job_id=item.job_id,
-        account_id=item.account_id,
-        outcome=item.outcome,
-        error=item.error,
-        key_id=key_id,
+    return Result.for_job(
+        item, run_id=run_id, outcome=item.outcome, error=item.error, key_id=key_id
     )
 
 
@@ -144,16 +138,13 @@ class Operations:
         return invalid_record(item, run_id=self.run_id, key_id=self.key_id)
 
     def duplicate(self, job: Job, account_id: str | None = None) -> Result:
-        return Result(
+        return Result.for_job(
+            job,
             run_id=self.run_id,
-            source=job.source,
-            job_id=job.job_id,
-            account_id=account_id or job.account_id,
-            username=job.username,
             outcome=Outcome.DUPLICATE,
+            account_id=account_id or job.account_id,
             error="the same account appears earlier in this run",
             key_id=self.key_id,
-            tenant=job.tenant,
         )
 
     def internal_error(self, job: Job, name: str) -> Result:
@@ -161,17 +152,13 @@ class Operations:
 
     def failed(self, job: Job, error: str, http_status: int | None = None) -> Result:
         """A failed record for a job that sent nothing (more)."""
-        return Result(
+        return Result.for_job(
+            job,
             run_id=self.run_id,
-            source=job.source,
-            job_id=job.job_id,
-            account_id=job.account_id,
-            username=job.username,
             outcome=Outcome.FAILED,
             error=error,
             http_status=http_status,
             key_id=self.key_id,
-            tenant=job.tenant,
         )
 
     # The requests ----------------------------------------------------------------------------
@@ -184,14 +171,10 @@ class Operations:
                 fields["outcome"] = Outcome.FAILED
                 fields["error"] = describe(call.error, call.attempts)
                 fields["http_status"] = getattr(call.error, "status", None)
-        fields.setdefault("account_id", job.account_id)
         fields.setdefault("key_id", self.key_id)
-        return Result(
+        return Result.for_job(
+            job,
             run_id=self.run_id,
-            source=job.source,
-            job_id=job.job_id,
-            tenant=job.tenant,
-            username=fields.pop("username", job.username),
             elapsed_ms=round((time.monotonic() - started) * 1000),
             **fields,
         )

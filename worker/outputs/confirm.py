@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from worker.budget import Budget
+from worker.budget.base import Budget
 from worker.models import Invalid, Job
+from worker.run.summary import limit_words
 from worker.settings import RunSettings
 from worker.sources.file import CHUNK, LineParser, format_for
-from worker.summary import limit_words
 
 
 @dataclass
@@ -28,9 +28,10 @@ class Preview:
 
 
 def preview(
-    path: Path, done: frozenset[str], *, delete_monitors: bool, limit: int | None
+    source: str | Path, done: frozenset[str], *, delete_monitors: bool, limit: int | None
 ) -> Preview:
     """One pass over the file with the run's own parser, as the run will see it."""
+    path = Path(source)
     out = Preview()
     seen: set[str] = set()
     parser = LineParser(str(path), format_for(path))
@@ -59,14 +60,17 @@ def preview(
     return out
 
 
-def should_ask(settings: RunSettings, *, yes: bool, stdin: TextIO = sys.stdin) -> bool:
+def should_ask(settings: RunSettings, *, stdin: TextIO | None = None) -> bool:
     """Only a person at a terminal is asked, and only for a file of jobs that deletes."""
+    stdin = stdin or sys.stdin
     return (
-        not yes
+        not settings.yes
         and not settings.dry_run
         and settings.queue is None
         and settings.source != "-"
+        and stdin is not None
         and stdin.isatty()
+        and sys.stderr is not None
         and sys.stderr.isatty()
     )
 

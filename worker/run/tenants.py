@@ -3,9 +3,7 @@
 Each tenant has its own `api.Session` (its key, its budgets, its directory), built the first
 time one of its jobs comes; tenants of one Xquik account (`NAME@ACCOUNT`) share one budget.
 `Tenants` is the runner's handler: each job goes to its tenant's Operations, and its records
-carry the tenant's name. `Ring` is the runner's scheduler: jobs wait in per-tenant queues, and
-workers take them round robin from the tenants whose budget can send now; a tenant whose
-budget cannot (a full window, a cooldown) is parked until it can, holding no worker.
+carry the tenant's name (`ring.Ring` is the runner's scheduler across tenants).
 
 A 401 stops only its tenant: its later jobs are recorded `failed: unauthenticated` without a
 request (a rerun, or `dead requeue --error unauthenticated`, sends them once the key is fixed).
@@ -16,18 +14,20 @@ changes is read again (a rotated key needs no restart) and lifts its tenant's re
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
+import anyio
+
 from worker.api.call import Fatal
-from worker.errors import AuthError
+from worker.api.keys import tenant_keys
+from worker.errors import AuthError, ConfigError
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Result
-from worker.operations import invalid_record
-from worker.seen import Claims
+from worker.run.claims import Claims
+from worker.run.operations import invalid_record
 
 log = get_logger()
 
@@ -40,7 +40,7 @@ REJECTED = "unauthenticated: the key was rejected earlier in this run (401); not
 
 
 class TenantOps(Protocol):
-    """What a tenant needs of `worker.operations.Operations`."""
+    """What a tenant needs of `worker.run.operations.Operations`."""
 
     @property
     def key_id(self) -> str | None: ...
@@ -120,6 +120,18 @@ class Tenants:
                 tenant.key = None
                 log.warning("tenant_removed", tenant=name)
 
+    async def watch(self, directory: Path, every: float) -> None:
+        """Runs until cancelled: read the key files again every `every` seconds; a rotated key
+        needs no restart. A directory caught half-updated (or broken) keeps the keys held."""
+        while True:
+            await anyio.sleep(every)
+            try:
+                keys = await anyio.to_thread.run_sync(tenant_keys, directory)
+            except ConfigError as exc:
+                log.warning("keys_unreadable", error=str(exc))
+                continue
+            self.update_keys(keys)
+
     def tenant(self, job: Job) -> Tenant | None:
         """The tenant of a job; None when it names no known key."""
         tenant = self.tenants.get(job.tenant or DEFAULT)
@@ -185,75 +197,4 @@ class Tenants:
                 tenant.ops.close()
 
 
-class Ring:
-    """Per-tenant queues served round robin; a parked tenant is skipped until its time."""
-
-    def __init__(self, tenants: Tenants) -> None:
-        self.tenants = tenants
-        self.queued = 0
-        self._ring: deque[Tenant] = deque()
-        self._parked: list[tuple[float, int, Tenant]] = []
-        self._seq = itertools.count()
-
-    def put(self, tenant: Tenant, job: Job, now: float) -> None:
-        tenant.queue.append(job)
-        self.queued += 1
-        if not tenant.in_ring and tenant.parked_until <= now:
-            self._ring.append(tenant)
-            tenant.in_ring = True
-
-    def take(self, now: float) -> Job | None:
-        """The next job of the next tenant that may send now, round robin; None if none."""
-        while self._parked and self._parked[0][0] <= now:
-            _, _, tenant = heapq.heappop(self._parked)
-            if tenant.parked_until <= now and tenant.queue and not tenant.in_ring:
-                self._ring.append(tenant)
-                tenant.in_ring = True
-        while self._ring:
-            tenant = self._ring.popleft()
-            tenant.in_ring = False
-            if tenant.parked_until > now or not tenant.queue:
-                continue
-            job = tenant.queue.popleft()
-            self.queued -= 1
-            if tenant.queue:
-                self._ring.append(tenant)
-                tenant.in_ring = True
-            return job
-        return None
-
-    def park(self, tenant: Tenant, job: Job, until: float) -> None:
-        """The job found no slot: back at the head of its tenant's queue, and the tenant out
-        of the rotation until `until`."""
-        tenant.queue.appendleft(job)
-        self.queued += 1
-        if until > tenant.parked_until:
-            tenant.parked_until = until
-            heapq.heappush(self._parked, (until, next(self._seq), tenant))
-
-    def ready(self) -> int:
-        """Tenants in the rotation (at most: one parked while in it leaves when its turn
-        comes)."""
-        return len(self._ring)
-
-    def parked(self) -> int:
-        """Tenants waiting for their budget, about (a tenant parked again before its time
-        counts twice until then; one whose queue emptied, until it is due)."""
-        return len(self._parked)
-
-    def next_ready(self) -> float | None:
-        """When the earliest parked tenant may send again (None: none is parked)."""
-        while self._parked and not self._parked[0][2].queue:
-            heapq.heappop(self._parked)
-        return self._parked[0][0] if self._parked else None
-
-    def drain(self) -> list[Job]:
-        """Every job still queued (the run is stopping: they get no record)."""
-        jobs = [job for tenant in self.tenants.tenants.values() for job in tenant.queue]
-        for tenant in self.tenants.tenants.values():
-            tenant.queue.clear()
-        self.queued = 0
-        return jobs
-
-
-__all__ = ["DEFAULT", "REJECTED", "Ring", "Tenant", "TenantKey", "TenantOps", "Tenants"]
+__all__ = ["DEFAULT", "REJECTED", "Tenant", "TenantKey", "TenantOps", "Tenants"]

@@ -109,10 +109,10 @@ class Learner:
 class Exchange(Protocol):
     """Where a budget's state is shared with other runs (the state file)."""
 
-    def exchange(self, budget: SlidingWindowBudget) -> AbstractContextManager[None]: ...
+    def exchange(self, budget: LocalBudget) -> AbstractContextManager[None]: ...
 
 
-class SlidingWindowBudget:
+class LocalBudget:
     """At most `limit` slots held at once, a slot held from its send until `window + margin`
     after its answer; nothing at all during a cooldown. O(log n) per decision: the ends of the
     released slots are kept sorted."""

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from worker.budget import Budget
+from worker.budget.base import Budget
 from worker.logs import get_logger
-from worker.summary import Summary, limit_words
+from worker.run.summary import STOPPED_WORDS, Summary, limit_words
 
 if TYPE_CHECKING:
-    from worker.runner import Runner
+    from worker.run.runner import Runner
 
 log = get_logger()
 
@@ -50,12 +50,15 @@ def _status_line(summary: Summary, budget: Budget) -> str:
     return ", ".join(parts)
 
 
-async def watch(runner: Runner, *, total: int | None, budget: Budget, tty: bool) -> None:
-    """Runs until cancelled: a progress bar on a TTY, else a `progress` event every 10 s."""
+async def watch(
+    runner: Runner, *, total: int | None, budget: Budget, tty: bool, every: float = 10.0
+) -> None:
+    """Runs until cancelled: a progress bar on a TTY, else a `progress` event every `every`
+    seconds (10)."""
     started = time.monotonic()
     if not tty:
         while True:
-            await anyio.sleep(10.0)
+            await anyio.sleep(every)
             s = runner.summary
             eta = eta_seconds(s, total, budget, time.monotonic() - started)
             log.info(
@@ -126,14 +129,7 @@ def print_summary(summary: Summary, results: str) -> None:
         table.add_row("[yellow]not finished (rerun)", f"[yellow]{summary.not_finished}")
     event: dict[str, Any] = summary.as_event()
     requests = ", ".join(f"{n} {method}" for method, n in sorted(summary.sent.items())) or "none"
-    stopped = {
-        None: "",
-        "signal": "; stopped by a signal (rerun to resume)",
-        "declined": "; not confirmed: nothing was sent",
-        "auth": "; stopped: API key rejected",
-        "tls": "; stopped: the server's certificate cannot be verified",
-        "write": "; stopped: the result log could not be written",
-    }.get(summary.stopped, f"; stopped: {summary.stopped}")
+    stopped = "" if summary.stopped is None else f"; {STOPPED_WORDS[summary.stopped]}"
     console = Console(file=sys.stderr)
     console.print(table)
     console.print(

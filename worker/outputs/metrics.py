@@ -9,7 +9,6 @@ in queue mode, Redis answers PING; else 503.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,27 +17,13 @@ from urllib.parse import urlsplit
 import anyio
 from aiohttp import web
 
-from worker import __version__
-from worker.api import Session
+from worker._version import __version__
 from worker.api.client import DURATION_BUCKETS
 from worker.errors import ConfigError
 from worker.logs import get_logger
-from worker.runner import Runner
+from worker.run.assemble import RunView
 
 log = get_logger()
-
-
-@dataclass(slots=True)
-class RunView:
-    """What the metrics server looks at; filled in as the run starts up, so /healthz answers
-    (503 while Redis is unreachable) before the run has its source or its session."""
-
-    runner: Runner | None = None
-    session: Session | None = None
-    tenants: dict[str, Session] = field(default_factory=dict)  # --keys: each tenant's
-    queue: Any = None  # the RedisSource, once connected
-    redis: Any = None  # its client, from the start
-    finished_ok_at: float | None = None  # wall time of the end of a run that exited 0
 
 
 class _Collector:
@@ -57,9 +42,8 @@ class _Collector:
         info.add_metric([__version__], 1)
         yield info
         view = self.view
-        sessions = ([("", view.session)] if view.session is not None else []) + list(
-            view.tenants.items()
-        )
+        sessions = [("", view.session)] if view.session is not None else []
+        sessions += list(view.tenants.items())
         if view.runner is None or not sessions:
             return
         s = view.runner.summary
@@ -176,11 +160,11 @@ async def write_textfile(view: RunView, path: Path) -> None:
         log.warning("metrics_textfile_failed", path=str(path), error=exc.strerror)
 
 
-async def textfile_loop(view: RunView, path: Path) -> None:
-    """Runs until cancelled: the textfile every 10 s."""
+async def textfile_loop(view: RunView, path: Path, every: float = 10.0) -> None:
+    """Runs until cancelled: the textfile every `every` seconds (10)."""
     while True:
         await write_textfile(view, path)
-        await anyio.sleep(10.0)
+        await anyio.sleep(every)
 
 
 async def push(view: RunView, url: str) -> None:

@@ -18,10 +18,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from worker import __version__
+from worker._version import __version__
 from worker.logs import get_logger
-from worker.redact import register
-from worker.summary import Summary, limit_words
+from worker.run.summary import STOPPED_WORDS, Summary, limit_words
 
 log = get_logger()
 
@@ -37,14 +36,6 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
-def protect(url: str) -> None:
-    """Mask the URL (and its path, where webhook tokens live) in every log and record."""
-    register(url)
-    path = urlsplit(url).path
-    if len(path) >= 8:
-        register(path)
-
-
 def text(summary: Summary, results: str) -> str:
     """One paragraph a person reads in a chat channel."""
     event: dict[str, Any] = summary.as_event()
@@ -56,15 +47,7 @@ def text(summary: Summary, results: str) -> str:
         parts.append(f"{summary.skipped_done} skipped (done earlier)")
     if summary.not_finished:
         parts.append(f"{summary.not_finished} not finished (rerun to resume)")
-    how = {
-        None: "finished",
-        "signal": "stopped by a signal",
-        "auth": "stopped: the API key was rejected",
-        "tls": "stopped: the server's certificate could not be verified",
-        "write": "stopped: the result log could not be written",
-        "internal": "stopped by an internal error",
-        "declined": "not confirmed: nothing was sent",
-    }.get(summary.stopped, f"stopped: {summary.stopped}")
+    how = STOPPED_WORDS[summary.stopped]
     line = (
         f"xquik-disconnect run {summary.run_id} {how} in {event['elapsed_s']} s, "
         f"exit code {event['exit_code']}: {', '.join(parts) or 'no records'}."

@@ -1,23 +1,17 @@
-"""The result log: one JSON line per handled job, appended whole, fsynced at least every second.
-
-Reading it back (resume) looks only at lines that can be `done`, so a million-line log takes
-seconds and memory grows with the number of done accounts, not with the log.
-"""
+"""The result log, written: one JSON line per handled job, appended whole, fsynced at least
+every second and at exit, locked for the whole run."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from worker.errors import ConfigError
-from worker.models import DONE, Op, Result, job_key
+from worker.models import Result
 
 
 class ResultSink(Protocol):
@@ -161,62 +155,3 @@ def _lock_holder(info: os.stat_result) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-@dataclass(slots=True)
-class PriorResults:
-    """What earlier runs recorded: the accounts already done, and any unreadable lines."""
-
-    done: set[str] = field(default_factory=set)  # account ids
-    done_names: set[str] = field(default_factory=set)  # their handles, as "@name"
-    lines: int = 0
-    bad_lines: list[int] = field(default_factory=list)
-
-
-# The fast path: substring tests, then a regex per field. A `"key": "value"` pair cannot be
-# forged from inside a JSON string (its quotes would be escaped), and ids are [A-Za-z0-9_-], so
-# they hold no escapes. Lines in any other shape fall back to json.loads.
-_ACCOUNT = re.compile(rb'"account_id": "([A-Za-z0-9_-]{1,128})"')
-_OUTCOME = re.compile(rb'"outcome": "(disconnected|already_gone)"')
-_OP = re.compile(rb'"op": "([a-z_]+)"')
-_USERNAME = re.compile(rb'"username": "([A-Za-z0-9_]{1,50})"')
-_TENANT = re.compile(rb'"tenant": "([A-Za-z0-9][A-Za-z0-9._-]{0,63})"')
-
-
-def read_prior(path: Path) -> PriorResults:
-    """Scan an existing result log for done disconnects: their account ids, and their
-    usernames (as `@name`, lower case), so a handle-based list comes back clean on a rerun
-    even though the handle no longer resolves. A missing file is an empty log."""
-    prior = PriorResults()
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        return prior
-    with f:
-        for number, line in enumerate(f, 1):
-            prior.lines = number
-            if not line.rstrip(b"\r\n").endswith(b"}"):
-                prior.bad_lines.append(number)  # torn by a crash mid-write
-                continue
-            if b'"disconnected"' not in line and b'"already_gone"' not in line:
-                continue
-            account, outcome, op = _ACCOUNT.search(line), _OUTCOME.search(line), _OP.search(line)
-            if account and outcome and op:
-                if op.group(1) == b"disconnect":
-                    # A tenant's accounts are keyed apart (`tenant/…`), as its jobs are.
-                    t = _TENANT.search(line) if b'"tenant": "' in line else None
-                    tenant = t.group(1).decode() if t else None
-                    prior.done.add(job_key(account.group(1).decode(), None, tenant))
-                    if name := _USERNAME.search(line):
-                        prior.done_names.add(job_key(None, name.group(1).decode(), tenant))
-                continue
-            try:
-                record = json.loads(line)
-                if record.get("op", Op.DISCONNECT) == Op.DISCONNECT and record["outcome"] in DONE:
-                    tenant = record.get("tenant") if isinstance(record.get("tenant"), str) else None
-                    prior.done.add(job_key(str(record["account_id"]), None, tenant))
-                    if isinstance(record.get("username"), str):
-                        prior.done_names.add(job_key(None, record["username"], tenant))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                prior.bad_lines.append(number)
-    return prior

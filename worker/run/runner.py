@@ -2,9 +2,9 @@
 
 Structure: `concurrency` workers in one task group take turns reading the source under a lock
 (back-pressure: nothing is read ahead of a free worker, so memory stays flat), plus a ticker
-that fsyncs the result log every second and, in queue mode, the group committer (one fsync
-and one settle call for every job finished since the last commit). A failing job becomes a
-record, never an exception that cancels its siblings.
+that fsyncs the result log every second (`sync_every`) and, in queue mode, the group
+committer (one fsync and one settle call for every job finished since the last commit).
+A failing job becomes a record, never an exception that cancels its siblings.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Protocol
 import anyio
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from worker.api.client import PATIENCE, Patience
+from worker.api.client import PARKABLE, Parkable
 from worker.errors import AuthError, BudgetClosed, NoSlot, TlsError
-from worker.failpoint import failpoint
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
-from worker.results import ResultSink
-from worker.seen import Claims
-from worker.sources import Item, JobSource
-from worker.summary import Summary
-from worker.tenants import Ring
+from worker.results.sink import ResultSink
+from worker.run.claims import Claims
+from worker.run.failpoint import failpoint
+from worker.run.ring import Ring
+from worker.run.summary import Stop, Summary
+from worker.sources.base import Item, JobSource
 
 log = get_logger()
 COMMIT_CAP = 1000  # finished items waiting for the group commit before workers wait too
@@ -36,7 +36,7 @@ COMMIT_GRACE = 2.0  # seconds the last commit gets after the grace deadline
 
 
 class Handler(Protocol):
-    """What the runner needs of the per-job work (`worker.operations.Operations`)."""
+    """What the runner needs of the per-job work (`worker.run.operations.Operations`)."""
 
     run_id: str
     claims: Claims
@@ -67,6 +67,7 @@ class Runner:
         ring: Ring | None = None,
         read_ahead: int = 10_000,
         shared_source: bool = False,
+        sync_every: float = 1.0,
     ) -> None:
         self.ops = ops
         self.source = source
@@ -74,6 +75,7 @@ class Runner:
         self.concurrency = concurrency
         self.limit = limit
         self.grace = grace
+        self._sync_every = sync_every  # seconds between two fsyncs of the result log
         # Queue mode: a message is acknowledged only once its record is on disk.
         self._sync_before_settle = sync_before_settle
         # Group commit (queue mode): finished items waiting for their fsync and settle.
@@ -114,16 +116,16 @@ class Runner:
         if self.summary.stopped is None:
             if isinstance(exc, AuthError):
                 log.error("api_key_rejected", http_status=exc.status, error=exc.code)
-                self.summary.stopped = "auth"
+                self.summary.stopped = Stop.AUTH
             else:
                 log.error("tls_verification_failed", error=str(exc))
-                self.summary.stopped = "tls"
+                self.summary.stopped = Stop.TLS
         self._stop_sending()
 
     def write_failed(self, exc: OSError) -> None:
         """The result log cannot be written: stop sending at once (every answer now risks
         going unrecorded), let in-flight requests finish within the grace, write what we can."""
-        if self.summary.stopped in (None, "signal"):
+        if self.summary.stopped in (None, Stop.SIGNAL):
             log.error(
                 "results_write_failed",
                 errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
@@ -131,14 +133,14 @@ class Runner:
                 advice="the result log could not be written; free space and rerun: accounts "
                 "deleted but not recorded will come back as already_gone",
             )
-            self.summary.stopped = "write"
+            self.summary.stopped = Stop.WRITE
         self._stop_sending()
         self._cut_after(self.grace)
 
     def stop(self, grace: float) -> None:
         """A signal: stop reading, give in-flight requests `grace` seconds, then cancel."""
         if self.summary.stopped is None:
-            self.summary.stopped = "signal"
+            self.summary.stopped = Stop.SIGNAL
         self._stop_sending()
         self._cut_after(grace)
 
@@ -187,7 +189,7 @@ class Runner:
 
     async def _sync_every_second(self) -> None:
         while True:
-            await anyio.sleep(1.0)
+            await anyio.sleep(self._sync_every)
             self._sync()
 
     def _sync(self) -> bool:
@@ -385,7 +387,7 @@ class Runner:
             tokens = bind_contextvars(
                 source=job.source, account_id=job.account_id, username=job.username
             )
-            patience = PATIENCE.set(Patience()) if tenants else None
+            parkable = PARKABLE.set(Parkable()) if tenants else None
             try:
                 finished = await self._settle(job, await self._handle(job))
             except NoSlot as exc:
@@ -394,8 +396,8 @@ class Runner:
             except BudgetClosed:
                 pass  # the run is stopping; this job was not sent (again)
             finally:
-                if patience is not None:
-                    PATIENCE.reset(patience)
+                if parkable is not None:
+                    PARKABLE.reset(parkable)
                 self.ops.claims.release(job.key)  # queue mode: the account may come again
                 reset_contextvars(**tokens)
                 # Stopped or cancelled before its record: no record, a rerun picks it up.
@@ -432,7 +434,7 @@ class Runner:
         self._commit_wake.set()
         while len(self._commits) >= COMMIT_CAP and not self._closing:
             await self._commit_room.wait()  # back-pressure: the committer is behind
-        return self.summary.stopped != "write"
+        return self.summary.stopped is not Stop.WRITE
 
     def _record(self, result: Result) -> bool:
         try:

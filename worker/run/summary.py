@@ -4,9 +4,34 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from worker.errors import ExitCode
 from worker.models import Outcome
+from worker.results.records import tenant_table
+
+
+class Stop(StrEnum):
+    """Why a run stopped before its source was exhausted."""
+
+    AUTH = "auth"  # the API key was rejected (every key, with several)
+    TLS = "tls"  # the server's certificate could not be verified
+    WRITE = "write"  # the result log could not be written
+    INTERNAL = "internal"  # an internal error
+    SIGNAL = "signal"  # SIGINT, SIGTERM or SIGHUP
+    DECLINED = "declined"  # the person at the terminal said no: nothing sent
+
+
+# How each stop is told to a person (the summary table, --notify).
+STOPPED_WORDS = {
+    None: "finished",
+    Stop.SIGNAL: "stopped by a signal (rerun to resume)",
+    Stop.DECLINED: "not confirmed: nothing was sent",
+    Stop.AUTH: "stopped: the API key was rejected",
+    Stop.TLS: "stopped: the server's certificate could not be verified",
+    Stop.WRITE: "stopped: the result log could not be written",
+    Stop.INTERNAL: "stopped by an internal error",
+}
 
 
 def limit_words(rate: dict[str, object]) -> str:
@@ -34,7 +59,7 @@ class Summary:
     skipped_done: int = 0
     not_connected: int = 0  # ids not connected when the run began: removed earlier, or typos
     not_finished: int = 0
-    stopped: str | None = None  # "auth", "tls", "write", "internal", "signal" or "declined"
+    stopped: Stop | None = None
     consumer: bool = False  # queue mode: a signal is the normal way to stop
     elapsed_s: float = 0.0
     sent: Counter[str] = field(default_factory=Counter)
@@ -52,19 +77,14 @@ class Summary:
     def records(self) -> int:
         return sum(self.outcomes.values()) + sum(self.monitors.values())
 
+    @property
     def exit_code(self) -> ExitCode:
-        if self.stopped == "auth":
-            return ExitCode.AUTH
-        if self.stopped == "tls":
-            return ExitCode.USAGE
-        if self.stopped == "write":
-            return ExitCode.WRITE
-        if self.stopped == "internal":
-            return ExitCode.SOFTWARE
-        if self.stopped == "declined":  # the person at the terminal said no: nothing sent
-            return ExitCode.INTERRUPTED
-        if self.stopped == "signal":
+        """The command line's exit code for this run."""
+        stopped = self.stopped
+        if stopped is Stop.SIGNAL:
             return ExitCode.OK if self.consumer else ExitCode.INTERRUPTED
+        if stopped is not None:
+            return _EXIT[stopped]
         failed = self.outcomes[Outcome.FAILED] + self.monitors[Outcome.FAILED]
         if failed or self.outcomes[Outcome.INVALID]:
             return ExitCode.FAILED
@@ -84,7 +104,7 @@ class Summary:
             "skipped_done": self.skipped_done,
             "not_connected_at_start": self.not_connected,
             "not_finished": self.not_finished,
-            "stopped": self.stopped,
+            "stopped": None if self.stopped is None else str(self.stopped),
             "elapsed_s": round(self.elapsed_s, 3),
             "requests": dict(sorted(self.sent.items())),
             "retries": self.retries,
@@ -104,12 +124,17 @@ class Summary:
                 if self.tenant_rates
                 else {}
             ),
-            "exit_code": int(self.exit_code()),
+            "exit_code": int(self.exit_code),
         }
 
     def tenant_table(self) -> dict[str, dict[str, int]]:
-        """Outcomes per tenant, by name ("(default)" for the default key's jobs)."""
-        return {
-            name or "(default)": dict(sorted(counts.items()))
-            for name, counts in sorted(self.by_tenant.items())
-        }
+        return tenant_table(self.by_tenant)
+
+
+_EXIT = {
+    Stop.AUTH: ExitCode.AUTH,
+    Stop.TLS: ExitCode.USAGE,
+    Stop.WRITE: ExitCode.WRITE,
+    Stop.INTERNAL: ExitCode.SOFTWARE,
+    Stop.DECLINED: ExitCode.INTERRUPTED,  # the person at the terminal said no: nothing sent
+}
