@@ -1,11 +1,15 @@
 """Look before you leap, driven in a real pseudo-terminal: the preview and the question come
-before any request; `n` sends nothing, `y` runs; --yes and a pipe never ask."""
+before any DELETE; `n` sends none, `y` runs; --yes and a pipe as stdin never ask; a jobs
+source that cannot be read twice (a FIFO, `<(…)`) is refused rather than read by the preview;
+the count is of the accounts still connected."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +76,7 @@ def test_no_sends_nothing_and_yes_runs(
     assert "invalid lines, recorded and skipped: 1" in text
     assert "DELETE limit:" in text
     assert "Disconnect 18 accounts? [y/N]" in text
-    assert sb.stats()["requests"] == 0
+    assert not [r for r in sb.requests() if r[0] == "DELETE"]  # the listing only: a GET
     code, seen = in_a_terminal(argv, env, b"y")
     assert code == 1, seen.decode("utf-8", "replace")  # the invalid line makes it 1
     assert sb.stats()["by_status"].get("DELETE 200") == 18
@@ -136,3 +140,65 @@ def test_no_color_on_a_terminal_means_plain_log_lines(
         lines[no_color] = line
     assert b"\x1b[" not in lines["1"]
     assert b"\x1b[" in lines[None]
+
+
+def feed_fifo(path: Path, lines: list[str]) -> threading.Thread:
+    """A named pipe at `path` whose writer sends `lines` once a reader opens it."""
+    os.mkfifo(path)
+
+    def write() -> None:
+        with contextlib.suppress(OSError), path.open("w") as fifo:
+            fifo.write("".join(f"{line}\n" for line in lines))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+def test_a_fifo_of_jobs_is_refused_at_a_terminal_and_runs_with_yes(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """`run <(seq 21 40)` at a terminal: the preview would read every job and leave the run
+    nothing (it then exited 0 with no record; a named FIFO hung). Refused: exit 2 naming
+    --yes, no request at all. With --yes the same FIFO gives its 20 records."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    env = cli_env(XQUIK_API_KEY=sb.api_key, TERM="dumb")
+    state = ("--state-dir", str(tmp_path / "s"))
+    fifo = tmp_path / "jobs.fifo"
+    feed_fifo(fifo, [str(i) for i in range(21, 41)])
+    argv = run_argv(fifo, sb, "--results", str(tmp_path / "a.jsonl"), *state)
+    code, seen = in_a_terminal(argv, env, b"y", timeout=30)
+    text = seen.decode("utf-8", "replace")
+    assert code == 2, text
+    assert "--yes" in text
+    assert PROMPT not in seen
+    assert sb.requests() == []
+    with contextlib.suppress(OSError):  # release the writer still waiting for a reader
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    fifo.unlink()
+    feed_fifo(fifo, [str(i) for i in range(21, 41)])
+    code, seen = in_a_terminal([*argv, "--yes"], env, None, timeout=30)
+    assert code == 0, seen.decode("utf-8", "replace")
+    assert sb.stats()["by_status"].get("DELETE 200") == 20
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 20
+
+
+def test_the_question_counts_the_accounts_still_connected(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """19 jobs of which 15 were disconnected by someone else: the question is about the 4
+    still connected, and says that 15 are gone (no DELETE for them)."""
+    sb = sandbox_process("--delete-limit", "unlimited")
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 20)])
+    env = cli_env(XQUIK_API_KEY=sb.api_key, TERM="dumb")
+    first = write_jobs(tmp_path / "first.txt", [str(i) for i in range(1, 16)])
+    other = run_argv(first, sb, "--yes", "--results", str(tmp_path / "other.jsonl"))
+    subprocess.run([*other, "--state-dir", str(tmp_path / "s")], env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    argv = run_argv(jobs, sb, "--results", str(tmp_path / "r.jsonl"), "--confirm-over", "2")
+    code, seen = in_a_terminal([*argv, "--state-dir", str(tmp_path / "s")], env, b"n")
+    text = seen.decode("utf-8", "replace")
+    assert code == 130, text
+    assert "will disconnect 4 accounts" in text
+    assert "of the 19 accounts in the jobs, 15 are no longer connected" in text
+    assert "Disconnect 4 accounts? [y/N]" in text

@@ -193,3 +193,31 @@ async def test_group_commit_acks_nothing_before_an_fsync_that_covers_it() -> Non
 
 async def _never() -> None:
     await anyio.sleep_forever()
+
+
+class _LosingRunner(Runner):
+    """A runner with a bug: the third item it settles is dropped without a record."""
+
+    dropped = 0
+
+    async def _settle(self, item: Item, results: list[Result]) -> bool:
+        self.dropped += 1
+        if self.dropped == 3:
+            return True
+        return await super()._settle(item, results)
+
+
+async def test_a_job_read_but_never_recorded_is_never_a_success() -> None:
+    """A run never exits 0 with fewer records than jobs it read: the accounting catches a
+    job that vanished (here, a deliberately broken settle) and the run exits 70."""
+    source, sink = ListSource(jobs("1", "2", "3", "4")), ListSink()
+    runner = _LosingRunner(FakeOps(), source=source, sink=sink)
+    with anyio.fail_after(10):
+        await runner.run()
+    assert len(sink.results) == 3
+    assert runner.summary.read == 4
+    assert runner.summary.stopped == "internal"
+    assert runner.summary.exit_code == 70
+    intact = Runner(FakeOps(), source=ListSource(jobs("1", "2", "3", "4")), sink=ListSink())
+    await intact.run()
+    assert (intact.summary.read, intact.summary.exit_code) == (4, 0)

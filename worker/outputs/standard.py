@@ -47,7 +47,13 @@ class StandardOutputs:
         seen = await anyio.to_thread.run_sync(
             partial(preview, s.source, done, delete_monitors=s.delete_monitors, limit=s.limit)
         )
-        budget: Budget = view.session.delete_budget if view.session is not None else Unlimited()
+        budget: Budget = Unlimited()
+        if view.session is not None:
+            budget = view.session.delete_budget
+            if s.precheck:  # the listing the run reads anyway: what is still connected
+                listing = await view.session.directory.accounts()
+                if isinstance(listing, list):
+                    seen.connected(listing)
         return await anyio.to_thread.run_sync(
             partial(confirm, seen, over=s.confirm_over, budget=budget), abandon_on_cancel=True
         )

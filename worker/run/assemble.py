@@ -393,6 +393,9 @@ class Assembly:
             tg.start_soon(self.outputs.watch, self.view, total, budget)
             await runner.run()
             tg.cancel_scope.cancel()
+        if s.source == "-" and runner.summary.read == 0 and runner.summary.stopped is None:
+            # `plan … | run -` whose plan failed looks just like this: say so.
+            log.warning("no_jobs_read", message="no jobs read from stdin")
 
     def gather(self, runner: Runner) -> Summary:
         """The run's numbers, from its sessions too."""

@@ -57,6 +57,7 @@ class Summary:
     outcomes: Counter[str] = field(default_factory=Counter)  # of the jobs' disconnects
     monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
     skipped_done: int = 0
+    read: int = 0  # jobs (and invalid lines) taken from the source
     not_connected: int = 0  # ids not connected when the run began: removed earlier, or typos
     not_finished: int = 0
     stopped: Stop | None = None
@@ -101,6 +102,7 @@ class Summary:
             "outcomes": dict(sorted(self.outcomes.items())),
             "monitors": dict(sorted(self.monitors.items())),
             "records": self.records,
+            "read": self.read,
             "skipped_done": self.skipped_done,
             "not_connected_at_start": self.not_connected,
             "not_finished": self.not_finished,
