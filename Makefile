@@ -17,11 +17,11 @@ $(VENV)/.dev: pyproject.toml
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
-	rm -f jobs/example.jsonl.results.jsonl
+	rm -f jobs/example.jsonl.sandbox.results.jsonl
 	$(VENV)/bin/xquik-disconnect run jobs/example.jsonl --sandbox --log-format console --no-progress; \
 	  code=$$?; echo; echo "exit code $$code (1: the example holds invalid lines on purpose)"; \
-	  echo "results: jobs/example.jsonl.results.jsonl"; echo; \
-	  $(VENV)/bin/xquik-disconnect report jobs/example.jsonl.results.jsonl; test $$code -le 1
+	  echo "results: jobs/example.jsonl.sandbox.results.jsonl"; echo; \
+	  $(VENV)/bin/xquik-disconnect report jobs/example.jsonl.sandbox.results.jsonl; test $$code -le 1
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

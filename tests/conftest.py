@@ -96,6 +96,28 @@ async def run_against(
     return await worker.run_async(source, **options_for(sandbox, tmp_path, **overrides))
 
 
+def done_line(account_id: str, api_key: str, base_url: str, **fields: Any) -> str:
+    """A result-log line that says `account_id` was disconnected by an earlier run with this
+    key against this API (the stamp a rerun needs to count it as done)."""
+    import hashlib
+
+    from worker.api.urls import origin_of
+
+    record = {
+        "ts": "2026-11-28T00:00:00.000Z",
+        "run_id": "earlier",
+        "source": "x",
+        "account_id": account_id,
+        "op": "disconnect",
+        "outcome": "disconnected",
+        "http_status": 200,
+        "key_id": hashlib.sha256(api_key.encode()).hexdigest()[:12],
+        "origin": origin_of(base_url),
+        **fields,
+    }
+    return json.dumps(record) + "\n"
+
+
 def write_jobs(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path

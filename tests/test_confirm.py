@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import ROOT, SandboxProcess, cli_env, run_argv, write_jobs
+from tests.conftest import ROOT, SandboxProcess, cli_env, done_line, run_argv, write_jobs
 
 PROMPT = b"[y/N]"
 
@@ -59,13 +59,7 @@ def test_no_sends_nothing_and_yes_runs(
     sb = sandbox_process("--delete-limit", "unlimited")
     jobs = write_jobs(tmp_path / "jobs.txt", [*(str(i) for i in range(1, 21)), "bad id!"])
     results = tmp_path / "results.jsonl"
-    results.write_text(
-        "".join(
-            f'{{"ts": "2026-11-28T00:00:00Z", "run_id": "old", "source": "x", '
-            f'"account_id": "{i}", "op": "disconnect", "outcome": "disconnected"}}\n'
-            for i in (1, 2)
-        )
-    )
+    results.write_text("".join(done_line(str(i), sb.api_key, sb.base_url) for i in (1, 2)))
     env = cli_env(XQUIK_API_KEY=sb.api_key, TERM="dumb")
     argv = run_argv(jobs, sb, "--results", str(results), "--state-dir", str(tmp_path / "s"))
     code, seen = in_a_terminal(argv, env, b"n")

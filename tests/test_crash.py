@@ -16,6 +16,7 @@ from tests.conftest import (
     ROOT,
     SandboxProcess,
     cli_env,
+    done_line,
     read_results,
     run_argv,
     run_cli,
@@ -157,15 +158,8 @@ def test_torn_last_line_is_reported_and_not_fatal(
     sb = sandbox_process("--delete-limit", "unlimited")
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3"])
     results = tmp_path / "jobs.txt.results.jsonl"
-    good = {
-        "ts": "2026-11-28T17:00:00.000Z",
-        "run_id": "old",
-        "source": "jobs.txt:1",
-        "account_id": "1",
-        "op": "disconnect",
-        "outcome": "disconnected",
-    }
-    results.write_text(json.dumps(good) + '\n{"ts": "2026-11-28T17:00:01.000Z", "run_id": "o')
+    good = done_line("1", sb.api_key, sb.base_url)
+    results.write_text(good + '{"ts": "2026-11-28T17:00:01.000Z", "run_id": "o')
     proc = start_run(jobs, sb, tmp_path)
     assert proc.wait(timeout=30) == 0
     log = (tmp_path / "stderr.log").read_text()

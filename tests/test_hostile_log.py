@@ -19,8 +19,10 @@ import pytest
 from tests.conftest import (
     ROOT,
     cli_env,
+    done_line,
     read_results,
     run_argv,
+    run_cli,
     write_jobs,
 )
 from worker.sandbox import Sandbox
@@ -248,3 +250,43 @@ def test_a_closed_stderr_never_stops_the_work(sandbox_process: Any, tmp_path: Pa
     records = read_results(tmp_path / "jobs.txt.results.jsonl")
     assert sorted(int(r["account_id"]) for r in records) == list(range(1, 41))
     assert sb.stats()["accounts"] == 0
+
+
+def test_a_sandbox_rehearsal_never_counts_for_the_real_run(
+    sandbox_process: Any, tmp_path: Path
+) -> None:
+    """The README's way in: `run jobs.txt --sandbox`, then the real run. Its records (in its
+    own default log, or in the same log when --results names one) count for nothing: the
+    real run disconnects every account. So do those of another key, and a hand-written done
+    line (listed as not counted)."""
+    real = sandbox_process("--delete-limit", "unlimited")
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3"])
+    rehearsal = run_cli("run", str(jobs), "--sandbox", "--state-dir", "none")
+    assert rehearsal.returncode == 0, rehearsal.stderr
+    assert (tmp_path / "jobs.txt.sandbox.results.jsonl").exists()
+    env = cli_env(XQUIK_API_KEY=real.api_key)
+    base = ["--base-url", real.base_url, "--state-dir", str(tmp_path / "s"), "--log-format", "json"]
+    done = run_cli("run", str(jobs), *base, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(real.stats()["deleted_accounts"]) == ["1", "2", "3"]
+
+    shared = tmp_path / "shared.jsonl"
+    more = write_jobs(tmp_path / "more.txt", ["4", "5", "6", "7"])
+    assert run_cli("run", str(more), "--sandbox", "--results", str(shared)).returncode == 0
+    other_key = "xq_" + "9" * 64
+    with shared.open("a") as log:
+        log.write(done_line("6", other_key, real.base_url))  # another key's record
+        log.write('{"account_id": "7", "op": "disconnect", "outcome": "disconnected"}\n')
+    lines = len(shared.read_text().splitlines())
+    done = run_cli("run", str(more), *base, "--results", str(shared), env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(real.stats()["deleted_accounts"]) == ["1", "2", "3", "4", "5", "6", "7"]
+    summary = json.loads(next(x for x in done.stderr.splitlines() if "run_summary" in x))
+    assert summary["skipped_done"] == 0
+    assert summary["outcomes"] == {"disconnected": 4}
+    assert f'"lines": [{lines}]' in done.stderr  # the hand-written line, listed unreadable
+
+    again = run_cli("run", str(more), *base, "--results", str(shared), env=env)
+    summary = json.loads(next(x for x in again.stderr.splitlines() if "run_summary" in x))
+    assert summary["skipped_done"] == 4  # its own records count
+    assert summary["requests"] == {}

@@ -101,3 +101,33 @@ def test_fast_reader_agrees_with_json(
         if r["op"] == "disconnect" and r["outcome"] in {"disconnected", "already_gone"}
     }
     assert read_prior(path).done == expected
+
+
+def test_resume_counts_only_records_of_this_api_and_account(tmp_path: Path) -> None:
+    """Done records count for a rerun only when made against the same origin (and sandbox or
+    not) with the same key, or a key of the tenant's key group; a done record without an
+    origin or a key is listed as incomplete."""
+    from worker.results.prior import Scope
+
+    def line(account: str, **fields: object) -> str:
+        base = {"ts": "2026-01-01T00:00:00Z", "run_id": "r", "account_id": account}
+        base.update(op="disconnect", outcome="disconnected")
+        return json.dumps({**base, **fields}) + "\n"
+
+    here = {"origin": "https://xquik.com", "key_id": "a" * 12}
+    path = tmp_path / "r.jsonl"
+    path.write_text(
+        line("1", **here)
+        + line("2", **{**here, "sandbox": True})
+        + line("3", **{**here, "origin": "http://127.0.0.1:8787"})
+        + line("4", **{**here, "key_id": "b" * 12})
+        + line("5")
+        + line("6", **{**here, "key_id": "c" * 12, "tenant": "t1", "key_group": "grp"})
+        + line("7", **{**here, "key_id": "c" * 12, "tenant": "t2"})
+    )
+    scope = Scope("https://xquik.com", False, {"": "a" * 12, "t1": "d" * 12}, {"t1": "grp"})
+    prior = read_prior(path, scope)
+    assert prior.done == {"1", "t1/6"}
+    assert prior.incomplete == [5]
+    assert prior.foreign == 4
+    assert read_prior(path).done == {"1", "2", "3", "4", "5", "t1/6", "t2/7"}

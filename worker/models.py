@@ -129,6 +129,11 @@ class Result:
     health: str | None = None
     status: str | None = None
     key_id: str | None = None  # which key did it: 12 hex digits of its SHA-256, never the key
+    # Which API it was made against: the base URL's origin, and whether that was the built-in
+    # sandbox (a rehearsal). A rerun counts as done only records of its own API and account.
+    origin: str | None = None
+    sandbox: bool = False
+    key_group: str | None = None  # --keys NAME@ACCOUNT: the Xquik account the key belongs to
     tenant: str | None = None  # the --keys tenant whose key did it; None: the default key
     # already_gone: was the account connected when the run began (in its listing)? False for
     # an id that was not: removed earlier, or a mistyped id. None when no listing was read.
@@ -174,7 +179,12 @@ class Result:
             "checked": self.checked,
             "tenant": self.tenant,
             "key_id": self.key_id,
+            "origin": self.origin,
         }
+        if self.key_group is not None:
+            record["key_group"] = self.key_group
+        if self.sandbox:
+            record["sandbox"] = True
         if self.op is Op.DELETE_MONITOR:
             record["monitor_id"] = self.monitor_id
             record["monitor_kind"] = self.monitor_kind or "account"

@@ -15,6 +15,7 @@ from worker.api.call import Caller, Fatal
 from worker.api.client import XquikClient
 from worker.api.directory import Directory
 from worker.api.keys import fingerprint, key_id
+from worker.api.urls import origin_of
 from worker.budget.base import Budget
 from worker.budget.make import make_budget
 from worker.budget.rate import Rate
@@ -49,6 +50,8 @@ class Session:
         )
         self.key_id = key_id(key)
         self.account = account
+        self.origin = origin_of(base_url)
+        self.sandbox = api.sandbox
 
         def budget(r: Rate, tier: str) -> Budget:
             return make_budget(
@@ -96,6 +99,16 @@ class Session:
     ) -> None:
         self.close()
         await self.client.__aexit__(et, e, tb)
+
+    def stamp(self) -> dict[str, object]:
+        """What every record made with this session says of it: the key (by id), the API (its
+        origin, a sandbox or not) and the Xquik account of a key group."""
+        return {
+            "key_id": self.key_id,
+            "origin": self.origin,
+            "sandbox": self.sandbox,
+            "key_group": self.account,
+        }
 
     def rotate(self, api_key: str) -> None:
         """The key file changed: send with the new key from now on (same budgets: the same

@@ -20,6 +20,7 @@ import anyio
 from worker.api.call import FATAL, Call, describe
 from worker.api.directory import tracks
 from worker.api.session import open_session
+from worker.api.urls import origin_of
 from worker.cli.parser import log_level
 from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
@@ -35,13 +36,19 @@ from worker.settings import ApiSettings
 Users = dict[str, tuple[str | None, str | None]]  # account id -> (x_user_id, username)
 
 
-def disconnected_users(path: Path) -> Users:
-    """Who every account the log records as disconnected was: (x_user_id, username)."""
+def disconnected_users(path: Path, origin: str | None = None, sandbox: bool = False) -> Users:
+    """Who every account the log records as disconnected was: (x_user_id, username); with
+    `origin`, only by that API (a sandbox rehearsal's users are not the real API's)."""
     users: Users = {}
     for _, r in records.read(path):
         if r is None or r.get("outcome") != Outcome.DISCONNECTED or not records.is_done(r):
             continue
         if not r.get("account_id"):
+            continue
+        made = records.text(r, "origin")
+        if origin is not None and made is not None and made != origin:
+            continue
+        if (r.get("sandbox") is True) != sandbox:
             continue
         x_user_id = records.text(r, "x_user_id")
         username = records.text(r, "x_username") or records.text(r, "username")
@@ -54,9 +61,10 @@ def main(args: argparse.Namespace) -> int:
     configure(args.log_format, level=log_level(args))
     path = Path(args.results)
     try:
-        users = disconnected_users(path)
         api = api_settings(**_api_options(args))
         need_key(api)
+        origin = None if api.sandbox else origin_of(api.base_url)
+        users = disconnected_users(path, origin, api.sandbox)
     except OSError as exc:
         return fail("monitors", f"{path}: {exc.strerror}")
     except ConfigError as exc:

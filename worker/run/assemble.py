@@ -30,11 +30,13 @@ from typing import Any, Protocol
 import anyio
 
 from worker.api.call import Fatal
+from worker.api.keys import key_id
 from worker.api.session import Session
+from worker.api.urls import origin_of
 from worker.budget.base import Budget, Unlimited
 from worker.errors import ConfigError
 from worker.logs import get_logger
-from worker.results.prior import PriorResults, read_prior
+from worker.results.prior import PriorResults, Scope, read_prior
 from worker.results.sink import FileSink
 from worker.run.claims import Claims
 from worker.run.operations import Operations
@@ -244,7 +246,7 @@ class Assembly:
         s = self.settings
         if s.fresh or s.queue is not None:
             return None
-        prior = read_prior(s.results)
+        prior = read_prior(s.results, self._scope())
         if prior.bad_lines:
             log.warning(
                 "results_unreadable_lines",
@@ -252,7 +254,32 @@ class Assembly:
                 lines=prior.bad_lines[:20],
                 count=len(prior.bad_lines),
             )
+        if prior.incomplete:
+            log.warning(
+                "results_not_counted",
+                reason="done records without origin or key_id (another tool, an older "
+                "version, a hand-written line): their jobs are sent again",
+                lines=prior.incomplete[:20],
+                count=len(prior.incomplete),
+            )
+        if prior.foreign:
+            log.info(
+                "results_of_another_api_or_key",
+                reason="done by a sandbox rehearsal, another key or another API: not this "
+                "run's, not counted",
+                count=prior.foreign,
+            )
         return prior
+
+    def _scope(self) -> Scope:
+        """Whose records count as done: this run's API and keys (a tenant's key, or its key
+        group)."""
+        s = self.settings
+        key_ids = {tenant: key_id(key) for tenant, (key, _) in s.keys.items()}
+        groups = {tenant: account for tenant, (_, account) in s.keys.items()}
+        if s.api.api_key:
+            key_ids[DEFAULT] = key_id(s.api.api_key)
+        return Scope(origin_of(s.api.base_url), s.api.sandbox, key_ids, groups)
 
     async def _redis(self) -> None:
         """The queue's Redis (connected by the source, waited for as it says), or --budget's

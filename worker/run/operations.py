@@ -4,6 +4,7 @@ monitors that track the account. Every outcome is a Result; nothing here schedul
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -38,11 +39,11 @@ def monitor_deleted(answer: Answer) -> tuple[Outcome, bool]:
     return Outcome.DELETED, body.get("deletionStatus") == "deleting"
 
 
-def invalid_record(item: Invalid, *, run_id: str, key_id: str | None = None) -> Result:
+def invalid_record(item: Invalid, *, run_id: str, stamp: Mapping[str, Any] | None = None) -> Result:
     """An input line that is not a job (or names no known key): its `invalid` record."""
     log.warning("invalid_job", source=item.source, error=item.error)
     return Result.for_job(
-        item, run_id=run_id, outcome=item.outcome, error=item.error, key_id=key_id
+        item, run_id=run_id, outcome=item.outcome, error=item.error, **(stamp or {})
     )
 
 
@@ -64,7 +65,7 @@ class Operations:
     ) -> None:
         self.session = session
         self.run_id = run_id
-        self.key_id = session.key_id
+        self.stamp = session.stamp()  # key_id, origin, sandbox, key_group: on every record
         self.strict_missing = strict_missing
         self.claims = claims or Claims()
         self.dry_run = dry_run
@@ -83,7 +84,11 @@ class Operations:
     def rotate(self, api_key: str) -> None:
         """A tenant's key file changed: its later records name the new key."""
         self.session.rotate(api_key)
-        self.key_id = self.session.key_id
+        self.stamp = self.session.stamp()
+
+    @property
+    def key_id(self) -> str | None:
+        return str(self.stamp["key_id"])
 
     async def handle(self, job: Job) -> list[Result]:
         """The job's records: its disconnect (or check) first, then any monitor deletions.
@@ -135,7 +140,7 @@ class Operations:
 
     # Records without a request ---------------------------------------------------------------
     def invalid(self, item: Invalid) -> Result:
-        return invalid_record(item, run_id=self.run_id, key_id=self.key_id)
+        return invalid_record(item, run_id=self.run_id, stamp=self.stamp)
 
     def duplicate(self, job: Job, account_id: str | None = None) -> Result:
         return Result.for_job(
@@ -144,7 +149,7 @@ class Operations:
             outcome=Outcome.DUPLICATE,
             account_id=account_id or job.account_id,
             error="the same account appears earlier in this run",
-            key_id=self.key_id,
+            **self.stamp,
         )
 
     def internal_error(self, job: Job, name: str) -> Result:
@@ -158,7 +163,7 @@ class Operations:
             outcome=Outcome.FAILED,
             error=error,
             http_status=http_status,
-            key_id=self.key_id,
+            **self.stamp,
         )
 
     # The requests ----------------------------------------------------------------------------
@@ -171,7 +176,7 @@ class Operations:
                 fields["outcome"] = Outcome.FAILED
                 fields["error"] = describe(call.error, call.attempts)
                 fields["http_status"] = getattr(call.error, "status", None)
-        fields.setdefault("key_id", self.key_id)
+        fields = {**self.stamp, **fields}
         return Result.for_job(
             job,
             run_id=self.run_id,

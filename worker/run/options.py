@@ -236,7 +236,7 @@ def settings(
             queue = replace(queue, dead_letter_rejected=True, batch=batch)
     return RunSettings(
         source=text,
-        results=Path(o["results"]) if o.get("results") else _default_results(text),
+        results=Path(o["results"]) if o.get("results") else _default_results(text, api.sandbox),
         api=api,
         queue=queue,
         keys_dir=keys_dir,
@@ -396,10 +396,13 @@ def _notify_url(url: str | None) -> Secret | None:
     return Secret(url)
 
 
-def _default_results(source: str) -> Path:
+def _default_results(source: str, sandbox: bool) -> Path:
+    """<jobs>.results.jsonl (results.jsonl for stdin and queues); a sandbox rehearsal's
+    records go to a file of their own, `<jobs>.sandbox.results.jsonl`."""
+    kind = "sandbox.results.jsonl" if sandbox else "results.jsonl"
     if source == "-" or "://" in source:
-        return Path("results.jsonl")
-    return Path(f"{source}.results.jsonl")
+        return Path(kind)
+    return Path(f"{source}.{kind}")
 
 
 __all__ = [
