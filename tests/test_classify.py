@@ -75,7 +75,9 @@ NOW = datetime(2026, 11, 28, 17, 0, 0, tzinfo=UTC)
         ({"Retry-After": "60"}, {"retryAfter": 5}, 60.0),
         ({"Retry-After": " 2 "}, None, 2.0),
         ({"Retry-After": "Sat, 28 Nov 2026 17:00:30 GMT"}, None, 30.0),
-        ({"Retry-After": "Sat, 28 Nov 2026 16:59:00 GMT"}, None, 0.0),
+        # A time already past, or a negative number, says nothing: as if absent (waiting
+        # 0 s met the server's 429s over and over).
+        ({"Retry-After": "Sat, 28 Nov 2026 16:59:00 GMT"}, None, None),
         ({"Retry-After": "soon"}, {"retryAfter": 7}, 7.0),
         ({}, {"error": "rate_limit_exceeded", "retryAfter": 60}, 60.0),
         ({}, {"retryAfterMs": 1500}, 1.5),
@@ -83,7 +85,8 @@ NOW = datetime(2026, 11, 28, 17, 0, 0, tzinfo=UTC)
         ({}, {"retryAfter": True}, None),
         ({}, {"retryAfter": "60"}, None),
         ({}, None, None),
-        ({"Retry-After": "-5"}, None, 0.0),
+        ({"Retry-After": "-5"}, None, None),
+        ({"Retry-After": "-5"}, {"retryAfterMs": 2000}, 2.0),
     ],
 )
 def test_retry_after(headers: dict[str, str], body: Any, expected: float | None) -> None:

@@ -80,7 +80,7 @@ def test_bad_environment_value_is_a_usage_error(
     proc = run_cli("run", str(jobs), "--sandbox", env=cli_env(**{name: value}))
     assert proc.returncode == 2
     assert flag in proc.stderr
-    assert not (tmp_path / "jobs.txt.results.jsonl").exists()
+    assert not (tmp_path / "jobs.txt.sandbox.results.jsonl").exists()
 
 
 def test_sandbox_run_of_the_example(tmp_path: Path) -> None:
@@ -105,10 +105,12 @@ def test_every_example_format_runs(tmp_path: Path, name: str) -> None:
 
 
 def test_stdin_source(tmp_path: Path) -> None:
-    """`run -` reads stdin; the format is sniffed; results default to ./results.jsonl."""
+    """`run -` reads stdin; the format is sniffed; results default to ./results.jsonl (a
+    sandbox run's to ./sandbox.results.jsonl)."""
     proc = run_cli("run", "-", "--sandbox", stdin="account_id\n1\n2\n", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    records = read_results(tmp_path / "results.jsonl")
+    assert not (tmp_path / "results.jsonl").exists()
+    records = read_results(tmp_path / "sandbox.results.jsonl")
     assert [(r["source"], r["account_id"]) for r in records] in (
         [("stdin:2", "1"), ("stdin:3", "2")],
         [("stdin:3", "2"), ("stdin:2", "1")],

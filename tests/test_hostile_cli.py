@@ -38,7 +38,7 @@ def test_a_utf16_jobs_file_is_refused_before_anything_is_sent(tmp_path: Path) ->
     assert done.returncode == 2
     assert "not UTF-8 text" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "jobs.csv.results.jsonl").exists()
+    assert not (tmp_path / "jobs.csv.sandbox.results.jsonl").exists()
 
 
 def test_a_stray_carriage_return_in_a_csv_finishes_with_one_record_per_line(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_a_stray_carriage_return_in_a_csv_finishes_with_one_record_per_line(tmp_
     jobs.write_text("account_id,username\n" + "\n".join(rows) + "\n")
     done = run_cli("run", str(jobs), "--sandbox", "--log-format", "json")
     assert done.returncode == 1  # the invalid line
-    records = read_results(tmp_path / "jobs.csv.results.jsonl")
+    records = read_results(tmp_path / "jobs.csv.sandbox.results.jsonl")
     assert sorted(int(r["source"].rsplit(":", 1)[1]) for r in records) == list(range(2, 16))
     [bad] = [r for r in records if r["outcome"] == "invalid"]
     assert bad["source"].endswith(":9")
@@ -184,7 +184,7 @@ def test_a_metrics_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"--metrics-port {port}" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "jobs.txt.results.jsonl").read_text()
+    assert not (tmp_path / "jobs.txt.sandbox.results.jsonl").read_text()
 
 
 def test_the_sandbox_never_prints_a_key_it_did_not_make(tmp_path: Path) -> None:

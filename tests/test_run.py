@@ -255,3 +255,43 @@ async def test_no_precheck_sends_every_delete(sandbox: Sandbox, tmp_path: Path) 
         "1": ("already_gone", False),
         "2": ("disconnected", False),
     }
+
+
+async def test_an_id_that_belongs_to_another_user_is_never_deleted(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A misaligned CSV: the job names account 5 and @user6. The listing says 5 is @user5: no
+    DELETE, `failed` with account_mismatch naming both; case does not matter (5 and @USER5
+    is 5); with --no-precheck and in a dry run alike."""
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        ['{"account_id": "5", "username": "user6"}', '{"account_id": "7", "username": "USER7"}'],
+    )
+    for options in ({}, {"no_precheck": True}, {"dry_run": True}):
+        results = tmp_path / f"r{len(options)}{sorted(options)}.jsonl"
+        summary = await run_against(sandbox, jobs, tmp_path, results=results, **options)
+        assert summary.exit_code == 1
+        records = {r["account_id"]: r for r in read_results(results)}
+        assert records["5"]["outcome"] == "failed"
+        assert records["5"]["error"].startswith("account_mismatch: account 5 is @user5")
+        assert "@user6" in records["5"]["error"]
+        assert records["5"]["x_username"] == "user5"
+        assert "5" in sandbox.state.store.accounts
+        assert not any(m == "DELETE" and p.endswith("/5") for _, m, p, _ in sandbox.state.stats.log)
+    assert "7" not in sandbox.state.store.accounts
+
+
+async def test_a_listed_name_that_is_no_handle_does_not_lose_its_job(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`plan --all | run -` writes the listed username beside the id: one the server lists
+    that is not a valid handle (spaces, punctuation) no longer makes the job invalid."""
+    sandbox.state.store.add_account("60", "weird name!")
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ['{"account_id": "60", "username": "weird name!"}'])
+    summary = await run_against(sandbox, jobs, tmp_path)
+    assert summary.exit_code == 0
+    [record] = read_results(tmp_path / "results.jsonl")
+    assert (record["outcome"], record["username"]) == ("disconnected", "weird name!")
+    only_name = write_jobs(tmp_path / "name.jsonl", ['{"username": "weird name!"}'])
+    summary = await run_against(sandbox, only_name, tmp_path, results=tmp_path / "n.jsonl")
+    assert summary.outcomes == {"invalid": 1}  # a name alone must be a handle

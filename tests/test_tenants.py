@@ -71,6 +71,7 @@ async def test_unknown_tenant_record_and_stamped_records() -> None:
     [record] = await tenants.handle(Job("f:1", "42", tenant="zz"))
     assert record.outcome == "invalid"
     assert record.error == "unknown tenant zz"
+    assert record.tenant == "zz"  # the tenant the job named, not null
     assert await tenants.handle(Job("f:2", "42", tenant="a")) == []
     assert log == ["a"]
     await anyio.lowlevel.checkpoint()

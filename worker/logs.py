@@ -13,7 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
-from worker.redact import redact
+from worker.redact import printable, redact
 
 
 def _import_structlog() -> Any:
@@ -53,6 +53,22 @@ def _mask(value: Any) -> Any:
 def mask_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Runs after exceptions are rendered, so tracebacks are masked too."""
     return {k: _mask(v) for k, v in event_dict.items()}
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
+def printable_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Console logs only (JSON escapes them already): a server's text in an event (an error
+    message, a Redis reply) cannot reach the terminal as control characters."""
+    return {k: _printable(v) for k, v in event_dict.items()}
 
 
 class Guarded:
@@ -115,6 +131,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             mask_secrets,
+            *([printable_values] if fmt == "console" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -36,6 +36,9 @@ class Op(StrEnum):
     CHECK = "check"  # a dry run's GET: never counts as a disconnect
 
 
+# A job naming both an id and a username whose id belongs to another X user: no DELETE.
+ACCOUNT_MISMATCH = "account_mismatch"
+
 # --strict-missing: an id that was not connected when the run began fails with this error.
 NOT_CONNECTED = (
     "not_connected: not connected when the run began (removed earlier, or a mistyped id)"
@@ -82,6 +85,7 @@ class Invalid:
     # A queue message delivered too often is refused the same way, but it was a job: failed.
     outcome: Outcome = Outcome.INVALID
     account_id: str | None = None
+    tenant: str | None = None  # the tenant the line named (it may be unknown)
 
 
 def utc_now_iso() -> str:
@@ -153,9 +157,13 @@ class Result:
     def for_job(cls, job: Job | Invalid, *, run_id: str, outcome: Outcome, **fields: Any) -> Result:
         """A record of `job`: its source, job id, account, username and tenant, and `fields`
         (which win over the job's: a resolved account id, a monitor's)."""
-        base: dict[str, Any] = {"job_id": job.job_id, "account_id": job.account_id}
+        base: dict[str, Any] = {
+            "job_id": job.job_id,
+            "account_id": job.account_id,
+            "tenant": job.tenant,
+        }
         if isinstance(job, Job):
-            base.update(username=job.username, tenant=job.tenant)
+            base["username"] = job.username
         return cls(run_id=run_id, source=job.source, outcome=outcome, **{**base, **fields})
 
     @property

@@ -1,4 +1,5 @@
-"""Keeps secrets out of every text the worker writes: logs, results, error messages.
+"""Keeps secrets out of every text the worker writes: logs, results, error messages; and
+control characters out of the text it prints for a person (`printable`).
 
 A registered key is masked in any case and with or without its `xq_` prefix; a URL's userinfo
 (`redis://:password@host`, `https://user:pass@host`) is masked wherever a URL appears."""
@@ -8,7 +9,9 @@ from __future__ import annotations
 import re
 
 MASK = "[REDACTED]"
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@")
+# The userinfo of a URL: everything up to the last `@` before the path, so a password that
+# holds an `@` is masked whole, whatever its length.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s]*@")
 # Anything shaped like an Xquik key is masked even before a key is registered (a key typed
 # where an argument was expected must not come back in the error).
 _KEY_SHAPE = re.compile(r"(?i)\bxq_[a-z0-9]{16,}")
@@ -53,3 +56,15 @@ def redact(text: str) -> str:
     if "://" in text:
         text = _URL_USERINFO.sub(r"\1***@", text)
     return text
+
+
+# Control characters (C0 but newline and tab, DEL, C1): a server's or a log's text printed for
+# a person must not move the cursor, clear the screen or retitle the window.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character but newline and tab shown as an escape (`\\x1b`)."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -5,16 +5,18 @@ with capped backoff. A deadline, where one is given, ends the wait with a Config
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     stop_never,
     wait_exponential,
@@ -29,8 +31,26 @@ log = get_logger()
 
 
 def is_redis_url(url: str) -> bool:
-    """redis://, rediss:// or unix:// (a socket): what redis-py connects to."""
-    return urlsplit(url).scheme in {"redis", "rediss", "unix"}
+    """redis://, rediss:// or unix:// (a socket): what redis-py connects to (a malformed one
+    too: `check_url` says what is wrong with it)."""
+    return url.split("://", 1)[0].lower() in {"redis", "rediss", "unix"} and "://" in url
+
+
+def check_url(url: str, option: str) -> str:
+    """A Redis URL redis-py can use: OptionError naming the option (never the password) for
+    one that cannot be parsed (a bad port, an unclosed IPv6 bracket)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (validates it)
+    except ValueError as exc:
+        raise OptionError(option, f"{flag_of(option)}: not a valid Redis URL ({exc})") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise OptionError(option, f"{flag_of(option)}: the Redis URL names no host")
+    return url
+
+
+def flag_of(option: str) -> str:
+    return "SOURCE" if option == "source" else "--" + option.replace("_", "-")
 
 
 def protect(url: str) -> str:
@@ -66,7 +86,7 @@ def url_from(
     protect(given)
     if not is_redis_url(given):
         raise OptionError("redis_url_file", "the Redis URL is not redis://, rediss:// or unix://")
-    return given
+    return check_url(given, "redis_url_file" if url_file else "redis")
 
 
 def address(url: str) -> str:
@@ -89,14 +109,48 @@ def need_url(given: str | None, url_file: str | None, env: Mapping[str, str]) ->
     return url
 
 
-def connect(url: str) -> Any:
+def connect(url: str, *, once: float | None = None) -> Any:
+    """A client for `url`. `once`: for a command that talks to Redis once (enqueue, queue
+    status, dead): no retries inside redis-py and connections given up after `once` seconds,
+    so an unreachable Redis fails in one line instead of a long wait."""
     import redis.asyncio
 
-    client = redis.asyncio.from_url(
-        url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=15
-    )
+    options: dict[str, Any] = {"socket_timeout": 30, "socket_connect_timeout": 5}
+    if once is not None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        options.update(socket_connect_timeout=once, retry=Retry(NoBackoff(), 0))
+    client = redis.asyncio.from_url(url, health_check_interval=15, **options)
     client.xquik_address = address(url)  # type: ignore[attr-defined]
     return client
+
+
+def wrong_type(exc: BaseException) -> bool:
+    """Redis said a key holds another type than the command needs (a stream name taken),
+    itself or from inside a script."""
+    return "WRONGTYPE" in str(exc)
+
+
+@contextlib.asynccontextmanager
+async def command_client(url: str, *, within: float) -> AsyncIterator[Any]:
+    """The client of a command that talks to Redis once: connected (PING) within `within`
+    seconds, else ConfigError in one line; a key of the wrong type is a ConfigError naming
+    it; closed at the end."""
+    import redis.exceptions
+
+    client = connect(url, once=within)
+    try:
+        async for attempt in redis_retrying(client, deadline=within, quiet=True):
+            with attempt:
+                await client.ping()
+        yield client
+    except redis.exceptions.ResponseError as exc:
+        if wrong_type(exc):
+            raise ConfigError(f"a key of this stream holds another Redis type: {exc}") from None
+        raise
+    finally:
+        await client.aclose()
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -106,12 +160,38 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-def redis_retrying(client: Any = None, *, deadline: float | None = None) -> AsyncRetrying:
-    """Redis going away is waited out (capped exponential backoff), logged at each failure;
-    with `deadline` (seconds) it is given up after that long (ConfigError: exit 2)."""
+# Errors a Redis that is there answers while it cannot serve for a moment: out of memory
+# (maxmemory with noeviction), loading its data after a restart, a replica promoted or not
+# yet (a Sentinel failover), a script running too long, a cluster re-sharding.
+# A script's error embeds the command's: "Error running script (…): @user_script:5: -OOM …".
+_BUSY = re.compile(
+    r"(?:^|[:\s]-?)(OOM|LOADING|READONLY|MASTERDOWN|BUSY|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b"
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Redis cannot serve now (gone, or answering one of _BUSY): wait it out, as for an outage.
+    A broken pipe of our own stdout is not Redis."""
+    import redis.exceptions
+
+    if isinstance(exc, BrokenPipeError):
+        return False
+    if isinstance(exc, redis_errors()):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and bool(_BUSY.search(str(exc)))
+
+
+def redis_retrying(
+    client: Any = None, *, deadline: float | None = None, quiet: bool = False
+) -> AsyncRetrying:
+    """Redis going away is waited out (capped exponential backoff), logged at each failure
+    (unless `quiet`); with `deadline` (seconds) it is given up after that long (ConfigError:
+    exit 2)."""
     where = getattr(client, "xquik_address", "redis")
 
     def warn(state: RetryCallState) -> None:
+        if quiet:
+            return
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
@@ -126,11 +206,11 @@ def redis_retrying(client: Any = None, *, deadline: float | None = None) -> Asyn
         exc = state.outcome.exception() if state.outcome else None
         raise ConfigError(
             f"Redis at {where} unreachable for {math.ceil(state.seconds_since_start or 0)} s "
-            f"(--redis-connect-timeout): {exc}"
+            f"(--redis-connect-timeout): {type(exc).__name__}: {exc}"
         )
 
     return AsyncRetrying(
-        retry=retry_if_exception_type(redis_errors()),
+        retry=retry_if_exception(unavailable),
         wait=wait_exponential(multiplier=0.2, max=5.0),
         stop=stop_never if deadline is None else stop_after_delay(deadline),
         before_sleep=warn,
@@ -217,11 +297,16 @@ class ScriptBatch:
                         future.set_result(reply)
 
     async def _execute(self, batch: list[tuple[Any, list[str], list[Any], Any]]) -> list[Any]:
+        """Every call's reply. A script Redis lost is loaded and its calls sent again; calls
+        Redis could not serve for a moment (out of memory, loading, read-only during a
+        failover) are sent again after a pause, logged as an outage: never an error to the
+        caller, and a call Redis did run is never sent twice."""
         from redis.exceptions import NoScriptError
 
         replies: list[Any] = [None] * len(batch)
         todo = list(range(len(batch)))
-        for _ in range(2):
+        reloads, pause = 0, 0.2
+        while todo:
             out: list[Any] = []
             async for attempt in redis_retrying(self._redis):
                 with attempt:
@@ -230,18 +315,34 @@ class ScriptBatch:
                         script, keys, args, _ = batch[i]
                         pipe.evalsha(script.sha, len(keys), *keys, *args)
                     out = await pipe.execute(raise_on_error=False)
-            lost = []
+            lost, busy = [], []
             for i, reply in zip(todo, out, strict=True):
                 if isinstance(reply, NoScriptError):
                     lost.append(i)
+                elif isinstance(reply, Exception) and unavailable(reply):
+                    busy.append((i, reply))
                 else:
                     replies[i] = reply
-            if not lost:
-                return replies
-            for script in {id(batch[i][0]): batch[i][0] for i in lost}.values():
-                await self._redis.script_load(script.script)
-            todo = lost
-        raise AssertionError("SCRIPT LOAD did not take")  # pragma: no cover
+            if lost:
+                reloads += 1
+                if reloads > 3:
+                    raise AssertionError("SCRIPT LOAD did not take")  # pragma: no cover
+                for script in {id(batch[i][0]): batch[i][0] for i in lost}.values():
+                    async for attempt in redis_retrying(self._redis):
+                        with attempt:
+                            await self._redis.script_load(script.script)
+            if busy:
+                log.warning(
+                    "redis_unavailable",
+                    address=getattr(self._redis, "xquik_address", "redis"),
+                    error=f"{type(busy[0][1]).__name__}: {busy[0][1]}",
+                    calls=len(busy),
+                    retry_in_s=pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+            todo = lost + [i for i, _ in busy]
+        return replies
 
 
 def script_batch(redis: Any) -> ScriptBatch:

@@ -87,15 +87,17 @@ def retry_after_seconds(
             seconds = float(value)
         except ValueError:
             seconds = _http_date_delta(value, now)
-        if seconds is not None and math.isfinite(seconds):
-            return max(0.0, seconds)
+        # A negative or non-finite value says nothing: as if absent (waiting 0 s met 429s).
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            return seconds
     if isinstance(body, dict):
         if isinstance(body.get("error"), dict):
             body = {**body, **body["error"]}
         for key, scale in (("retryAfter", 1.0), ("retryAfterMs", 0.001)):
             raw = body.get(key)
-            if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
-                return max(0.0, float(raw) * scale)
+            number = isinstance(raw, int | float) and not isinstance(raw, bool)
+            if number and math.isfinite(raw) and raw >= 0:
+                return float(raw) * scale
     return None
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import os
 import random
 import time
@@ -36,10 +37,12 @@ import anyio
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
 from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
+from worker.values import MAX_SECONDS
 
 log = get_logger()
 
 INFLIGHT = float("inf")  # the end of a slot whose answer has not arrived yet
+MAX_LIMIT = 1_000_000_000  # a learned limit beyond this is not one
 RATE_LIMITED = 429
 
 
@@ -483,7 +486,10 @@ class LocalBudget:
         learned: Learned | None,
     ) -> None:
         """Other runs' slots, refunds, cooldown and finding (wall-clock times) into ours. Our
-        own in-flight slots stay in flight; a time far ahead is bogus and ignored."""
+        own in-flight slots stay in flight; a time far ahead is bogus and ignored. A cooldown
+        another run left is this run's too, but never longer than this run's --max-cooldown
+        from now (a clock that ran ahead, a lying Retry-After); one that is not a time, or a
+        learned limit that is not a count, is ignored with a warning."""
         offset = self.offset()
         now = self._clock()
         horizon = now + self.attempt_bound + self.span + 5
@@ -499,6 +505,15 @@ class LocalBudget:
             if not slot.startswith(self._prefix):
                 self._drop(slot, mine=False)
         if cooldown_until is not None:
-            self._cooldown_until = max(self._cooldown_until, cooldown_until - offset)
-        if self.learner is not None:
-            self.learner.adopt(learned)
+            if not math.isfinite(cooldown_until) or cooldown_until - offset - now > MAX_SECONDS:
+                log.warning(
+                    "state_value_ignored", field="cooldown_until", value=str(cooldown_until)
+                )
+            else:
+                until = min(cooldown_until - offset, now + self._max_cooldown)
+                self._cooldown_until = max(self._cooldown_until, until)
+        if self.learner is not None and learned is not None:
+            if 1 <= learned.limit <= MAX_LIMIT and math.isfinite(learned.at):
+                self.learner.adopt(learned)
+            else:
+                log.warning("state_value_ignored", field="learned", value=str(learned.limit))

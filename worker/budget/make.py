@@ -32,6 +32,9 @@ def make_budget(
     `auto` rate learns the limit in force (kept with the slots) under its ceiling."""
     if rate.limit is None:
         return Unlimited(window=rate.period, max_cooldown=max_cooldown)
+    # The ceiling is tried again no sooner than one window after a 429 (--relearn 0.0001 met
+    # the server's 429s over and over).
+    relearn = max(relearn, rate.period)
     jitter = min(1.0, rate.period * 0.02)
     if redis is not None:
         from worker.budget.shared import RedisBudget

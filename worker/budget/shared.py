@@ -23,7 +23,8 @@ from worker.logs import get_logger
 from worker.redis_conn import redis_retrying, script_batch
 
 # KEYS: slots (zset: member -> held until, ms), cooldown (ms, until), learned (hash: limit,
-# at, cap). ARGV: in-flight hold ms, limit (the ceiling with auto), member, auto, relearn ms.
+# at, cap). ARGV: in-flight hold ms, limit (the ceiling with auto), member, auto, relearn ms,
+# max cooldown ms (this worker's --max-cooldown: a longer cooldown in force is cut to it).
 # Returns {ms to wait (0: the slot was taken), the limit in force, learned (0/1)}.
 ACQUIRE = """
 local t = redis.call('TIME')
@@ -37,7 +38,12 @@ if ARGV[4] == '1' then
     learned = 1
   end
 end
-local cooldown = tonumber(redis.call('GET', KEYS[2]) or '0')
+local cooldown = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local cap = now + tonumber(ARGV[6])
+if cooldown > cap then
+  redis.call('SET', KEYS[2], tostring(cap), 'PX', math.ceil(cap - now) + 1000)
+  cooldown = cap
+end
 if cooldown > now then return {tostring(cooldown - now), limit, learned} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
@@ -174,7 +180,14 @@ class RedisBudget:
         wait, limit, learned = await self._script(
             self._acquire,
             keys=[self._keys[0], self._keys[1], self._keys[2]],
-            args=[bound_ms, self.ceiling, member, "1" if self.auto else "0", self.relearn * 1000],
+            args=[
+                bound_ms,
+                self.ceiling,
+                member,
+                "1" if self.auto else "0",
+                self.relearn * 1000,
+                self._max_cooldown * 1000,
+            ],
         )
         self.limit, self.learned = int(limit), bool(int(learned))
         wait_ms = float(wait)

@@ -208,6 +208,7 @@ def _apply(line: bytes, budget: LocalBudget) -> None:
         data = json.loads(line)
         if not isinstance(data, dict):
             return
+        _limits(data.get("learned"))
         slots: list[tuple[str, float, bool]] = []
         if "sends" in data:  # 0.1's file: send times, each held for a span after it
             slots = [
@@ -228,5 +229,16 @@ def _apply(line: bytes, budget: LocalBudget) -> None:
             else None
         )
         budget.merge(slots, dropped, float(until) if until is not None else None, learned)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
         return
+
+
+def _limits(found: object) -> None:
+    """A learned limit that cannot be a count (1e999, Infinity): warn, then the line's
+    parsing fails and it is skipped (exit 70 on every run, before)."""
+    if isinstance(found, dict):
+        for name in ("limit", "cap"):
+            value = found.get(name)
+            if isinstance(value, float) and not (1 <= value <= 1e9):
+                log.warning("state_value_ignored", field=f"learned.{name}", value=str(value))
+                raise ValueError(name)

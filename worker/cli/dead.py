@@ -20,7 +20,8 @@ import anyio
 from worker.cli.queue import error_code, text
 from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
-from worker.redis_conn import connect, need_url, redis_errors
+from worker.redact import printable
+from worker.redis_conn import address, command_client, need_url, unavailable
 
 KEPT_OUT = {"message_id", "reason", "requeued_from"}  # ours, not the job's
 
@@ -91,8 +92,7 @@ def main(args: argparse.Namespace) -> int:
         return fail(command, "say which: --error CODE, --id ID … or --all")
 
     async def go() -> int:
-        redis = connect(args.redis)
-        try:
+        async with command_client(args.redis, within=args.redis_connect_timeout) as redis:
             every = await letters(redis, args.stream)
             if args.dead_command == "list":
                 picked = chosen(every, args)
@@ -100,9 +100,9 @@ def main(args: argparse.Namespace) -> int:
                     for d in picked:
                         print(json.dumps(d))
                 else:
-                    for d in picked:
+                    for d in picked:  # Redis's text, for a person: printable
                         job = " ".join(f"{k}={v}" for k, v in d["job"].items())
-                        print(f"{d['id']}  {d['when']}  {d['error']:<20} {job}")
+                        print(printable(f"{d['id']}  {d['when']}  {d['error']:<20} {job}"))
                     say(f"{len(picked)} of {len(every)} dead letters")
                 return ExitCode.OK
             if args.dead_command == "requeue":
@@ -115,10 +115,12 @@ def main(args: argparse.Namespace) -> int:
                 await redis.xdel(f"{args.stream}:dead", *old)
             say(f"purged {len(old)} dead letters older than {args.older_than:g} s")
             return ExitCode.OK
-        finally:
-            await redis.aclose()
 
     try:
         return anyio.run(go)
-    except redis_errors() as exc:
-        return fail(command, ConfigError(f"Redis unreachable: {exc}"))
+    except ConfigError as exc:
+        return fail(command, exc)
+    except Exception as exc:
+        if not unavailable(exc):  # a reader that went away (`dead list | head`) is not Redis
+            raise
+        return fail(command, f"Redis at {address(args.redis)} went away: {exc}")

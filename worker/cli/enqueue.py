@@ -1,4 +1,9 @@
-"""`xquik-disconnect enqueue`: validate a jobs file and add each valid job to a stream."""
+"""`xquik-disconnect enqueue`: validate a jobs file and add each valid job to a stream, once.
+
+Each job line has an idempotency key (the file, the line, its fields), kept beside the stream
+for --dedupe-for: run again after a failure (Redis gone mid-way, an interruption), the same
+file adds none of the jobs it added already. Whatever happens, the command says how many jobs
+are surely on the stream."""
 
 from __future__ import annotations
 
@@ -12,24 +17,9 @@ from worker.cli.parser import log_level
 from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure
-from worker.models import Invalid
-from worker.redis_conn import address, connect, need_url, redis_errors, redis_retrying
+from worker.redis_conn import address, command_client, need_url, unavailable
 from worker.sources.file import FileSource
-from worker.sources.stream import enqueue
-
-
-async def _enqueue(
-    jobs: str, *, url: str, stream: str, connect_within: float
-) -> tuple[int, list[Invalid]]:
-    source = FileSource(None if jobs == "-" else Path(jobs))
-    redis = connect(url)
-    try:
-        async for attempt in redis_retrying(redis, deadline=connect_within):
-            with attempt:
-                await redis.ping()
-        return await enqueue(source.batches(), redis=redis, stream=stream)
-    finally:
-        await redis.aclose()
+from worker.sources.stream import Enqueued, enqueue
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,25 +27,48 @@ def main(args: argparse.Namespace) -> int:
         args.redis = need_url(args.redis, args.redis_url_file, os.environ)
     except ConfigError as exc:
         return fail("enqueue", exc)
-    if args.jobs != "-":
+    path = None if args.jobs == "-" else Path(args.jobs)
+    if path is not None:
         try:
-            FileSource(Path(args.jobs)).check()
+            FileSource(path).check()
         except ConfigError as exc:
             return fail("enqueue", exc)
     configure(args.log_format, level=log_level(args))
-    timeout = args.redis_connect_timeout
+    origin = "stdin" if path is None else str(path.resolve())
+    done = Enqueued()
+
+    async def go() -> None:
+        async with command_client(args.redis, within=args.redis_connect_timeout) as redis:
+            await enqueue(
+                FileSource(path).batches(),
+                redis=redis,
+                stream=args.stream,
+                origin=origin,
+                window=args.dedupe_for,
+                done=done,
+            )
+
     try:
-        added, invalid = anyio.run(
-            lambda: _enqueue(args.jobs, url=args.redis, stream=args.stream, connect_within=timeout)
-        )
+        anyio.run(go)
     except ConfigError as exc:
         return fail("enqueue", exc)
-    except redis_errors() as exc:
-        return fail("enqueue", f"Redis at {address(args.redis)} went away: {exc}")
-    for item in invalid:
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        return fail(
+            "enqueue",
+            f"Redis at {address(args.redis)} went away ({type(exc).__name__}); "
+            f"{_counted(done, args.stream)}. Run it again: no job is added twice",
+        )
+    for item in done.invalid:
         say(f"{item.source}: {item.error}")
     print(
-        f"enqueued {added} jobs to {args.stream}"
-        + (f"; {len(invalid)} invalid lines not enqueued" if invalid else "")
+        _counted(done, args.stream)
+        + (f"; {len(done.invalid)} invalid lines not enqueued" if done.invalid else "")
     )
-    return ExitCode.FAILED if invalid else ExitCode.OK
+    return ExitCode.FAILED if done.invalid else ExitCode.OK
+
+
+def _counted(done: Enqueued, stream: str) -> str:
+    already = f" ({done.already} of them from an earlier run)" if done.already else ""
+    return f"{done.on_stream} jobs surely on {stream}{already}"

@@ -161,6 +161,13 @@ def redis_group(p: Group) -> None:
         default=t.env("STREAM", "xquik:disconnect"),
         help="the job stream (default xquik:disconnect)",
     )
+    p.add_argument(
+        "--redis-connect-timeout",
+        type=t.positive_seconds,
+        default=t.env("REDIS_CONNECT_TIMEOUT", "5"),
+        metavar="S",
+        help="give up (exit 2, one line) when Redis cannot be reached within S seconds (default 5)",
+    )
 
 
 def redis_url_file(p: Group) -> None:
@@ -458,7 +465,14 @@ def run_observability(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=t.env("NOTIFY"),
         help="POST the run's summary (a text for a Slack-style webhook, and the summary "
-        "object) to this URL when the run ends, however it ends; a secret, never logged",
+        "object) to this URL when the run ends, however it ends; a secret, never logged: "
+        "prefer XQUIK_NOTIFY or --notify-file, which `ps` does not show",
+    )
+    g.add_argument(
+        "--notify-file",
+        metavar="PATH",
+        default=t.env("NOTIFY_FILE"),
+        help="read the --notify URL from this file (a mounted Secret)",
     )
 
 
@@ -584,11 +598,12 @@ def enqueue(sub: Any) -> None:
     p.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -")
     redis_group(p)
     p.add_argument(
-        "--redis-connect-timeout",
-        type=t.positive_seconds,
-        default=t.env("REDIS_CONNECT_TIMEOUT", "30"),
-        metavar="S",
-        help="give up (exit 2) when Redis cannot be reached for S seconds (default 30)",
+        "--dedupe-for",
+        type=t.duration,
+        default=t.env("DEDUPE_FOR", "24h"),
+        metavar="DURATION",
+        help="a job line enqueued again within this long is not added again (an enqueue "
+        "interrupted and run again adds each job once) (default 24h)",
     )
     log_group(p)
 

@@ -27,6 +27,7 @@ from worker.cli.say import fail
 from worker.errors import AuthError, ConfigError, ExitCode, OptionError, TlsError
 from worker.logs import configure, get_logger
 from worker.models import TENANT_PATTERN
+from worker.redact import printable
 from worker.run.options import api_settings, need_key
 from worker.settings import ApiSettings
 
@@ -117,6 +118,7 @@ def write_jobs(
     if fmt == "table":
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"{len(chosen)} accounts to disconnect", title_justify="left")
         for column in ("account_id", "username", "health", "status", "created"):
@@ -138,7 +140,8 @@ def write_jobs(
                 row.append(", ".join(f"{m['id']} ({m.get('query')})" for m in kws) or "-")
             if monitors is not None:
                 row.append(", ".join(str(m["id"]) for m in monitors[str(a["id"])]) or "-")
-            table.add_row(*row)
+            # The server's text, shown to a person: printable, and never rich markup.
+            table.add_row(*(Text(printable(cell)) for cell in row))
         Console(file=out, width=120).print(table)
         return
     for a in chosen:

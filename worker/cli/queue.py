@@ -19,7 +19,8 @@ import anyio
 
 from worker.cli.say import fail
 from worker.errors import ConfigError, ExitCode
-from worker.redis_conn import connect, need_url, redis_errors
+from worker.redact import printable
+from worker.redis_conn import address, command_client, need_url, unavailable
 
 UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
 PENDING_SCAN = 10_000  # pending entries read back for their tenant, at most
@@ -158,19 +159,20 @@ def main(args: argparse.Namespace) -> int:
         return fail("queue status", exc)
 
     async def go() -> dict[str, Any]:
-        redis = connect(args.redis)
-        try:
+        async with command_client(args.redis, within=args.redis_connect_timeout) as redis:
             return await status(redis, args.stream, args.group)
-        finally:
-            await redis.aclose()
 
     try:
         s = anyio.run(go)
-    except redis_errors() as exc:
-        return fail("queue status", ConfigError(f"Redis unreachable: {exc}"))
+    except ConfigError as exc:
+        return fail("queue status", exc)
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        return fail("queue status", f"Redis at {address(args.redis)} went away: {exc}")
     if args.json or not sys.stdout.isatty():
         json.dump(s, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render(s))
+        sys.stdout.write(printable(render(s)))
     return ExitCode.FAILED if s["dead_total"] else ExitCode.OK

@@ -15,12 +15,18 @@ from typing import TextIO
 from worker.budget.rate import Rate
 from worker.cli.say import fail
 from worker.errors import ExitCode
+from worker.redact import printable
 from worker.results import records
 from worker.results.report import Report, build
 
 
 def render(report: Report, out: TextIO, *, window: float) -> None:
-    w = out.write
+    """The report for a person. Every text comes from the log, and a log's text can hold
+    anything (a server's error message): each line is made printable."""
+
+    def w(text: str) -> None:
+        out.write(printable(text))
+
     w(f"{report.records} records, {len(report.done)} accounts done\n\noutcomes:\n")
     for outcome, count in sorted(report.outcomes.items()):
         w(f"  {outcome:<14} {count}\n")

@@ -46,7 +46,9 @@ def text(summary: Summary, results: str) -> str:
     if summary.skipped_done:
         parts.append(f"{summary.skipped_done} skipped (done earlier)")
     if summary.not_finished:
-        parts.append(f"{summary.not_finished} not finished (rerun to resume)")
+        parts.append(f"{summary.not_finished} read and not finished (rerun to resume)")
+    if summary.unread_remain:
+        parts.append("jobs not read yet remain (rerun to resume)")
     how = STOPPED_WORDS[summary.stopped]
     line = (
         f"xquik-disconnect run {summary.run_id} {how} in {event['elapsed_s']} s, "

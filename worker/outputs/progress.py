@@ -126,7 +126,9 @@ def print_summary(summary: Summary, results: str) -> None:
             f"[yellow]{summary.not_connected}",
         )
     if summary.not_finished:
-        table.add_row("[yellow]not finished (rerun)", f"[yellow]{summary.not_finished}")
+        table.add_row("[yellow]read, not finished (rerun)", f"[yellow]{summary.not_finished}")
+    if summary.unread_remain:
+        table.add_row("[yellow]jobs not read yet (rerun)", "[yellow]remain")
     event: dict[str, Any] = summary.as_event()
     requests = ", ".join(f"{n} {method}" for method, n in sorted(summary.sent.items())) or "none"
     stopped = "" if summary.stopped is None else f"; {STOPPED_WORDS[summary.stopped]}"

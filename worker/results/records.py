@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from worker.models import DONE, Op, Outcome, job_key
 
 Record = dict[str, Any]
+LATEST = 221845392000.0  # 9000-01-01T00:00:00Z
 
 
 def parse(line: bytes | str) -> Record | None:
@@ -37,7 +38,8 @@ def parse(line: bytes | str) -> Record | None:
 
 def when(record: Record) -> float | None:
     """The record's `ts` as Unix seconds; a time without a zone is UTC. None when it is not a
-    time this reader can place (not text, not ISO 8601, or out of range)."""
+    time this reader can place (not text, not ISO 8601, or outside 1970 to 9000: year 9999
+    in a record is no time of a run, and would overflow a chart's axis)."""
     ts = record.get("ts")
     if not isinstance(ts, str):
         return None
@@ -48,7 +50,7 @@ def when(record: Record) -> float | None:
         seconds = moment.timestamp()
     except (ValueError, OverflowError, OSError):
         return None
-    return seconds if math.isfinite(seconds) else None
+    return seconds if 0 <= seconds < LATEST else None
 
 
 def read(source: Path | BinaryIO) -> Iterator[tuple[int, Record | None]]:

@@ -15,6 +15,7 @@ from worker.api.client import Answer
 from worker.api.session import Session
 from worker.logs import get_logger
 from worker.models import (
+    ACCOUNT_MISMATCH,
     DONE,
     NOT_CONNECTED,
     Invalid,
@@ -125,18 +126,39 @@ class Operations:
             if isinstance(checked, Result):
                 return [checked]
             account = checked
-        elif monitors:
-            # Learn the account's X user id before it is gone, to match its monitors.
+        elif monitors or job.username:
+            # Learn the account's X user before it is gone: to match its monitors, and to
+            # check that the id is the user the job names.
             found = await self._directory.find(account_id=account_id)
             account = found if isinstance(found, dict) else None
         else:
             account = self._directory.known(account_id)  # who it was, if a listing is held
+        if (mismatch := self._mismatch(job, account, started)) is not None:
+            return [mismatch]
         if self.dry_run:
             return [await self._check(job, account_id, started, account)]
         result = await self._disconnect(job, account_id, started, account)
         if not monitors:
             return [result]
         return [result, *await self._delete_monitors(job, account, result)]
+
+    def _mismatch(self, job: Job, account: dict[str, Any] | None, started: float) -> Result | None:
+        """A job naming an id and a username whose id, as the API lists it, belongs to
+        another X user (a misaligned CSV): failed, no DELETE. Case does not matter."""
+        if job.account_id is None or not job.username or not account:
+            return None
+        listed = str(account.get("xUsername") or "")
+        if not listed or listed.lower() == job.username.lower():
+            return None
+        error = (
+            f"{ACCOUNT_MISMATCH}: account {job.account_id} is @{listed}, the job names "
+            f"@{job.username}; nothing sent"
+        )
+        log.warning("account_mismatch", listed=listed, named=job.username)
+        op = Op.CHECK if self.dry_run else Op.DISCONNECT
+        return self._result(
+            job, started, outcome=Outcome.FAILED, error=error, attempts=0, op=op, **audit(account)
+        )
 
     # Records without a request ---------------------------------------------------------------
     def invalid(self, item: Invalid) -> Result:

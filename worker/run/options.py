@@ -24,7 +24,8 @@ from worker.api.urls import DEFAULT_BASE_URL, check_base_url
 from worker.budget.rate import AUTO_CEILING, Rate, parse_rate
 from worker.errors import OptionError
 from worker.redact import register
-from worker.redis_conn import is_redis_url, protect, url_from
+from worker.redis_conn import check_url, is_redis_url, protect, url_from
+from worker.secret_file import read_secret
 from worker.settings import READ_RATE, ApiSettings, Intervals, QueueConfig, RunSettings, Secret
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class RunOptions(ApiOptions, total=False):
     no_precheck: bool
     limit: int | str | None
     notify: str
+    notify_file: PathLike | None
     wait_lock: bool
     progress: bool | None
     log_format: str | None
@@ -142,10 +144,11 @@ def api_settings(*, env: Mapping[str, str] | None = None, **o: Unpack[ApiOptions
     margin = o.get("rate_margin")
     state = o.get("state_dir")
     budget = o.get("budget") or None
-    if budget is not None and not is_redis_url(budget):
-        raise OptionError("budget", f"--budget {budget!r} is not a redis:// URL")
     if budget is not None:
         protect(budget)
+        if not is_redis_url(budget):
+            raise OptionError("budget", "--budget: not a redis:// (or rediss://) URL")
+        check_url(budget, "budget")
     if sandbox:
         base_url, key = "http://127.0.0.1", ""
     else:
@@ -308,7 +311,7 @@ def _run_values(o: RunOptions) -> dict[str, Any]:
         "precheck": not _bool("no_precheck", o.get("no_precheck", False)),
         "strict_missing": _bool("strict_missing", o.get("strict_missing", False)),
         "yes": _bool("yes", o.get("yes", False)),
-        "notify_url": _notify_url(o.get("notify")),
+        "notify_url": _notify_url(o.get("notify"), o.get("notify_file")),
         "confirm_over": _value(
             "confirm_over", o.get("confirm_over", 10), lambda t: values.whole(t, least=0)
         ),
@@ -325,7 +328,7 @@ def _source(given: str | None, url_file: PathLike | None, env: Mapping[str, str]
     """SOURCE: a jobs file, `-`, a Redis URL; or the queue's URL from --redis-url-file or
     XQUIK_REDIS_URL when none is given."""
     if given is not None and not url_file:
-        return protect(given) if is_redis_url(given) else given
+        return check_url(protect(given), "source") if is_redis_url(given) else given
     url = url_from(given, url_file, env)
     if url is None:
         raise OptionError(
@@ -380,19 +383,29 @@ def _pushgateway(url: str | None) -> str | None:
     return url
 
 
-def _notify_url(url: str | None) -> Secret | None:
-    """--notify: https (plain http only to loopback), masked from here on."""
+def _notify_url(url: str | None, url_file: PathLike | None = None) -> Secret | None:
+    """--notify URL (or XQUIK_NOTIFY), or --notify-file PATH: https (plain http only to
+    loopback), masked from here on. A webhook URL is a secret: from a file or the
+    environment it never shows in `ps`."""
+    where = getattr(url, "var", None) or "--notify"  # XQUIK_NOTIFY says so
+    if url_file:
+        if url and where == "--notify":
+            raise OptionError("notify_file", "give the URL once: --notify or --notify-file")
+        url, where = read_secret(url_file, "--notify-file"), "--notify-file"
+        if not url:
+            raise OptionError("notify_file", "--notify-file: the file is empty")
     if not url:
         return None
     register(url)
-    path = urlsplit(url).path
-    if len(path) >= 8:  # webhook tokens live in the path
-        register(path)
     try:
+        path = urlsplit(url).path
+        if len(path) >= 8:  # webhook tokens live in the path
+            register(path)
         check_base_url(url)
     except ValueError as exc:
         message = str(exc).replace(repr(url), "the URL").replace("base URL", "URL")
-        raise OptionError("notify", f"--notify: {message}") from None
+        option = "notify_file" if where == "--notify-file" else "notify"
+        raise OptionError(option, f"{where}: {message}") from None
     return Secret(url)
 
 

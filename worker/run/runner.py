@@ -102,6 +102,7 @@ class Runner:
         # workers busy), not whenever there is room.
         self._shared_source = shared_source
         self._source_done = False
+        self._exhausted = False  # the source said it has no more (not: the run stopped)
         self._reads = 0  # batches read into the tenants' queues
         self._news = anyio.Event()  # a job was read or parked back, or the run is stopping
 
@@ -185,6 +186,9 @@ class Runner:
             if self._ring is not None:  # read ahead, never handed out: a rerun sends them
                 self.summary.not_finished += self._ring.queued
             self.summary.elapsed_s = time.monotonic() - started
+            # Stopped before the end of a file: jobs nobody has read yet remain (a rerun
+            # sends them); a stream has no end to reach.
+            self.summary.unread_remain = not self._exhausted and not self._shared_source
             self._check_accounts()
         return self.summary
 
@@ -344,10 +348,13 @@ class Runner:
         """The source's next batch, under the pull lock (None: exhausted, or a stop cancelled
         the read)."""
         assert self._batches is not None
+        batch = None
         with anyio.CancelScope() as scope:
             self._pull_scope = scope
             batch = await anext(self._batches, None)
         self._pull_scope = None
+        if batch is None and not scope.cancelled_caught:
+            self._exhausted = True
         return None if scope.cancelled_caught else batch
 
     async def _next_job(self) -> Job | None:
@@ -370,7 +377,10 @@ class Runner:
                     continue
                 if item.tenant is not None:  # a tenant's job, and this run has one key
                     error = f"unknown tenant {item.tenant} (this run has no --keys)"
-                    invalid = Invalid(item.source, error, item.job_id, account_id=item.account_id)
+                    invalid = Invalid(
+                        item.source, error, item.job_id, account_id=item.account_id,
+                        tenant=item.tenant,
+                    )  # fmt: skip
                     await self._settle(item, [self.ops.invalid(invalid)])
                     continue
                 if (records := self._unclaimed(item)) is not None:

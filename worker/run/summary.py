@@ -58,6 +58,7 @@ class Summary:
     monitors: Counter[str] = field(default_factory=Counter)  # of monitor deletions
     skipped_done: int = 0
     read: int = 0  # jobs (and invalid lines) taken from the source
+    unread_remain: bool = False  # stopped before the end of the jobs file: a rerun sends them
     not_connected: int = 0  # ids not connected when the run began: removed earlier, or typos
     not_finished: int = 0
     stopped: Stop | None = None
@@ -106,6 +107,7 @@ class Summary:
             "skipped_done": self.skipped_done,
             "not_connected_at_start": self.not_connected,
             "not_finished": self.not_finished,
+            "unread_jobs_remain": self.unread_remain,
             "stopped": None if self.stopped is None else str(self.stopped),
             "elapsed_s": round(self.elapsed_s, 3),
             "requests": dict(sorted(self.sent.items())),

@@ -174,7 +174,8 @@ class Tenants:
     def unknown(self, job: Job) -> Result:
         name = job.tenant or DEFAULT
         error = f"unknown tenant {name}" if name else "no tenant named, and no default key"
-        return self.invalid(Invalid(job.source, error, job.job_id, account_id=job.account_id))
+        invalid = Invalid(job.source, error, job.job_id, account_id=job.account_id, tenant=name)
+        return self.invalid(invalid)
 
     def invalid(self, item: Invalid) -> Result:
         return invalid_record(item, run_id=self.run_id)

@@ -385,6 +385,17 @@ async def consume(request: web.Request) -> web.Response:
     return web.json_response({"tier": tier, "count": limits[tier].count})
 
 
+async def add_account(request: web.Request) -> web.Response:
+    """Connect an account (`{"id", "xUsername"}`, optional `xUserId`): a server whose text is
+    anything, for tests of what reaches a terminal."""
+    body = await request.json()
+    store = request.app[STATE].store
+    account = store.add_account(str(body["id"]), str(body["xUsername"]))
+    if "xUserId" in body:
+        account["xUserId"] = str(body["xUserId"])
+    return web.json_response(account)
+
+
 API_PREFIX = "/api/v1"
 
 
@@ -406,6 +417,7 @@ def make_app(state: SandboxState) -> web.Application:
     app.router.add_get("/_sandbox/stats", stats)
     app.router.add_get("/_sandbox/requests", requests)
     app.router.add_post("/_sandbox/consume", consume)
+    app.router.add_post("/_sandbox/accounts", add_account)
     return app
 
 

@@ -30,6 +30,11 @@ def flag(value: object) -> bool | None:
     return None
 
 
+def _listed_name(value: object) -> bool:
+    """A username as a server may list it, though not a valid handle: text, printable, short."""
+    return isinstance(value, str) and len(value) <= 100 and value.isprintable()
+
+
 def build_job(
     source: str,
     *,
@@ -54,9 +59,11 @@ def build_job(
         )
     if isinstance(username, str):
         username = username.strip().removeprefix("@") or None
-    if username is not None and (
-        not isinstance(username, str) or not USERNAME_PATTERN.fullmatch(username)
-    ):
+    # With an id, the username is what a listing said of it (`plan` writes both), kept to
+    # check the id still belongs to that user and never used to find the account: a name the
+    # server lists that is not a valid handle does not make the job invalid.
+    handle = isinstance(username, str) and USERNAME_PATTERN.fullmatch(username)
+    if username is not None and not handle and (account_id is None or not _listed_name(username)):
         return Invalid(source, f"invalid username {_show(username)}", jid)
     if account_id is None and username is None:
         return Invalid(source, "no account_id or username", jid)

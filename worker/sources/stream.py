@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import json
 import os
 import socket
 import time
@@ -23,9 +25,10 @@ from typing import Any
 
 import anyio
 
+from worker.errors import ConfigError
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result
-from worker.redis_conn import connect, redis_retrying, script_batch
+from worker.redis_conn import connect, redis_retrying, script_batch, wrong_type
 from worker.settings import QueueConfig
 from worker.sources.base import Item
 from worker.sources.parse import build_job
@@ -150,6 +153,11 @@ class RedisSource:
                         self.config.stream, self.config.group, id="0", mkstream=True
                     )
                 except redis.exceptions.ResponseError as exc:
+                    if wrong_type(exc):
+                        raise ConfigError(
+                            f"--stream {self.config.stream}: that key holds another Redis "
+                            "type, not a stream (name another stream)"
+                        ) from None
                     if "BUSYGROUP" not in str(exc):
                         raise
         return self
@@ -383,21 +391,94 @@ def _readable(value: bytes | str) -> str:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
+# Adds one job to the stream unless an earlier enqueue added it (its idempotency key, within
+# the window): an interrupted enqueue run again adds none of the jobs it added already.
+# KEYS: stream, enqueued (zset: key -> ms added). ARGV: key, window ms, fields and values...
+# Returns 1 (added now) or 0 (there from an earlier run).
+ENQUEUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[2], window)
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+return 1
+"""
+
+
+@dataclasses.dataclass(slots=True)
+class Enqueued:
+    """What an enqueue did: jobs added now, jobs found there from an earlier run (both surely
+    on the stream), and the invalid lines (never added)."""
+
+    added: int = 0
+    already: int = 0
+    invalid: list[Invalid] = dataclasses.field(default_factory=list)
+
+    @property
+    def on_stream(self) -> int:
+        return self.added + self.already
+
+
+def idempotency_key(origin: str, job: Job) -> str:
+    """One job line of one file: its place (the file, the line) and its fields."""
+    fields = json.dumps(message_fields(job), sort_keys=True)
+    return hashlib.sha256(f"{origin}\0{job.source}\0{fields}".encode()).hexdigest()[:32]
+
+
 async def enqueue(
-    items: AsyncIterator[Sequence[Item]], *, redis: Any, stream: str
-) -> tuple[int, list[Invalid]]:
-    """XADD every valid job, a pipeline per batch; the invalid ones are returned, not added."""
-    added, invalid = 0, []
+    items: AsyncIterator[Sequence[Item]],
+    *,
+    redis: Any,
+    stream: str,
+    origin: str,
+    window: float = 86400.0,
+    done: Enqueued | None = None,
+) -> Enqueued:
+    """Add every valid job, a pipeline of atomic scripts per batch, each job once within
+    `window` seconds however often the same file is enqueued (its idempotency key: `origin`,
+    the file, with its line and fields). `done` counts as it goes: after a failure it still
+    says how many jobs are surely on the stream."""
+    from redis.exceptions import NoScriptError
+
+    done = done if done is not None else Enqueued()
+    script = redis.register_script(ENQUEUE)
+    keys = [stream, f"{stream}:enqueued"]
     async for batch in items:
-        pipe = redis.pipeline(transaction=False)
+        calls = []
         for item in batch:
             if isinstance(item, Invalid):
-                invalid.append(item)
+                done.invalid.append(item)
                 continue
-            pipe.xadd(stream, message_fields(item))
-            added += 1
-        await pipe.execute()
-    return added, invalid
+            fields = [x for kv in message_fields(item).items() for x in kv]
+            calls.append([idempotency_key(origin, item), int(window * 1000), *fields])
+        while calls:
+            pipe = redis.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            lost = []
+            for args, reply in zip(calls, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    lost.append(args)
+                elif isinstance(reply, Exception):
+                    raise reply
+                elif int(reply):
+                    done.added += 1
+                else:
+                    done.already += 1
+            if lost:
+                await redis.script_load(ENQUEUE)
+            calls = lost
+    return done
 
 
-__all__ = ["RedisSource", "enqueue", "message_fields", "parse_message"]
+__all__ = [
+    "Enqueued",
+    "RedisSource",
+    "enqueue",
+    "idempotency_key",
+    "message_fields",
+    "parse_message",
+]
