@@ -103,6 +103,9 @@ class Guarded:
 
 
 _format: LogFormat | None = None  # as configured; None until configure() ran
+# The command line owns its process: Python's own logging goes through ours there. A library
+# caller's logging stays the caller's.
+route_stdlib = False
 
 
 def configured_format() -> LogFormat | None:
@@ -140,6 +143,29 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    if route_stdlib:
+        _route_stdlib_logging()
+
+
+class ToStructlog(logging.Handler):
+    """Python's own logging (asyncio's "Task exception was never retrieved", a library's
+    warning, `warnings` captured) through our processors: masked, in the run's format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            get_logger().log(record.levelno, "python_log", logger=record.name, message=message)
+        except Exception:  # a log line must never break the run
+            self.handleError(record)
+
+
+def _route_stdlib_logging() -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [ToStructlog()]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
 
 
 def configure_for_library(fmt: str | None, level: str | None) -> None:

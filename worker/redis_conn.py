@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from tenacity import (
     AsyncRetrying,
@@ -36,9 +36,11 @@ def is_redis_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in {"redis", "rediss", "unix"} and "://" in url
 
 
-def check_url(url: str, option: str) -> str:
+def check_url(url: str, option: str, *, insecure: bool = False) -> str:
     """A Redis URL redis-py can use: OptionError naming the option (never the password) for
-    one that cannot be parsed (a bad port, an unclosed IPv6 bracket)."""
+    one that cannot be parsed (a bad port, an unclosed IPv6 bracket), and for a rediss:// URL
+    that turns certificate or host name checks off, unless `insecure` (--insecure-redis-tls)
+    says so: whoever can answer in Redis's place could then feed the queue."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (validates it)
@@ -46,7 +48,26 @@ def check_url(url: str, option: str) -> str:
         raise OptionError(option, f"{flag_of(option)}: not a valid Redis URL ({exc})") from None
     if parts.scheme != "unix" and not parts.hostname:
         raise OptionError(option, f"{flag_of(option)}: the Redis URL names no host")
+    query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
+    unchecked = query.get("ssl_cert_reqs") in ("none", "optional") or query.get(
+        "ssl_check_hostname"
+    ) in ("false", "0", "no")
+    if unchecked and not insecure:
+        raise OptionError(
+            option,
+            f"{flag_of(option)}: the Redis URL turns TLS certificate checks off "
+            "(ssl_cert_reqs / ssl_check_hostname): pass --insecure-redis-tls if you mean it",
+        )
     return url
+
+
+def visible_password(url: str) -> bool:
+    """The URL holds a password: given as a flag or an argument, `ps` shows it to anyone on
+    the machine (the environment or a file do not)."""
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def flag_of(option: str) -> str:
@@ -65,7 +86,11 @@ def protect(url: str) -> str:
 
 
 def url_from(
-    given: str | None, url_file: str | os.PathLike[str] | None, env: Mapping[str, str]
+    given: str | None,
+    url_file: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+    *,
+    insecure: bool = False,
 ) -> str | None:
     """A Redis URL: `given` (a flag or an argument), else read from `url_file` (a mounted
     Secret), else XQUIK_REDIS_URL; None when there is none. Its password is registered as a
@@ -86,7 +111,7 @@ def url_from(
     protect(given)
     if not is_redis_url(given):
         raise OptionError("redis_url_file", "the Redis URL is not redis://, rediss:// or unix://")
-    return check_url(given, "redis_url_file" if url_file else "redis")
+    return check_url(given, "redis_url_file" if url_file else "redis", insecure=insecure)
 
 
 def address(url: str) -> str:
@@ -99,9 +124,11 @@ def address(url: str) -> str:
     return f"{parts.hostname or parts.path}:{port}{parts.path if parts.hostname else ''}"
 
 
-def need_url(given: str | None, url_file: str | None, env: Mapping[str, str]) -> str:
+def need_url(
+    given: str | None, url_file: str | None, env: Mapping[str, str], *, insecure: bool = False
+) -> str:
     """`url_from` for the commands that only talk to a queue (enqueue, queue, dead)."""
-    url = url_from(given, url_file, env)
+    url = url_from(given, url_file, env, insecure=insecure)
     if url is None:
         raise OptionError(
             "redis", "no Redis: give --redis URL, --redis-url-file PATH or XQUIK_REDIS_URL"
@@ -109,7 +136,7 @@ def need_url(given: str | None, url_file: str | None, env: Mapping[str, str]) ->
     return url
 
 
-def connect(url: str, *, once: float | None = None) -> Any:
+def connect(url: str, *, once: float | None = None, pool_size: int | None = None) -> Any:
     """A client for `url`. `once`: for a command that talks to Redis once (enqueue, queue
     status, dead): no retries inside redis-py and connections given up after `once` seconds,
     so an unreachable Redis fails in one line instead of a long wait."""
@@ -121,6 +148,8 @@ def connect(url: str, *, once: float | None = None) -> Any:
         from redis.backoff import NoBackoff
 
         options.update(socket_connect_timeout=once, retry=Retry(NoBackoff(), 0))
+    if pool_size is not None:
+        options["max_connections"] = pool_size
     client = redis.asyncio.from_url(url, health_check_interval=15, **options)
     client.xquik_address = address(url)  # type: ignore[attr-defined]
     return client

@@ -89,6 +89,7 @@ class RunSettings:
     limit: int | None = None
     progress: bool = False
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 for a scrape from elsewhere (Kubernetes)
     metrics_textfile: Path | None = None  # node_exporter textfile, every 10 s and at the end
     pushgateway: str | None = field(default=None, repr=False)  # pushed at the end
     wait_lock: bool = False

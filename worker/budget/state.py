@@ -16,12 +16,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
+from worker.files import check_private_dir, open_private, write_atomically
 from worker.logs import get_logger
 
 if TYPE_CHECKING:
@@ -60,15 +62,17 @@ class StateFile:
         self._cooldown: float | None = None  # the last cooldown and finding we wrote
         self._learned_at: float | None = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(
-                directory / f"budget-{fingerprint}-{tier}.lock", os.O_RDWR | os.O_CREAT, 0o600
-            )
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             if directory not in _WRITABLE:  # once per directory (1,000 keys: 1,000 budgets)
-                probe = directory / f".probe-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
+                # Ours, and nobody else's to plant a file in; writable (a probe with a name
+                # nobody can guess: a planted `.probe-<pid>` link truncated its target).
+                check_private_dir(directory, "--state-dir")
+                fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
+                os.close(fd)
+                os.unlink(probe)
                 _WRITABLE.add(directory)
+            lock = directory / f"budget-{fingerprint}-{tier}.lock"
+            self._lock_fd = open_private(lock, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise ConfigError(
                 f"--state-dir {directory}: cannot keep the budget's state there "
@@ -91,7 +95,7 @@ class StateFile:
                 return st.st_size
             self._forget()
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
         except FileNotFoundError:
             return -1
         return os.fstat(self._fd).st_size
@@ -143,7 +147,7 @@ class StateFile:
         if not self._tail_ok:
             line = b"\n" + line  # end a line torn by a crash; it is skipped as unreadable
         if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         os.write(self._fd, line)
         self._pos += len(line)
         self._tail_ok = True
@@ -159,9 +163,7 @@ class StateFile:
         }
         if learned is not None:
             state["learned"] = {"limit": learned.limit, "at": learned.at, "cap": learned.cap}
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(json.dumps(state, separators=(",", ":")).encode() + b"\n")
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(state, separators=(",", ":")).encode() + b"\n")
         self._pos = max(self._open(), 0)
 
     def load_into(self, budget: LocalBudget) -> int:

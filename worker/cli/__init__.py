@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _limit_core_dumps()
     args = build_parser().parse_args(argv)
     try:
+        import worker.logs
+
+        worker.logs.route_stdlib = True  # asyncio's and libraries' warnings: masked, formatted
         command = importlib.import_module(COMMANDS[args.command])
         code: int = command.main(args)
     except KeyboardInterrupt:

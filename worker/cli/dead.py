@@ -85,7 +85,9 @@ async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
 def main(args: argparse.Namespace) -> int:
     command = f"dead {args.dead_command}"
     try:
-        args.redis = need_url(args.redis, args.redis_url_file, os.environ)
+        args.redis = need_url(
+            args.redis, args.redis_url_file, os.environ, insecure=args.insecure_redis_tls
+        )
     except ConfigError as exc:
         return fail(command, exc)
     if args.dead_command == "requeue" and not (args.all or args.id or args.error):

@@ -24,7 +24,9 @@ from worker.sources.stream import Enqueued, enqueue
 
 def main(args: argparse.Namespace) -> int:
     try:
-        args.redis = need_url(args.redis, args.redis_url_file, os.environ)
+        args.redis = need_url(
+            args.redis, args.redis_url_file, os.environ, insecure=args.insecure_redis_tls
+        )
     except ConfigError as exc:
         return fail("enqueue", exc)
     path = None if args.jobs == "-" else Path(args.jobs)

@@ -6,12 +6,15 @@ text is data, never markup)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import UTC, datetime
 from html import escape
 from itertools import pairwise
 from pathlib import Path
 
 from worker.budget.rate import Rate
+from worker.files import write_atomically
 from worker.results.records import windows
 from worker.results.report import Report
 
@@ -139,6 +142,15 @@ JS = """
 """
 
 
+# Only the page's own inline style and its one script (by hash) may run: a value from the
+# log that slipped through escaping could still load or run nothing.
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{base64.b64encode(hashlib.sha256(JS.encode()).digest()).decode()}'; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+
 def render(page: Report, *, source: str, rate: Rate) -> str:
     e = escape
     failed = page.outstanding()
@@ -167,6 +179,7 @@ def render(page: Report, *, source: str, rate: Rate) -> str:
     ]
     html = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>Offboarding report: {e(source)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>Offboarding report</h1><div class=muted><code>{e(source)}</code> · "
@@ -255,4 +268,4 @@ def render(page: Report, *, source: str, rate: Rate) -> str:
 
 
 def write(report: Report, out: Path, *, rate: Rate, label: str) -> None:
-    out.write_text(render(report, source=label, rate=rate), encoding="utf-8")
+    write_atomically(out, render(report, source=label, rate=rate).encode())

@@ -25,7 +25,7 @@ from worker.cli.parser import log_level
 from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
 from worker.logs import configure
-from worker.models import Job, Op, Outcome, Result
+from worker.models import ID_PATTERN, Job, Op, Outcome, Result
 from worker.results import records
 from worker.results.sink import FileSink
 from worker.run.operations import monitor_deleted
@@ -79,7 +79,9 @@ def _api_options(args: argparse.Namespace) -> dict[str, Any]:
     """The API flags given, as `api_settings` keywords."""
     names = ("base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "rate")
     given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
-    given.update(sandbox=args.sandbox, budget=args.budget)
+    given.update(
+        sandbox=args.sandbox, budget=args.budget, insecure_redis_tls=args.insecure_redis_tls
+    )
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -120,6 +122,10 @@ async def _monitors(api: ApiSettings, path: Path, users: Users, delete: bool) ->
         failed = 0
         for account_id, monitor in left:
             monitor_id = str(monitor["id"])
+            if not ID_PATTERN.fullmatch(monitor_id):  # a server's text: never into a URL
+                say(f"monitor id {monitor_id[:40]!r} from the listing is not an id: skipped")
+                failed += 1
+                continue
             call = await session.call(partial(session.client.delete_monitor, monitor_id))
             fields: dict[str, object] = {"attempts": call.attempts}
             if call.answer is not None:

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Groups shared by several commands --------------------------------------------------------------
-def api_group(p: argparse.ArgumentParser, *, rate: bool) -> None:
+def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) -> None:
     """Keys and API: the options of every command that speaks with the API."""
     g = p.add_argument_group("keys and API")
     g.add_argument(
@@ -143,8 +143,10 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool) -> None:
         default=t.env("BUDGET"),
         help="keep the key's budget (slots, cooldown, learned limit) in this Redis, "
         "redis://… or rediss://…, shared with queue consumers and runs on other machines "
-        "(default: the state file)",
+        "(default: the state file); a password in it shows in `ps`: prefer XQUIK_BUDGET",
     )
+    if insecure:  # plan and monitors (run has it among its queue options)
+        insecure_tls(b)
 
 
 def redis_group(p: Group) -> None:
@@ -177,6 +179,16 @@ def redis_url_file(p: Group) -> None:
         default=t.env("REDIS_URL_FILE"),
         help="read the Redis URL from this file (a mounted Secret), so its password is "
         "never in the arguments or `ps`",
+    )
+    insecure_tls(p)
+
+
+def insecure_tls(p: Group) -> None:
+    p.add_argument(
+        "--insecure-redis-tls",
+        action="store_true",
+        help="accept a rediss:// URL that turns certificate checks off (ssl_cert_reqs=none): "
+        "whoever answers in Redis's place could then feed the queue",
     )
 
 
@@ -235,7 +247,7 @@ def run(sub: Any) -> None:
     run_input(p)
     run_budget(p)
     run_safety(p)
-    api_group(p, rate=False)
+    api_group(p, rate=False, insecure=False)
     p.add_argument_group("keys and API").add_argument(
         "--keys",
         metavar="DIR",
@@ -445,6 +457,13 @@ def run_observability(p: argparse.ArgumentParser) -> None:
         default=t.env("METRICS_PORT"),
         metavar="N",
         help="serve Prometheus metrics on /metrics and health on /healthz",
+    )
+    g.add_argument(
+        "--metrics-host",
+        default=t.env("METRICS_HOST"),
+        metavar="ADDR",
+        help="the address --metrics-port listens on (default 127.0.0.1: this machine only; "
+        "0.0.0.0 for a scrape or a probe from elsewhere, e.g. in Kubernetes)",
     )
     g.add_argument(
         "--metrics-textfile",

@@ -7,6 +7,7 @@ stderr and make the exit code 1. Listing goes through the key's read budget."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from contextlib import AsyncExitStack
@@ -25,6 +26,7 @@ from worker.budget.rate import UNLIMITED
 from worker.cli.parser import log_level
 from worker.cli.say import fail
 from worker.errors import AuthError, ConfigError, ExitCode, OptionError, TlsError
+from worker.files import write_atomically
 from worker.logs import configure, get_logger
 from worker.models import TENANT_PATTERN
 from worker.redact import printable
@@ -212,6 +214,7 @@ def _api_options(args: argparse.Namespace) -> dict[str, Any]:
     names = ("base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "budget")
     given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     given.update(sandbox=args.sandbox, rate=UNLIMITED, state_dir="none")
+    given["insecure_redis_tls"] = args.insecure_redis_tls
     return given
 
 
@@ -254,11 +257,12 @@ async def _plan(
                 for a in chosen
             }
     tenant = args.tenant or None
-    if args.out:
-        with Path(args.out).open("w", encoding="utf-8") as out:  # noqa: ASYNC230 (tiny, once)
-            write_jobs(
-                chosen, out, fmt=args.format, monitors=monitors, keywords=keywords, tenant=tenant
-            )
+    if args.out:  # written whole, 0600, under a new name renamed over the target
+        out = io.StringIO()
+        write_jobs(
+            chosen, out, fmt=args.format, monitors=monitors, keywords=keywords, tenant=tenant
+        )
+        write_atomically(Path(args.out), out.getvalue().encode())
     else:
         write_jobs(
             chosen, sys.stdout, fmt=args.format, monitors=monitors, keywords=keywords, tenant=tenant

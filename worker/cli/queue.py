@@ -154,7 +154,9 @@ def render(s: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        args.redis = need_url(args.redis, args.redis_url_file, os.environ)
+        args.redis = need_url(
+            args.redis, args.redis_url_file, os.environ, insecure=args.insecure_redis_tls
+        )
     except ConfigError as exc:
         return fail("queue status", exc)
 

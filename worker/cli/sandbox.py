@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from worker.api.keys import read_key_file
 from worker.api.urls import is_loopback
 from worker.cli.say import fail
 from worker.errors import ConfigError, ExitCode
+from worker.files import write_atomically
 from worker.sandbox import FaultConfig, Sandbox, SandboxConfig
 
 
@@ -68,12 +68,9 @@ def main(args: argparse.Namespace) -> int:
 
 def write_keys(directory: Path, keys: dict[str, str]) -> None:
     """One file per tenant, named after it, holding its key (mode 0600): a --keys directory."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name, key in keys.items():
-        path = directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
+        write_atomically(directory / name, (key + "\n").encode())
 
 
 async def _serve(config: SandboxConfig, keys_out: Path | None = None) -> None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from worker._version import __version__
 from worker.api.client import DURATION_BUCKETS
 from worker.errors import ConfigError
+from worker.files import write_atomically
 from worker.logs import get_logger
 from worker.run.assemble import RunView
 
@@ -150,12 +151,13 @@ def registry(view: RunView) -> Any:
 
 
 async def write_textfile(view: RunView, path: Path) -> None:
-    """node_exporter's textfile collector: written whole, then renamed (prometheus-client's
-    own helper), off the event loop."""
-    from prometheus_client import write_to_textfile
+    """node_exporter's textfile collector: written whole under a name nobody can guess, then
+    renamed (never through a planted symlink), off the event loop."""
+    from prometheus_client import generate_latest
 
     try:
-        await anyio.to_thread.run_sync(write_to_textfile, str(path), registry(view))
+        body = generate_latest(registry(view))
+        await anyio.to_thread.run_sync(write_atomically, path, body)
     except OSError as exc:
         log.warning("metrics_textfile_failed", path=str(path), error=exc.strerror)
 
@@ -186,7 +188,13 @@ async def push(view: RunView, url: str) -> None:
 
 
 class MetricsServer:
-    def __init__(self, view: RunView, *, port: int, host: str = "0.0.0.0") -> None:
+    """/metrics and /healthz, on `host` (127.0.0.1 unless told: a scrape from another host,
+    a Kubernetes probe, needs --metrics-host 0.0.0.0). Redis is asked through a connection of
+    the server's own, one check at a time however many requests come: a flood of probes
+    never takes a connection the workers need. An unhealthy Redis is said
+    to be unavailable, never with its error (which names internal hosts)."""
+
+    def __init__(self, view: RunView, *, port: int, host: str = "127.0.0.1") -> None:
         from prometheus_client import CollectorRegistry
 
         self._view = view
@@ -195,26 +203,54 @@ class MetricsServer:
         self._registry.register(self._collector)
         self._host, self.port = host, port
         self._runner: web.AppRunner | None = None
+        self._redis: Any = None  # our own small client (never the workers' pool)
+        self._lock = anyio.Lock()
+        self._checked: tuple[float, bool] = (float("-inf"), False)
+
+    def _url(self) -> str | None:
+        settings = self._view.settings
+        if settings.queue is not None:
+            return settings.queue.url
+        return settings.api.budget_url
+
+    async def _redis_ok(self) -> bool:
+        """Redis answers PING. One check at a time: a request that waited while a check ran
+        (one that began after it came) takes that check's answer, so a flood of probes costs
+        Redis one PING at a time, on our own connection."""
+        arrived = anyio.current_time()
+        async with self._lock:
+            began, ok = self._checked
+            if began >= arrived:
+                return ok
+            began = anyio.current_time()
+            url = self._url()
+            if self._redis is None and url is not None:
+                from worker.redis_conn import connect
+
+                self._redis = connect(url, once=2.0, pool_size=1)
+            try:
+                with anyio.fail_after(2):
+                    await self._redis.ping()
+                ok = True
+            except Exception:
+                ok = False
+            self._checked = (began, ok)
+            return ok
 
     async def metrics(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        if self._view.queue is not None:
+        if self._view.queue is not None and await self._redis_ok():
             try:
-                self._collector.queue = await self._view.queue.stats()
+                self._collector.queue = await self._view.queue.stats(self._redis)
             except Exception:
                 self._collector.queue = {}
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        if self._view.redis is not None:
-            try:
-                with anyio.fail_after(2):
-                    await self._view.redis.ping()
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                return web.json_response({"ok": False, "redis": error}, status=503)
+        if self._url() is not None and not await self._redis_ok():
+            return web.json_response({"ok": False, "redis": "unavailable"}, status=503)
         return web.json_response({"ok": True, "running": self._view.runner is not None})
 
     async def __aenter__(self) -> MetricsServer:
@@ -228,7 +264,8 @@ class MetricsServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise ConfigError(f"--metrics-port {self.port}: {exc.strerror}") from None
+            where = f"--metrics-host {self._host} --metrics-port {self.port}"
+            raise ConfigError(f"{where}: {exc.strerror}") from None
         return self
 
     async def __aexit__(
@@ -236,3 +273,5 @@ class MetricsServer:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._redis is not None:
+            await self._redis.aclose()

@@ -32,8 +32,9 @@ class StandardOutputs:
         from worker.logs import get_logger
         from worker.outputs.metrics import MetricsServer
 
-        async with MetricsServer(view, port=self.settings.metrics_port):
-            get_logger().info("metrics_listening", port=self.settings.metrics_port)
+        host = self.settings.metrics_host
+        async with MetricsServer(view, port=self.settings.metrics_port, host=host):
+            get_logger().info("metrics_listening", host=host, port=self.settings.metrics_port)
             yield
 
     async def confirm(self, view: RunView) -> bool:

@@ -4,6 +4,7 @@ every second and at exit, locked for the whole run."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from worker.errors import ConfigError
+from worker.files import open_private
 from worker.models import Result
 
 
@@ -48,10 +50,13 @@ class FileSink:
         where = f"result log {path}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            # 0600 (it names the users removed), and never through a planted symlink.
+            fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
         except IsADirectoryError:
             raise ConfigError(f"{where} is a directory") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(f"{where} is a symbolic link: give the file itself") from None
             raise ConfigError(f"{where} cannot be opened for writing: {exc.strerror}") from None
         try:
             info = os.fstat(fd)

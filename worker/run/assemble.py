@@ -32,7 +32,7 @@ import anyio
 from worker.api.call import Fatal
 from worker.api.keys import key_id
 from worker.api.session import Session
-from worker.api.urls import origin_of
+from worker.api.urls import DEFAULT_BASE_URL, origin_of
 from worker.budget.base import Budget, Unlimited
 from worker.errors import ConfigError
 from worker.logs import get_logger
@@ -211,6 +211,8 @@ class Assembly:
             api = replace(s.api, base_url=sandbox.base_url, api_key=Secret(sandbox.api_key))
             self.settings = view.settings = s = replace(s, api=api)
             log.info("sandbox_started", base_url=sandbox.base_url)
+        if s.api.base_url != DEFAULT_BASE_URL:  # said once: where the key is sent
+            log.info("api_base_url", origin=origin_of(s.api.base_url), sandbox=s.api.sandbox)
         view.prior = self._prior()
         await self._redis()
         await stack.enter_async_context(self.outputs.serve(view))

@@ -17,6 +17,7 @@ from worker.logs import get_logger
 from worker.models import (
     ACCOUNT_MISMATCH,
     DONE,
+    ID_PATTERN,
     NOT_CONNECTED,
     Invalid,
     Job,
@@ -29,6 +30,9 @@ from worker.models import (
 from worker.run.claims import Claims
 
 log = get_logger()
+# An id a listing gave that is not an id: never put into a URL (a job's ids are checked on
+# the way in; a server's are checked here).
+INVALID_SERVER_ID = "invalid_server_id"
 
 
 def monitor_deleted(answer: Answer) -> tuple[Outcome, bool]:
@@ -111,6 +115,9 @@ class Operations:
             if isinstance(resolved, Result):
                 return [resolved]
             account, account_id = resolved, str(resolved["id"])
+            if not ID_PATTERN.fullmatch(account_id):  # the server's text, not a job's: checked
+                error = f"{INVALID_SERVER_ID}: the listing gave {account_id[:40]!r}"
+                return [self._result(job, started, outcome=Outcome.FAILED, error=error)]
             key = job_key(account_id, None, job.tenant)
             claim = self.claims.claim(key)
             if claim == "new":
@@ -307,7 +314,7 @@ class Operations:
         if not x_user_id and not username:
             log.warning("monitors_unmatched", reason="account unknown and no username given")
             return []
-        base = {"op": Op.DELETE_MONITOR, "account_id": disconnected.account_id}
+        base: dict[str, Any] = {"op": Op.DELETE_MONITOR, "account_id": disconnected.account_id}
         results: list[Result] = []
         kinds: list[tuple[str, Any, Any]] = [
             (
@@ -335,6 +342,19 @@ class Operations:
                 continue
             for monitor in monitors:
                 monitor_id = str(monitor["id"])
+                if not ID_PATTERN.fullmatch(monitor_id):  # never put into a URL as it came
+                    error = f"{INVALID_SERVER_ID}: the listing gave {monitor_id[:40]!r}"
+                    results.append(
+                        self._result(
+                            job,
+                            started,
+                            outcome=Outcome.FAILED,
+                            error=error,
+                            monitor_kind=kind,
+                            **base,
+                        )
+                    )
+                    continue
                 call = await self._call(partial(delete, monitor_id))
                 outcome, pending = None, False
                 if call.answer is not None:

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 from worker import values
 from worker.api.keys import api_key, tenant_keys
-from worker.api.urls import DEFAULT_BASE_URL, check_base_url
+from worker.api.urls import DEFAULT_BASE_URL, check_base_url, is_loopback
 from worker.budget.rate import AUTO_CEILING, Rate, parse_rate
 from worker.errors import OptionError
 from worker.redact import register
-from worker.redis_conn import check_url, is_redis_url, protect, url_from
+from worker.redis_conn import check_url, is_redis_url, protect, url_from, visible_password
 from worker.secret_file import read_secret
 from worker.settings import READ_RATE, ApiSettings, Intervals, QueueConfig, RunSettings, Secret
 
@@ -48,6 +48,7 @@ class ApiOptions(TypedDict, total=False):
     sandbox: bool
     budget: str  # a Redis URL: the key's budget kept there
     state_dir: PathLike  # "none": no state file
+    insecure_redis_tls: bool  # a rediss:// URL may turn certificate checks off
     rate: str | Rate
     relearn: float | str
     rate_margin: float | str | None
@@ -78,6 +79,7 @@ class RunOptions(ApiOptions, total=False):
     log_format: str | None
     log_level: str
     metrics_port: int | str | None
+    metrics_host: str
     metrics_textfile: PathLike | None
     pushgateway: str | None
     redis_url_file: PathLike | None
@@ -148,7 +150,13 @@ def api_settings(*, env: Mapping[str, str] | None = None, **o: Unpack[ApiOptions
         protect(budget)
         if not is_redis_url(budget):
             raise OptionError("budget", "--budget: not a redis:// (or rediss://) URL")
-        check_url(budget, "budget")
+        check_url(
+            budget,
+            "budget",
+            insecure=_bool("insecure_redis_tls", o.get("insecure_redis_tls", False)),
+        )
+        if visible_password(budget) and not getattr(budget, "var", None):
+            _warn_visible("--budget")
     if sandbox:
         base_url, key = "http://127.0.0.1", ""
     else:
@@ -217,7 +225,8 @@ def settings(
     if unknown:
         name = sorted(unknown)[0]
         raise OptionError(name, f"unknown option {name!r} (see `xquik-disconnect run --help`)")
-    text = _source(None if source is None else str(source), o.get("redis_url_file"), env)
+    insecure = _bool("insecure_redis_tls", o.get("insecure_redis_tls", False))
+    text = _source(None if source is None else str(source), o.get("redis_url_file"), env, insecure)
     if str(o.get("api_key_file")) == "-" and text == "-":
         raise OptionError(
             "api_key_file", "--api-key-file - reads stdin, which is already the jobs source"
@@ -246,6 +255,18 @@ def settings(
         keys=keys,
         intervals=o.get("intervals", Intervals()),
         **_run_values(o),
+    )
+
+
+def _warn_visible(option: str) -> None:
+    from worker.logs import get_logger
+
+    get_logger().warning(
+        "secret_in_arguments",
+        option=option,
+        advice="a Redis password given as an argument shows in `ps` to anyone on this "
+        "machine: give the URL in XQUIK_REDIS_URL (XQUIK_BUDGET for --budget) or "
+        "--redis-url-file",
     )
 
 
@@ -305,6 +326,7 @@ def _run_values(o: RunOptions) -> dict[str, Any]:
         "limit": None if limit is None else _count("limit", limit),
         "progress": _isatty() if progress is None else _bool("progress", progress),
         "metrics_port": None if port is None else _value("metrics_port", port, values.port),
+        "metrics_host": _host(o.get("metrics_host", "127.0.0.1")),
         "metrics_textfile": Path(textfile) if textfile else None,
         "pushgateway": _pushgateway(o.get("pushgateway")),
         "wait_lock": _bool("wait_lock", o.get("wait_lock", False)),
@@ -319,24 +341,46 @@ def _run_values(o: RunOptions) -> dict[str, Any]:
     }
 
 
+def _host(text: str) -> str:
+    """An address to listen on: an IP address (0.0.0.0, ::, 127.0.0.1) or a host name."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", text):
+            raise OptionError(
+                "metrics_host", f"--metrics-host: {text!r} is not an address"
+            ) from None
+    return text
+
+
 def _isatty() -> bool:
     """A progress bar by default only on a terminal (stderr may be closed: `2>&-`)."""
     return sys.stderr is not None and sys.stderr.isatty()
 
 
-def _source(given: str | None, url_file: PathLike | None, env: Mapping[str, str]) -> str:
+def _source(
+    given: str | None, url_file: PathLike | None, env: Mapping[str, str], insecure: bool
+) -> str:
     """SOURCE: a jobs file, `-`, a Redis URL; or the queue's URL from --redis-url-file or
     XQUIK_REDIS_URL when none is given."""
     if given is not None and not url_file:
-        return check_url(protect(given), "source") if is_redis_url(given) else given
-    url = url_from(given, url_file, env)
-    if url is None:
+        if not is_redis_url(given):
+            return given
+        url = check_url(protect(given), "source", insecure=insecure)
+        if visible_password(url) and not getattr(given, "var", None):
+            _warn_visible("SOURCE")
+        return url
+    found = url_from(given, url_file, env, insecure=insecure)
+    if found is None:
         raise OptionError(
             "source",
             "SOURCE missing: a jobs file, - for stdin, or redis://… (or the queue's URL "
             "in --redis-url-file or XQUIK_REDIS_URL)",
         )
-    return url
+    return found
 
 
 def _queue(source: str, o: RunOptions) -> QueueConfig | None:
@@ -379,6 +423,10 @@ def _pushgateway(url: str | None) -> str | None:
         raise OptionError("pushgateway", f"--pushgateway {url!r} has a bad port") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise OptionError("pushgateway", f"--pushgateway {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise OptionError(
+            "pushgateway", "--pushgateway: plain http:// only to a loopback host; use https://"
+        )
     protect(url)
     return url
 

@@ -301,11 +301,13 @@ class RedisSource:
             items.append(item)
         return items
 
-    async def stats(self) -> dict[str, float]:
-        """For metrics: stream length, the group's pending count and (Redis 7+) its lag."""
+    async def stats(self, redis: Any = None) -> dict[str, float]:
+        """For metrics: stream length, the group's pending count and (Redis 7+) its lag,
+        asked through `redis` (the metrics server's own client) or ours."""
         cfg = self.config
-        length = await self.redis.xlen(cfg.stream)
-        groups = await self.redis.xinfo_groups(cfg.stream)
+        redis = redis or self.redis
+        length = await redis.xlen(cfg.stream)
+        groups = await redis.xinfo_groups(cfg.stream)
         out = {"length": float(length)}
         for group in groups:
             if _text(group["name"]) == cfg.group:
