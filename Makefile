@@ -43,14 +43,18 @@ bench: $(VENV)/.dev
 	mv bench/RESULTS.md.tmp bench/RESULTS.md
 	cat bench/RESULTS.md
 
-# Pinned runtime dependencies for the image, from a clean venv.
+# Pinned runtime dependencies for the image, with every file's hash (the image installs them
+# with --require-hashes), resolved in a clean venv by pip-tools.
 lock:
 	rm -rf /tmp/xquik-lock && $(PYTHON) -m venv /tmp/xquik-lock
-	/tmp/xquik-lock/bin/pip install -q .
-	{ echo "# Pinned runtime dependencies for the container image (regenerate: make lock)."; \
-	  /tmp/xquik-lock/bin/pip freeze --exclude xquik-disconnect-worker; \
-	  echo "# redis needs it on Python < 3.11.3 (Debian bookworm has 3.11.2); harmless elsewhere."; \
-	  echo "async-timeout==5.0.1"; } > requirements.lock
+	/tmp/xquik-lock/bin/pip install -q pip-tools
+	printf 'async-timeout==5.0.1  # redis needs it on Python < 3.11.3 (Debian bookworm: 3.11.2)\n' \
+	  > /tmp/xquik-lock/extra.in
+	CUSTOM_COMPILE_COMMAND="make lock" /tmp/xquik-lock/bin/pip-compile -q --generate-hashes \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --output-file requirements.lock \
+	  pyproject.toml /tmp/xquik-lock/extra.in
+	sed -i 's|    # via -r /tmp/xquik-lock/extra.in|    # via redis on Python < 3.11.3 (Debian bookworm: 3.11.2)|' \
+	  requirements.lock
 
 # Build the image with podman and run it (root; installs podman if missing). CI runs it.
 container-check:

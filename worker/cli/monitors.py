@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _api_options(args: argparse.Namespace) -> dict[str, Any]:
     """The API flags given, as `api_settings` keywords."""
-    names = ("base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "rate")
+    names = ["base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "rate"]
+    names += ["budget_file"]
     given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     given.update(
         sandbox=args.sandbox, budget=args.budget, insecure_redis_tls=args.insecure_redis_tls

@@ -145,6 +145,12 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
         "redis://… or rediss://…, shared with queue consumers and runs on other machines "
         "(default: the state file); a password in it shows in `ps`: prefer XQUIK_BUDGET",
     )
+    b.add_argument(
+        "--budget-file",
+        metavar="PATH",
+        default=t.env("BUDGET_FILE"),
+        help="read the --budget URL from this file (a mounted Secret)",
+    )
     if insecure:  # plan and monitors (run has it among its queue options)
         insecure_tls(b)
 

@@ -211,7 +211,8 @@ def main(args: argparse.Namespace) -> int:
 def _api_options(args: argparse.Namespace) -> dict[str, Any]:
     """The API flags given, as `api_settings` keywords. Plans only read: the DELETE tier is
     never used, so it needs no budget of its own."""
-    names = ("base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "budget")
+    names = ["base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "budget"]
+    names += ["budget_file"]
     given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     given.update(sandbox=args.sandbox, rate=UNLIMITED, state_dir="none")
     given["insecure_redis_tls"] = args.insecure_redis_tls

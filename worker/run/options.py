@@ -47,6 +47,7 @@ class ApiOptions(TypedDict, total=False):
     max_attempts: int | str
     sandbox: bool
     budget: str  # a Redis URL: the key's budget kept there
+    budget_file: PathLike | None  # the same, read from a file (a mounted Secret)
     state_dir: PathLike  # "none": no state file
     insecure_redis_tls: bool  # a rediss:// URL may turn certificate checks off
     rate: str | Rate
@@ -146,6 +147,16 @@ def api_settings(*, env: Mapping[str, str] | None = None, **o: Unpack[ApiOptions
     margin = o.get("rate_margin")
     state = o.get("state_dir")
     budget = o.get("budget") or None
+    budget_file = o.get("budget_file")
+    if budget_file:
+        if budget is not None and not getattr(budget, "var", None):
+            raise OptionError(
+                "budget_file", "give the budget's URL once: --budget or --budget-file"
+            )
+        budget = read_secret(budget_file, "--budget-file") or None
+        if budget is None:
+            raise OptionError("budget_file", "--budget-file: the file is empty")
+        budget = _FromFile(budget)
     if budget is not None:
         protect(budget)
         if not is_redis_url(budget):
@@ -201,6 +212,12 @@ def _state_dir(given: PathLike | None, *, sandbox: bool) -> Path | None:
     from worker.budget.state import default_state_dir
 
     return default_state_dir()
+
+
+class _FromFile(str):
+    """A value read from a file: `ps` never showed it."""
+
+    var = "--budget-file"
 
 
 def need_key(api: ApiSettings) -> None:
