@@ -64,13 +64,14 @@ def main(args: argparse.Namespace) -> int:
         )
     for item in done.invalid:
         say(f"{item.source}: {item.error}")
-    print(
-        _counted(done, args.stream)
-        + (f"; {len(done.invalid)} invalid lines not enqueued" if done.invalid else "")
-    )
+    already = f"; {done.already} were there from an earlier run" if done.already else ""
+    invalid = f"; {len(done.invalid)} invalid lines not enqueued" if done.invalid else ""
+    print(f"enqueued {done.added} jobs to {args.stream}{already}{invalid}")
     return ExitCode.FAILED if done.invalid else ExitCode.OK
 
 
 def _counted(done: Enqueued, stream: str) -> str:
-    already = f" ({done.already} of them from an earlier run)" if done.already else ""
-    return f"{done.on_stream} jobs surely on {stream}{already}"
+    return (
+        f"{done.on_stream} jobs of this file surely on {stream} (added now: {done.added}, "
+        f"from an earlier run: {done.already})"
+    )
