@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -112,7 +112,12 @@ class Learner:
 class Exchange(Protocol):
     """Where a budget's state is shared with other runs (the state file)."""
 
+    path: Any
+
     def exchange(self, budget: LocalBudget) -> AbstractContextManager[None]: ...
+
+    def rewrite(self, budget: LocalBudget) -> None:
+        """The whole state as the budget holds it now, under the lock."""
 
 
 class LocalBudget:
@@ -338,7 +343,7 @@ class LocalBudget:
         if status == RATE_LIMITED:
             first = self.cooldown_remaining() <= 0  # the first 429 of this window
             if first:
-                self._episode = self._win_start
+                self._episode = self._window_start(now)
                 self._pending.clear()
             self._episode_end = now
             self._pending.update(s for s in self._inflight if s in self._sent_under)
@@ -361,6 +366,23 @@ class LocalBudget:
                 ceiling=self.learner.ceiling,
                 was=before,
             )
+
+    def _window_start(self, now: float) -> float:
+        """Where the server's window that just said 429 began, as far as every send this
+        budget knows tells: our own estimate (the first of our sends after the last window
+        ended), or earlier, the first send of any run on this key in the last window (the
+        state file's: earlier runs and runs beside this one count in the server's window
+        too; learning only this run's sends learned 7 where the server had accepted 15)."""
+        earliest = self._win_start
+        for slot, until in self._slots.items():
+            sent = self._sent_at.get(slot)
+            if sent is None:
+                if until == INFLIGHT:
+                    continue
+                sent = until - self.span  # another run's: answered then, sent a little before
+            if now - self.window < sent < earliest:
+                earliest = sent
+        return earliest
 
     def _accepted_since(self, start: float) -> int:
         """Accepted requests in the server's window that began at `start` and rejected us:
@@ -410,6 +432,19 @@ class LocalBudget:
 
     def cooldown_remaining(self) -> float:
         return max(0.0, self._cooldown_until - self._clock())
+
+    @property
+    def state(self) -> Exchange | None:
+        """Where this budget's state is shared (the state file), if anywhere."""
+        return self._state
+
+    def forget_learned(self) -> None:
+        """`budget forget`: the learned limit goes, here and in the state file; the next run
+        starts at the ceiling. Held slots and a cooldown stay."""
+        if self.learner is not None:
+            self.learner.learned = None
+        if self._state is not None:
+            self._state.rewrite(self)
 
     def sends_in_span(self) -> int:
         """Slots held now (in flight, or answered less than a span ago)."""

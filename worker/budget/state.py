@@ -166,6 +166,21 @@ class StateFile:
         write_atomically(self.path, json.dumps(state, separators=(",", ":")).encode() + b"\n")
         self._pos = max(self._open(), 0)
 
+    def rewrite(self, budget: LocalBudget) -> None:
+        """The whole state as `budget` holds it now (every run's, read first), under the lock:
+        what the budget forgot (a learned limit) is gone from the file too."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            learner = budget.learner
+            keep = learner.learned if learner is not None else None
+            self._forget()
+            self._read_into(budget)  # every run's slots and cooldown (and the old finding)
+            if learner is not None:
+                learner.learned = keep  # the budget's finding wins over the file's
+            self._rewrite(budget)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def load_into(self, budget: LocalBudget) -> int:
         """Restore the held slots into `budget` (the whole log, read from its start);
         returns how many are still held."""

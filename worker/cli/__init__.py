@@ -23,6 +23,7 @@ COMMANDS = {
     "monitors": "worker.cli.monitors",
     "queue": "worker.cli.queue",
     "dead": "worker.cli.dead",
+    "budget": "worker.cli.budget",
     "sandbox": "worker.cli.sandbox",
 }
 

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (run, plan, enqueue, report, monitors, queue, dead, sandbox):
+    for add in (run, plan, enqueue, report, monitors, queue, dead, budget, sandbox):
         add(sub)
     for command in sub.choices.values():
         t.name_env_twins(command)
@@ -737,6 +737,42 @@ def dead(sub: Any) -> None:
     pg.add_argument(
         "--older-than", type=t.duration, required=True, metavar="DURATION", help="e.g. 30d, 12h"
     )
+
+
+def budget(sub: Any) -> None:
+    p = sub.add_parser(
+        "budget",
+        help="what a key's budget holds and has learned; forget what it learned",
+        description="The limit in force for the key (learned, when, or the ceiling), the "
+        "cooldown left and the slots held, per tier, from the state file (or --budget's "
+        "Redis); `forget` drops the learned limit, so the next run tries the ceiling.",
+        epilog=examples(
+            "xquik-disconnect budget status",
+            "xquik-disconnect budget status --keys keys/ --json",
+            "xquik-disconnect budget forget --budget redis://redis:6379/0",
+        ),
+    )
+    verbs = p.add_subparsers(dest="budget_command", required=True, parser_class=Parser)
+    for verb, text in (
+        ("status", "the limit in force, learned or not, the cooldown, the slots held"),
+        ("forget", "drop the learned limit (held slots and a cooldown stay)"),
+    ):
+        v = verbs.add_parser(verb, help=text, description=text)
+        api_group(v, rate=True)
+        k = v.add_argument_group("keys and API")
+        k.add_argument(
+            "--keys", metavar="DIR", default=t.env("KEYS"), help="every tenant's key in DIR"
+        )
+        b = v.add_argument_group("rate budget")
+        b.add_argument(
+            "--state-dir",
+            default=t.env("STATE_DIR"),
+            metavar="DIR",
+            help="where the state files are (default: the user cache dir)",
+        )
+        v.add_argument("--json", action="store_true", help="JSON even on a terminal")
+        log_group(v.add_argument_group("observability"))
+        _regroup(v)
 
 
 def sandbox(sub: Any) -> None:
