@@ -63,3 +63,25 @@ def test_list_requeue_purge(redis_server: RedisServer) -> None:
     assert old.decode() not in {e.decode() for e, _ in r.xrange(f"{STREAM}:dead")}
     assert r.xlen(f"{STREAM}:dead") == 2
     r.close()
+
+
+def test_dead_letters_carry_a_code_of_a_fixed_set() -> None:
+    """Dead letters got the first word of a sentence as their code ("no" for "no account_id
+    or username"): the code is one of invalid, failed:<error>, max_deliveries, rejected_key."""
+    from worker.models import Outcome, Result, dead_letter_code
+
+    def letter(outcome: Outcome, error: str, status: int | None = None) -> str:
+        return dead_letter_code(
+            Result(run_id="r", source="s", outcome=outcome, error=error, http_status=status)
+        )
+
+    assert letter(Outcome.INVALID, "no account_id or username") == "invalid"
+    assert letter(Outcome.FAILED, "forbidden: Injected fault.", 403) == "failed:forbidden"
+    assert letter(Outcome.FAILED, "retries_exhausted after 5 attempts: x") == (
+        "failed:retries_exhausted"
+    )
+    assert letter(Outcome.FAILED, "unauthenticated: bad key", 401) == "rejected_key"
+    assert letter(Outcome.FAILED, "delivered 6 times (more than --max-deliveries 5)") == (
+        "max_deliveries"
+    )
+    assert letter(Outcome.FAILED, "Some Sentence here") == "failed:error"

@@ -35,7 +35,7 @@ def test_queue_status_numbers(redis_server: RedisServer, tmp_path: Path) -> None
     assert (s["length"], s["undelivered"], s["pending"]) == (10, 6, 4)
     assert s["consumers"] == [{"name": "c1", "pending": 4, "idle_s": s["consumers"][0]["idle_s"]}]
     assert 0 <= s["oldest_pending_age_s"] < 60
-    assert s["dead_letters"] == {"forbidden": 2, "retries_exhausted": 1}
+    assert s["dead_letters"] == {"failed:forbidden": 2, "failed:retries_exhausted": 1}
     assert s["results"] == 1
     assert s["budgets"] == [
         {"key": "abc123", "slots_held": 2, "cooldown_s": 0.0, "learned_limit": 12}
@@ -45,7 +45,7 @@ def test_queue_status_numbers(redis_server: RedisServer, tmp_path: Path) -> None
     table = render(s)  # what a terminal shows
     assert "10 entries, 6 not yet delivered, 4 pending" in table
     assert "consumer c1: 4 pending" in table
-    assert "dead letters: 3 (forbidden 2, retries_exhausted 1)" in table
+    assert "dead letters: 3 (failed:forbidden 2, failed:retries_exhausted 1)" in table
     assert "budget of key abc123: 2 slots held, limit 12" in table
     r.delete(f"{stream}:dead")
     text = run_cli(

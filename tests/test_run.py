@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -295,3 +296,18 @@ async def test_a_listed_name_that_is_no_handle_does_not_lose_its_job(
     only_name = write_jobs(tmp_path / "name.jsonl", ['{"username": "weird name!"}'])
     summary = await run_against(sandbox, only_name, tmp_path, results=tmp_path / "n.jsonl")
     assert summary.outcomes == {"invalid": 1}  # a name alone must be a handle
+
+
+async def test_report_draws_the_limit_the_log_recorded(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Records carry the DELETE limit in force (`delete_limit`); `report` without --rate
+    reads its windows and limit line from it (it drew 15/60s whatever the run's limit)."""
+    from tests.conftest import run_cli
+
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "3"])
+    assert (await run_against(sandbox, jobs, tmp_path, rate="20/3s")).exit_code == 0
+    records = read_results(tmp_path / "results.jsonl")
+    assert {r["delete_limit"] for r in records} == {"20/3s"}
+    report = run_cli("report", str(tmp_path / "results.jsonl"), "--json", "--html",
+                     str(tmp_path / "r.html"))  # fmt: skip
+    assert json.loads(report.stdout)["window_s"] == 3.0
+    assert 'data-limit="20"' in (tmp_path / "r.html").read_text()

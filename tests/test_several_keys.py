@@ -200,6 +200,7 @@ async def test_a_rotated_key_file_is_used_without_a_restart(
         await eventually(lambda: len(dead_letters(redis_server)) == 5)  # settled after
         letters = dead_letters(redis_server)
         assert all(d["reason"].startswith("unauthenticated") for d in letters)
+        assert {d["error"] for d in letters} == {"rejected_key"}  # a code of the fixed set
         assert {d["job"]["tenant"] for d in letters} == {"t1"}
         status = run_cli("queue", "status", "--redis", redis_server.url, "--json")
         assert json.loads(status.stdout)["dead_by_tenant"] == {"t1": 5}

@@ -39,6 +39,25 @@ class Op(StrEnum):
 # A job naming both an id and a username whose id belongs to another X user: no DELETE.
 ACCOUNT_MISMATCH = "account_mismatch"
 
+
+def dead_letter_code(result: Result) -> str:
+    """A dead letter's code, from a fixed set: `invalid` (not a job), `max_deliveries`
+    (delivered too often), `rejected_key` (its key was rejected, 401), `failed:<error>` (a
+    permanent error, or retries exhausted: the error's own code, e.g. failed:forbidden)."""
+    error = result.error or ""
+    if result.outcome is Outcome.INVALID:
+        return "invalid"
+    if error.startswith(MAX_DELIVERIES_ERROR):
+        return "max_deliveries"
+    if result.http_status == 401:
+        return "rejected_key"
+    head = error.split(":", 1)[0].split(" ", 1)[0]
+    return f"failed:{head}" if _CODE.fullmatch(head) else "failed:error"
+
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_DELIVERIES_ERROR = "delivered"  # "delivered N times (more than --max-deliveries M)"
+
 # --strict-missing: an id that was not connected when the run began fails with this error.
 NOT_CONNECTED = (
     "not_connected: not connected when the run began (removed earlier, or a mistyped id)"
@@ -138,6 +157,7 @@ class Result:
     origin: str | None = None
     sandbox: bool = False
     key_group: str | None = None  # --keys NAME@ACCOUNT: the Xquik account the key belongs to
+    delete_limit: str | None = None  # the DELETE limit in force then, e.g. "15/60s"
     tenant: str | None = None  # the --keys tenant whose key did it; None: the default key
     # already_gone: was the account connected when the run began (in its listing)? False for
     # an id that was not: removed earlier, or a mistyped id. None when no listing was read.
@@ -191,6 +211,8 @@ class Result:
         }
         if self.key_group is not None:
             record["key_group"] = self.key_group
+        if self.delete_limit is not None:
+            record["delete_limit"] = self.delete_limit
         if self.sandbox:
             record["sandbox"] = True
         if self.op is Op.DELETE_MONITOR:

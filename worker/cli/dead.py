@@ -17,13 +17,13 @@ from typing import Any
 
 import anyio
 
-from worker.cli.queue import error_code, text
+from worker.cli.queue import code_matches, error_code, text
 from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
 from worker.redact import printable
 from worker.redis_conn import address, command_client, need_url, unavailable
 
-KEPT_OUT = {"message_id", "reason", "requeued_from"}  # ours, not the job's
+KEPT_OUT = {"message_id", "code", "reason", "requeued_from"}  # ours, not the job's
 
 
 async def letters(redis: Any, stream: str) -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ async def letters(redis: Any, stream: str) -> list[dict[str, Any]]:
                 "when": time.strftime(
                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(eid.split("-")[0]) / 1000)
                 ),
-                "error": error_code(fields.get("reason", "")),
+                "error": error_code(fields),
                 "reason": fields.get("reason", ""),
                 "message_id": fields.get("message_id"),
                 "job": {k: v for k, v in fields.items() if k not in KEPT_OUT},
@@ -53,7 +53,7 @@ def chosen(all_: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[st
         wanted = set(args.id)
         return [d for d in all_ if d["id"] in wanted]
     if getattr(args, "error", None):
-        return [d for d in all_ if d["error"] == args.error]
+        return [d for d in all_ if code_matches(d["error"], args.error)]
     return all_
 
 

@@ -442,9 +442,10 @@ def run_safety(p: argparse.ArgumentParser) -> None:
         const=300.0,
         default=t.env("WAIT_MONITORS"),
         metavar="S",
-        help="with --delete-monitors: wait (at most S seconds, default 300) until each "
-        "monitor's background deletion is over (its GET answers 404) before recording it; "
-        "by default it is recorded at once with pending: true",
+        help="for the jobs whose monitors go (--delete-monitors, or a job's delete_monitors: "
+        "true): wait (at most S seconds, default 300) until each monitor's background "
+        "deletion is over (its GET answers 404) before recording it; by default it is "
+        "recorded at once with pending: true",
     )
 
 
@@ -656,9 +657,11 @@ def report(sub: Any) -> None:
     p.add_argument(
         "--rate",
         type=t.rate,
-        default=t.env("RATE_LINE", "15/60s"),
+        default=t.env("RATE_LINE"),
         metavar="N/PERIOD",
-        help="the limit the HTML chart draws, and its window (default 15/60s)",
+        help="the limit the report's windows are drawn against, and their length (default: "
+        "the DELETE limit the log's latest record says was in force; 15/60s for a log "
+        "that says none)",
     )
 
 

@@ -35,11 +35,25 @@ def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-def error_code(reason: str) -> str:
-    """A dead letter's reason, by code: `forbidden: …` → forbidden; `retries_exhausted after…`
-    → retries_exhausted."""
-    head = reason.strip().split(":", 1)[0].split(" ", 1)[0]
-    return head or "unknown"
+def error_code(fields: dict[str, str]) -> str:
+    """A dead letter's code (`invalid`, `failed:<error>`, `max_deliveries`, `rejected_key`):
+    its `code` field; a letter written before codes existed gets one from its reason."""
+    if fields.get("code"):
+        return fields["code"]
+    reason = fields.get("reason", "").strip()
+    if reason.startswith("unauthenticated"):
+        return "rejected_key"
+    if reason.startswith("delivered "):
+        return "max_deliveries"
+    head = reason.split(":", 1)[0].split(" ", 1)[0]
+    return f"failed:{head}" if head.isidentifier() and head.islower() else "invalid"
+
+
+def code_matches(code: str, wanted: str) -> bool:
+    """`--error CODE`: the code itself, or the error of a failed one (`forbidden` matches
+    failed:forbidden); `unauthenticated` is rejected_key."""
+    wanted = "rejected_key" if wanted == "unauthenticated" else wanted
+    return code in (wanted, f"failed:{wanted}")
 
 
 async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
@@ -89,7 +103,7 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
     dead: Counter[str] = Counter()
     dead_by_tenant: Counter[str] = Counter()
     for _, fields in await redis.xrange(f"{stream}:dead", min="-", max="+"):
-        dead[error_code(text(fields.get(b"reason", b"")))] += 1
+        dead[error_code({text(k): text(v) for k, v in fields.items()})] += 1
         dead_by_tenant[text(fields.get(b"tenant", b""))] += 1
     out["dead_letters"] = dict(sorted(dead.items(), key=lambda kv: -kv[1]))
     out["dead_total"] = sum(dead.values())

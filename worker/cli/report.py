@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from worker.budget.rate import Rate
+from worker.budget.rate import Rate, parse_rate
 from worker.cli.say import fail
 from worker.errors import ExitCode
 from worker.redact import printable
@@ -72,9 +72,18 @@ def render(report: Report, out: TextIO, *, window: float) -> None:
         w(f"\nunreadable lines (torn by a crash?): {report.unreadable_lines[:20]}\n")
 
 
+def _rate_of(report: Report) -> Rate:
+    """The limit the log's latest record says was in force, else the docs' 15/60s."""
+    if report.delete_limit is not None:
+        try:
+            return parse_rate(report.delete_limit)
+        except ValueError:
+            pass
+    return Rate(15, 60.0)
+
+
 def main(args: argparse.Namespace) -> int:
     path: str = args.results
-    rate: Rate = args.rate
     stdin_copy = None
     try:
         if path == "-":  # read once, into a temporary file the page can read again
@@ -85,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             source = Path(path)
         report = build(source)
+        rate = args.rate or _rate_of(report)
         if args.html:
             from worker.cli.html_report import write
 

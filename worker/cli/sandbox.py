@@ -62,7 +62,13 @@ def main(args: argparse.Namespace) -> int:
         return fail("sandbox", exc)
     if args.keys_out and not config.tenants:
         return fail("sandbox", "--keys-out needs --tenants K")
-    anyio.run(_serve, config, Path(args.keys_out) if args.keys_out else None)
+    try:
+        anyio.run(_serve, config, Path(args.keys_out) if args.keys_out else None)
+    except OSError as exc:  # the port is taken, or not ours to bind
+        return fail(
+            "sandbox",
+            f"--port {args.port} on {args.host}: {exc.strerror or exc} (--port 0 picks a free one)",
+        )
     return ExitCode.OK
 
 

@@ -49,6 +49,8 @@ class Report:
     tenants: dict[str, Counter[str]] = field(default_factory=dict)  # "" for the default key
     deletes: dict[str, list[float]] = field(default_factory=dict)  # by tenant: answer times
     key_ids: set[str] = field(default_factory=set)
+    delete_limit: str | None = None  # the DELETE limit the latest record says was in force
+    latest: float = float("-inf")
     rows: list[Record] = field(default_factory=list)  # the first MAX_ROWS disconnects
     rows_total: int = 0
 
@@ -67,6 +69,8 @@ class Report:
             run.last, run.last_ts = when, record["ts"]
         if key_id := records.text(record, "key_id"):
             self.key_ids.add(key_id)
+        if (limit := records.text(record, "delete_limit")) is not None and when >= self.latest:
+            self.delete_limit, self.latest = limit, when
         op = records.op(record)
         if op == Op.CHECK:  # a dry run's GET: never a deletion
             self.checks[outcome] += 1

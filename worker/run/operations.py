@@ -91,6 +91,14 @@ class Operations:
         self.session.rotate(api_key)
         self.stamp = self.session.stamp()
 
+    def _limit(self) -> str | None:
+        """The DELETE limit in force now, as `report` reads it back ("15/60s")."""
+        described = self.session.delete_budget.describe()
+        limit, window = described.get("limit"), described.get("window_s")
+        if limit is None or not isinstance(window, int | float):
+            return None
+        return f"{limit}/{window:g}s"
+
     @property
     def key_id(self) -> str | None:
         return str(self.stamp["key_id"])
@@ -205,7 +213,7 @@ class Operations:
                 fields["outcome"] = Outcome.FAILED
                 fields["error"] = describe(call.error, call.attempts)
                 fields["http_status"] = getattr(call.error, "status", None)
-        fields = {**self.stamp, **fields}
+        fields = {**self.stamp, "delete_limit": self._limit(), **fields}
         return Result.for_job(
             job,
             run_id=self.run_id,

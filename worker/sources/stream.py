@@ -27,7 +27,7 @@ import anyio
 
 from worker.errors import ConfigError
 from worker.logs import get_logger
-from worker.models import DONE, Invalid, Job, Outcome, Result
+from worker.models import DONE, Invalid, Job, Outcome, Result, dead_letter_code
 from worker.redis_conn import connect, redis_retrying, script_batch, wrong_type
 from worker.settings import QueueConfig
 from worker.sources.base import Item
@@ -375,7 +375,9 @@ class RedisSource:
             record = result.to_json() if result is not None else ""
             dead: list[str] = []
             if result is not None and result.outcome not in DONE:
-                for k, v in {**fields, "message_id": mid, "reason": result.error or ""}.items():
+                code = dead_letter_code(result)
+                letter = {**fields, "message_id": mid, "code": code, "reason": result.error or ""}
+                for k, v in letter.items():
                     dead += [k, v]
             calls.append([cfg.group, mid, record, cfg.retain or RECORDED_FOR, *dead])
         if calls:  # one pipeline (ScriptBatch: a lost script is loaded again, Redis waited for)
