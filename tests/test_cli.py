@@ -312,3 +312,31 @@ def test_every_help_shows_an_example_and_the_environment_twins(command: str) -> 
         twin = action.dest.upper()
         if action.option_strings and twin in ENV_NAMES and action.help:
             assert f"XQUIK_{twin}" in proc.stdout, action.option_strings
+
+
+def test_empty_stdin_says_so_and_a_closed_stderr_changes_nothing(tmp_path: Path) -> None:
+    """`plan … | run -` whose plan failed looks like an empty stdin: the run says `no jobs
+    read from stdin`. With stderr closed (`2>&-`) the run works and exits as it should."""
+    empty = run_cli("run", "-", "--sandbox", "--log-format", "json", stdin="", cwd=tmp_path)
+    assert empty.returncode == 0
+    assert "no jobs read from stdin" in empty.stderr
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2", "bad id!"])
+    closed = subprocess.run(
+        ["bash", "-c", f"'{sys.executable}' -m worker run '{jobs}' --sandbox 2>&-"],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert closed.returncode == 1  # the invalid line, as with stderr open
+    assert len(read_results(tmp_path / "jobs.txt.sandbox.results.jsonl")) == 3
+
+
+def test_a_sandbox_port_in_use_is_exit_2_naming_it() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("sandbox", "--port", str(port), timeout=30)
+    assert done.returncode == 2
+    assert f"--port {port}" in done.stderr
+    assert "--port 0" in done.stderr
