@@ -24,6 +24,7 @@ COMMANDS = {
     "queue": "worker.cli.queue",
     "dead": "worker.cli.dead",
     "budget": "worker.cli.budget",
+    "completion": "worker.cli.completion",
     "sandbox": "worker.cli.sandbox",
 }
 

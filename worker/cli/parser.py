@@ -57,6 +57,15 @@ class RefuseKey(argparse.Action):
         )
 
 
+FILE, DIRECTORY = "file", "directory"  # what an option takes, for shell completion
+
+
+def path(action: argparse.Action, kind: str = FILE) -> argparse.Action:
+    """Mark an option as taking a file (or a directory): `completion` completes paths there."""
+    action.complete = kind  # type: ignore[attr-defined]
+    return action
+
+
 def examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -69,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (run, plan, enqueue, report, monitors, queue, dead, budget, sandbox):
+    for add in (run, plan, enqueue, report, monitors, queue, dead, budget, sandbox, completion):
         add(sub)
     for command in sub.choices.values():
         t.name_env_twins(command)
@@ -90,12 +99,14 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
         metavar="URL",
         help="API base URL (default https://xquik.com/api/v1); plain http:// only to loopback",
     )
-    g.add_argument(
-        "--api-key-file",
-        default=t.env("API_KEY_FILE"),
-        metavar="PATH",
-        help="file holding the API key, - for stdin (default: env XQUIK_API_KEY); the key is "
-        "never a flag",
+    path(
+        g.add_argument(
+            "--api-key-file",
+            default=t.env("API_KEY_FILE"),
+            metavar="PATH",
+            help="file holding the API key, - for stdin (default: env XQUIK_API_KEY); the key is "
+            "never a flag",
+        )
     )
     # Never a way to give the key: present only to refuse it without echoing the value.
     g.add_argument("--api-key", nargs="?", action=RefuseKey, help=argparse.SUPPRESS)
@@ -145,11 +156,13 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
         "redis://… or rediss://…, shared with queue consumers and runs on other machines "
         "(default: the state file); a password in it shows in `ps`: prefer XQUIK_BUDGET",
     )
-    b.add_argument(
-        "--budget-file",
-        metavar="PATH",
-        default=t.env("BUDGET_FILE"),
-        help="read the --budget URL from this file (a mounted Secret)",
+    path(
+        b.add_argument(
+            "--budget-file",
+            metavar="PATH",
+            default=t.env("BUDGET_FILE"),
+            help="read the --budget URL from this file (a mounted Secret)",
+        )
     )
     if insecure:  # plan and monitors (run has it among its queue options)
         insecure_tls(b)
@@ -179,12 +192,14 @@ def redis_group(p: Group) -> None:
 
 
 def redis_url_file(p: Group) -> None:
-    p.add_argument(
-        "--redis-url-file",
-        metavar="PATH",
-        default=t.env("REDIS_URL_FILE"),
-        help="read the Redis URL from this file (a mounted Secret), so its password is "
-        "never in the arguments or `ps`",
+    path(
+        p.add_argument(
+            "--redis-url-file",
+            metavar="PATH",
+            default=t.env("REDIS_URL_FILE"),
+            help="read the Redis URL from this file (a mounted Secret), so its password is "
+            "never in the arguments or `ps`",
+        )
     )
     insecure_tls(p)
 
@@ -254,7 +269,7 @@ def run(sub: Any) -> None:
     run_budget(p)
     run_safety(p)
     api_group(p, rate=False, insecure=False)
-    p.add_argument_group("keys and API").add_argument(
+    keys = p.add_argument_group("keys and API").add_argument(
         "--keys",
         metavar="DIR",
         default=t.env("KEYS"),
@@ -262,6 +277,7 @@ def run(sub: Any) -> None:
         "Kubernetes Secret; NAME@ACCOUNT shares ACCOUNT's budget); a job's `tenant` picks "
         "one, jobs without use the default key; files are read again when they change",
     )
+    path(keys, DIRECTORY)
     run_observability(p)
     run_queue(p)
     _regroup(p)
@@ -295,19 +311,22 @@ def _regroup(p: argparse.ArgumentParser) -> None:
 
 def run_input(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input and results")
-    g.add_argument(
+    source = g.add_argument(
         "source",
         metavar="SOURCE",
         nargs="?",
         help="jobs file (.jsonl, .csv, .txt), - for stdin, or redis://… (queue mode); "
         "omitted: the queue at --redis-url-file or XQUIK_REDIS_URL",
     )
-    g.add_argument(
-        "--results",
-        metavar="PATH",
-        default=t.env("RESULTS"),
-        help="result log, appended (default: <jobs file>.results.jsonl, "
-        "or results.jsonl for stdin and queues)",
+    path(source)
+    path(
+        g.add_argument(
+            "--results",
+            metavar="PATH",
+            default=t.env("RESULTS"),
+            help="result log, appended (default: <jobs file>.results.jsonl, "
+            "or results.jsonl for stdin and queues)",
+        )
     )
     g.add_argument(
         "--fresh",
@@ -386,12 +405,15 @@ def run_budget(p: argparse.ArgumentParser) -> None:
         help="cap on any cooldown in force, a server's Retry-After or one inherited from "
         "the state file (default 900)",
     )
-    g.add_argument(
-        "--state-dir",
-        default=t.env("STATE_DIR"),
-        metavar="DIR",
-        help="where the budget's recent send times persist, shared by every run on this "
-        "machine (default: user cache dir; none: keep nothing)",
+    path(
+        g.add_argument(
+            "--state-dir",
+            default=t.env("STATE_DIR"),
+            metavar="DIR",
+            help="where the budget's recent send times persist, shared by every run on this "
+            "machine (default: user cache dir; none: keep nothing)",
+        ),
+        DIRECTORY,
     )
 
 
@@ -472,12 +494,14 @@ def run_observability(p: argparse.ArgumentParser) -> None:
         help="the address --metrics-port listens on (default 127.0.0.1: this machine only; "
         "0.0.0.0 for a scrape or a probe from elsewhere, e.g. in Kubernetes)",
     )
-    g.add_argument(
-        "--metrics-textfile",
-        metavar="PATH",
-        default=t.env("METRICS_TEXTFILE"),
-        help="write the metrics to PATH (node_exporter's textfile collector) every 10 s and "
-        "at the end, atomically; for batch runs that end before any scrape",
+    path(
+        g.add_argument(
+            "--metrics-textfile",
+            metavar="PATH",
+            default=t.env("METRICS_TEXTFILE"),
+            help="write the metrics to PATH (node_exporter's textfile collector) every 10 s and "
+            "at the end, atomically; for batch runs that end before any scrape",
+        )
     )
     g.add_argument(
         "--pushgateway",
@@ -494,11 +518,13 @@ def run_observability(p: argparse.ArgumentParser) -> None:
         "object) to this URL when the run ends, however it ends; a secret, never logged: "
         "prefer XQUIK_NOTIFY or --notify-file, which `ps` does not show",
     )
-    g.add_argument(
-        "--notify-file",
-        metavar="PATH",
-        default=t.env("NOTIFY_FILE"),
-        help="read the --notify URL from this file (a mounted Secret)",
+    path(
+        g.add_argument(
+            "--notify-file",
+            metavar="PATH",
+            default=t.env("NOTIFY_FILE"),
+            help="read the --notify URL from this file (a mounted Secret)",
+        )
     )
 
 
@@ -572,10 +598,12 @@ def plan(sub: Any) -> None:
         ),
     )
     f = p.add_argument_group("filters (all must match)")
-    f.add_argument(
-        "--usernames",
-        metavar="FILE",
-        help="handles to disconnect, one per line, @ optional, any case; - for stdin",
+    path(
+        f.add_argument(
+            "--usernames",
+            metavar="FILE",
+            help="handles to disconnect, one per line, @ optional, any case; - for stdin",
+        )
     )
     f.add_argument(
         "--health", metavar="LIST", help="comma-separated health states, e.g. needsReauth,suspended"
@@ -603,8 +631,14 @@ def plan(sub: Any) -> None:
         metavar="NAME",
         help="plan with this tenant's key from --keys DIR; each job names the tenant",
     )
-    k.add_argument(
-        "--keys", metavar="DIR", default=t.env("KEYS"), help="the keys directory of `run --keys`"
+    path(
+        k.add_argument(
+            "--keys",
+            metavar="DIR",
+            default=t.env("KEYS"),
+            help="the keys directory of `run --keys`",
+        ),
+        DIRECTORY,
     )
     log_group(p.add_argument_group("observability"))
     _regroup(p)
@@ -621,7 +655,7 @@ def enqueue(sub: Any) -> None:
             "XQUIK_REDIS_URL=redis://redis:6379/0 xquik-disconnect enqueue - < ids.txt",
         ),
     )
-    p.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -")
+    path(p.add_argument("jobs", metavar="JOBS", help="jobs file (.jsonl, .csv, .txt) or -"))
     redis_group(p)
     p.add_argument(
         "--dedupe-for",
@@ -646,13 +680,15 @@ def report(sub: Any) -> None:
             "ssh host cat results.jsonl | xquik-disconnect report -",
         ),
     )
-    p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl), - for stdin")
+    path(p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl), - for stdin"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--html",
-        metavar="FILE",
-        help="also write one self-contained HTML page (no network): summary, a chart of "
-        "DELETEs per window against the limit, failures, invalid lines, the audit table",
+    path(
+        p.add_argument(
+            "--html",
+            metavar="FILE",
+            help="also write one self-contained HTML page (no network): summary, a chart of "
+            "DELETEs per window against the limit, failures, invalid lines, the audit table",
+        )
     )
     p.add_argument(
         "--rate",
@@ -677,7 +713,7 @@ def monitors(sub: Any) -> None:
             "xquik-disconnect monitors accounts.csv.results.jsonl --delete",
         ),
     )
-    p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)")
+    path(p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)"))
     p.add_argument(
         "--delete",
         action="store_true",
@@ -763,19 +799,41 @@ def budget(sub: Any) -> None:
         v = verbs.add_parser(verb, help=text, description=text)
         api_group(v, rate=True)
         k = v.add_argument_group("keys and API")
-        k.add_argument(
-            "--keys", metavar="DIR", default=t.env("KEYS"), help="every tenant's key in DIR"
+        path(
+            k.add_argument(
+                "--keys", metavar="DIR", default=t.env("KEYS"), help="every tenant's key in DIR"
+            ),
+            DIRECTORY,
         )
         b = v.add_argument_group("rate budget")
-        b.add_argument(
-            "--state-dir",
-            default=t.env("STATE_DIR"),
-            metavar="DIR",
-            help="where the state files are (default: the user cache dir)",
+        path(
+            b.add_argument(
+                "--state-dir",
+                default=t.env("STATE_DIR"),
+                metavar="DIR",
+                help="where the state files are (default: the user cache dir)",
+            ),
+            DIRECTORY,
         )
         v.add_argument("--json", action="store_true", help="JSON even on a terminal")
         log_group(v.add_argument_group("observability"))
         _regroup(v)
+
+
+def completion(sub: Any) -> None:
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh, fish)",
+        description="A completion script generated from this very parser (commands, options, "
+        "their choices, file paths where an option takes one). Tab costs no Python start.",
+        epilog=examples(
+            "xquik-disconnect completion bash > ~/.local/share/bash-completion/completions/"
+            "xquik-disconnect",
+            'xquik-disconnect completion zsh > "${fpath[1]}/_xquik-disconnect"',
+            "xquik-disconnect completion fish > ~/.config/fish/completions/xquik-disconnect.fish",
+        ),
+    )
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
 
 
 def sandbox(sub: Any) -> None:
@@ -793,10 +851,12 @@ def sandbox(sub: Any) -> None:
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     s.add_argument("--port", type=t.port, default=8787, help="0 picks a free port (default 8787)")
-    s.add_argument(
-        "--api-key-file",
-        metavar="PATH",
-        help="accept this key (never printed); default: a throwaway key, printed",
+    path(
+        s.add_argument(
+            "--api-key-file",
+            metavar="PATH",
+            help="accept this key (never printed); default: a throwaway key, printed",
+        )
     )
     a = p.add_argument_group("accounts")
     a.add_argument(
@@ -823,10 +883,13 @@ def sandbox(sub: Any) -> None:
         metavar="N",
         help="accounts each tenant holds (default 20)",
     )
-    a.add_argument(
-        "--keys-out",
-        metavar="DIR",
-        help="write the tenants' keys there, one file per tenant (the --keys directory)",
+    path(
+        a.add_argument(
+            "--keys-out",
+            metavar="DIR",
+            help="write the tenants' keys there, one file per tenant (the --keys directory)",
+        ),
+        DIRECTORY,
     )
     a.add_argument(
         "--list-limit",
