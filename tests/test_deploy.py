@@ -2,7 +2,7 @@
 name the kinds and API versions they mean, follow the Pod Security "restricted" profile,
 read their secrets from files (never the environment), reach only the API, Redis and DNS,
 and the CronJob's exact command fails the Job when its plan fails (a revoked key), which
-/bin/sh without pipefail did not."""
+/bin/sh without pipefail did not, and keeps offboarded users off when they reconnect."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT, SandboxProcess, cli_env
+from tests.conftest import ROOT, SandboxProcess, cli_env, read_results
 from tests.redis_server import RedisServer
+from tests.test_proof import reconnect
 
 DEPLOY = ROOT / "deploy"
 
@@ -147,6 +148,26 @@ def test_a_failed_plan_fails_the_job(
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "cleanup.results.jsonl").exists()
+    assert not (tmp_path / "kept-off.results.jsonl").exists()  # no offboarding log: skipped
+
+    # An offboarding run's log on the volume; one of its users comes back under a new id.
+    offboarding = tmp_path / "offboarding.results.jsonl"
+    jobs = tmp_path / "offboard.txt"
+    jobs.write_text("3\n4\n")
+    run_env = {**env, "XQUIK_STATE_DIR": str(tmp_path / "s")}
+    offboarded = subprocess.run(
+        [sys.executable, "-m", "worker", "run", str(jobs), "--results", str(offboarding)],
+        env=run_env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert offboarded.returncode == 0, offboarded.stderr
+    reconnect(sb, "4", "1004")
+    again = subprocess.run(
+        [*command, script], env=run_env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    kept_off = read_results(tmp_path / "kept-off.results.jsonl")
+    assert [(r["account_id"], r["outcome"]) for r in kept_off] == [("1004", "disconnected")]
 
 
 def test_compose_consumers_restart_and_check_their_health() -> None:

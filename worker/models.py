@@ -28,12 +28,18 @@ class Outcome(StrEnum):
     EXISTS = "exists"
     MISSING = "missing"
     DELETED = "deleted"  # a monitor we deleted (a monitor gone before is already_gone)
+    # `verify`: the account a log recorded as done is gone; is still listed (its GET answers
+    # 200); or is gone but its X user is connected again under another id (new_account_id).
+    GONE = "gone"
+    STILL_CONNECTED = "still_connected"
+    RECONNECTED = "reconnected"
 
 
 class Op(StrEnum):
     DISCONNECT = "disconnect"
     DELETE_MONITOR = "delete_monitor"
     CHECK = "check"  # a dry run's GET: never counts as a disconnect
+    VERIFY = "verify"  # `verify`: what became of an account a log recorded as done
 
 
 # A job naming both an id and a username whose id belongs to another X user: no DELETE.
@@ -165,6 +171,7 @@ class Result:
     # delete_monitor: the API took the deletion and runs it in the background (the monitor may
     # stay listed a moment longer; its GET answers 404 once it is gone).
     pending: bool = False
+    new_account_id: str | None = None  # verify, reconnected: the id the X user is back under
     ts: str = field(default_factory=utc_now_iso)
 
     def __post_init__(self) -> None:
@@ -224,12 +231,19 @@ class Result:
             record["x_user_id"] = self.x_user_id
             record["health"] = self.health
             record["status"] = self.status
+        if self.op is Op.VERIFY:
+            record["new_account_id"] = self.new_account_id
         if self.outcome is Outcome.ALREADY_GONE or self.error == NOT_CONNECTED:
             record["seen_connected"] = self.seen_connected
         return record
 
     def to_json(self) -> str:
         return _ENCODER.encode(self.to_dict())
+
+
+def encode(record: dict[str, Any]) -> str:
+    """A record's line in the result log (without the newline)."""
+    return _ENCODER.encode(record)
 
 
 # json.dumps with any option builds a new encoder per call; one shared encoder is cheaper.

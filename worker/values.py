@@ -77,9 +77,18 @@ def probability(text: str) -> float:
     return value
 
 
+def chain_head(text: str) -> str:
+    """A result log's chain head: 64 hex digits (any case)."""
+    head = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", head):
+        raise ValueError(f"{text[:80]!r} is not a chain head (64 hex digits, as a run reported)")
+    return head
+
+
 __all__ = [
     "MAX_SECONDS",
     "UNITS",
+    "chain_head",
     "duration",
     "port",
     "positive_seconds",

@@ -34,6 +34,16 @@ def tracks(monitor: dict[str, Any], *, x_user_id: str | None, username: str | No
     return bool(name) and str(monitor.get("username") or "").lower() == name
 
 
+def same_user(account: dict[str, Any], *, x_user_id: str | None, username: str | None) -> bool:
+    """The one rule for "this listed account is that X user": the same X user id when both
+    are known, else the same handle (case-insensitive, `@` optional)."""
+    listed = str(account.get("xUserId") or "")
+    if x_user_id and listed:
+        return listed == x_user_id
+    name = (username or "").lower().removeprefix("@")
+    return bool(name) and str(account.get("xUsername") or "").lower() == name
+
+
 _EDGES = "()[]{},;\"'"
 
 

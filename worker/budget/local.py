@@ -375,11 +375,11 @@ class LocalBudget:
         too; learning only this run's sends learned 7 where the server had accepted 15)."""
         earliest = self._win_start
         for slot, until in self._slots.items():
-            sent = self._sent_at.get(slot)
-            if sent is None:
-                if until == INFLIGHT:
-                    continue
-                sent = until - self.span  # another run's: answered then, sent a little before
+            if slot in self._sent_at or until == INFLIGHT:
+                # Ours: our own trace of the server's windows already placed it (a send of
+                # ours before `_win_start` was counted in the window before).
+                continue
+            sent = until - self.span  # another run's: answered then, sent a little before
             if now - self.window < sent < earliest:
                 earliest = sent
         return earliest

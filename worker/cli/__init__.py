@@ -21,6 +21,7 @@ COMMANDS = {
     "enqueue": "worker.cli.enqueue",
     "report": "worker.cli.report",
     "monitors": "worker.cli.monitors",
+    "verify": "worker.cli.verify",
     "queue": "worker.cli.queue",
     "dead": "worker.cli.dead",
     "budget": "worker.cli.budget",

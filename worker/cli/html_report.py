@@ -16,7 +16,7 @@ from pathlib import Path
 from worker.budget.rate import Rate
 from worker.files import write_atomically
 from worker.results.records import windows
-from worker.results.report import Report
+from worker.results.report import Report, exception_words, verification_line
 
 
 def chart(page: Report, rate: Rate) -> str:
@@ -94,6 +94,9 @@ color:var(--ink);margin:0;background:#f8f9fb}main{max-width:1100px;margin:0 auto
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 10px}.muted{color:var(--muted)}
 .verdict{font-size:18px;margin:14px 0 18px;padding:12px 16px;border-radius:8px;background:#fff;
 border-left:6px solid var(--ok)}.verdict.bad{border-color:var(--bad)}
+.proof{margin:8px 0;padding:8px 12px;border-left:6px solid var(--muted);font-size:13px;
+background:#fff;border-radius:8px}.proof.ok{border-color:var(--ok)}
+.proof.bad{border-color:var(--bad)}.proof div{overflow-wrap:anywhere}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:10px}
 .card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 12px}
 .card b{display:block;font-size:24px}.card.bad b{color:var(--bad)}.card.ok b{color:var(--ok)}
@@ -151,6 +154,37 @@ CSP = (
 )
 
 
+def _proof(page: Report) -> str:
+    """Chain status and `verify`'s latest findings: what an auditor asks first."""
+    e = escape
+    chain = page.chain
+    lines = chain.lines()
+    status = "ok" if chain.intact else "bad"
+    out = [
+        f'<div class="proof {status}" id="chain"><b>Hash chain: '
+        f"{'intact' if chain.intact else 'BROKEN'}</b>",
+        *(f"<div>{e(line)}</div>" for line in lines),
+        "</div>",
+    ]
+    verified = page.verification()
+    if verified is None:
+        out.append(
+            '<div class="proof" id="verification"><b>Not verified</b><div>No <code>verify</code> '
+            "has checked this log's accounts yet: <code>xquik-disconnect verify RESULTS</code>"
+            "</div></div>"
+        )
+        return "".join(out)
+    ok = not verified["exceptions"]
+    out.append(
+        f'<div class="proof {"ok" if ok else "bad"}" id="verification">'
+        f"<b>{e(verification_line(verified))}</b>"
+    )
+    for item in verified["exceptions"][:200]:
+        out.append(f"<div class=exception>{e(exception_words(item))}</div>")
+    out.append("</div>")
+    return "".join(out)
+
+
 def render(page: Report, *, source: str, rate: Rate) -> str:
     e = escape
     failed = page.outstanding()
@@ -186,6 +220,7 @@ def render(page: Report, *, source: str, rate: Rate) -> str:
         f"{page.records:,} records · {e(first)} → {e(last)} · key "
         f"{e(', '.join(sorted(page.key_ids)) or 'unknown')}</div>",
         f'<div class="verdict{" bad" if bad else ""}" id="verdict">{e(verdict)}</div>',
+        _proof(page),
         '<div class="cards">',
         *(
             f'<div class="card {cls}" data-card="{e(label)}"><b>{n:,}</b>{e(label)}</div>'

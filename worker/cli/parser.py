@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (run, plan, enqueue, report, monitors, queue, dead, budget, sandbox, completion):
+    commands = (run, plan, enqueue, report, verify, monitors, queue, dead, budget, sandbox)
+    for add in (*commands, completion):
         add(sub)
     for command in sub.choices.values():
         t.name_env_twins(command)
@@ -243,6 +244,19 @@ def log_level(args: argparse.Namespace) -> str:
     if getattr(args, "quiet", False):
         return "warning"
     return str(getattr(args, "log_level", "info"))
+
+
+def reading_api(args: argparse.Namespace) -> dict[str, Any]:
+    """The API flags given, as `api_settings` keywords, for a command that only reads (plan,
+    verify): the DELETE tier is never used, so it needs no budget of its own."""
+    from worker.budget.rate import UNLIMITED
+
+    names = ["base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "budget"]
+    names += ["budget_file"]
+    given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
+    given.update(sandbox=args.sandbox, rate=UNLIMITED, state_dir="none")
+    given["insecure_redis_tls"] = args.insecure_redis_tls
+    return given
 
 
 # The commands -----------------------------------------------------------------------------------
@@ -605,6 +619,7 @@ def plan(sub: Any) -> None:
             "xquik-disconnect plan --usernames handles.txt --with-monitors --format table",
             "xquik-disconnect plan --all --budget redis://redis:6379/0 | xquik-disconnect run -",
             "xquik-disconnect plan --all --tenant client-x --keys keys/ > client-x.jsonl",
+            "xquik-disconnect plan --offboarded offboarding.jsonl | xquik-disconnect run -",
         ),
     )
     f = p.add_argument_group("filters (all must match)")
@@ -620,6 +635,15 @@ def plan(sub: Any) -> None:
     )
     f.add_argument("--status", metavar="LIST", help="comma-separated statuses, e.g. active")
     f.add_argument("--created-before", metavar="DATE", help="connected before this ISO date")
+    path(
+        f.add_argument(
+            "--offboarded",
+            metavar="RESULTS",
+            help="the accounts whose X user RESULTS records as disconnected (by x_user_id, "
+            "else handle): users who came back under a new id; a scheduled `plan "
+            "--offboarded offboarding.jsonl | run -` keeps them off",
+        )
+    )
     f.add_argument("--all", action="store_true", help="every connected account (explicitly)")
     o = p.add_argument_group("output")
     o.add_argument(
@@ -688,6 +712,7 @@ def report(sub: Any) -> None:
             "xquik-disconnect report jobs.csv.results.jsonl",
             "xquik-disconnect report results.jsonl --html offboarding.html --rate 15/60s",
             "ssh host cat results.jsonl | xquik-disconnect report -",
+            "xquik-disconnect report results.jsonl --check --head 5edacb27…   # unchanged?",
         ),
     )
     path(p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl), - for stdin"))
@@ -708,6 +733,20 @@ def report(sub: Any) -> None:
         help="the limit the report's windows are drawn against, and their length (default: "
         "the DELETE limit the log's latest record says was in force; 15/60s for a log "
         "that says none)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit by the log's hash chain alone: 0 when intact, 1 naming the first record "
+        "edited, removed or inserted (lines torn by a crash are listed, not counted)",
+    )
+    p.add_argument(
+        "--head",
+        type=t.chain_head,
+        metavar="HEX",
+        help="with --check (implied): the log must hold this chain head, the one a run "
+        "reported when it ended (run_summary, the summary, --notify); catches a log rewritten "
+        "whole",
     )
 
 
@@ -730,6 +769,41 @@ def monitors(sub: Any) -> None:
         help="delete them (DELETE budget), appending delete_monitor records to RESULTS",
     )
     api_group(p, rate=True)
+    log_group(p.add_argument_group("observability"))
+    _regroup(p)
+
+
+def verify(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify",
+        usage="xquik-disconnect verify [options] RESULTS",
+        help="prove removal: gone, still connected, or reconnected under a new id",
+        description="For every account RESULTS records as done (against this API), read the "
+        "key's listing (every page, once per key; a GET for an id still listed) and answer: "
+        "gone, still_connected, or reconnected (the same X user, by x_user_id, else handle, "
+        "is connected under another id, named). Appends one op verify record per account to "
+        "RESULTS (a rerun of `run` never counts them); only GETs, never a DELETE. Exit 0 when "
+        "every account is gone, 1 otherwise (or when one could not be checked), 3 when the "
+        "key is rejected.",
+        epilog=examples(
+            "xquik-disconnect verify accounts.csv.results.jsonl",
+            "xquik-disconnect verify results.jsonl --keys keys/ --json   # several keys",
+            "xquik-disconnect plan --offboarded results.jsonl | xquik-disconnect run -",
+        ),
+    )
+    path(p.add_argument("results", metavar="RESULTS", help="a result log (.jsonl)"))
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout, for scripts")
+    api_group(p, rate=False)
+    k = p.add_argument_group("keys and API")
+    path(
+        k.add_argument(
+            "--keys",
+            metavar="DIR",
+            default=t.env("KEYS"),
+            help="the keys directory of `run --keys`: a tenant's accounts are checked with its key",
+        ),
+        DIRECTORY,
+    )
     log_group(p.add_argument_group("observability"))
     _regroup(p)
 

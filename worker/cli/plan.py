@@ -11,7 +11,7 @@ import io
 import json
 import sys
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,14 +22,15 @@ from worker.api.call import Call, describe
 from worker.api.directory import names, tracking
 from worker.api.keys import read_keys
 from worker.api.session import open_session
-from worker.budget.rate import UNLIMITED
-from worker.cli.parser import log_level
+from worker.api.urls import origin_of
+from worker.cli.parser import log_level, reading_api
 from worker.cli.say import fail
 from worker.errors import AuthError, ConfigError, ExitCode, OptionError, TlsError
 from worker.files import write_atomically
 from worker.logs import configure, get_logger
 from worker.models import TENANT_PATTERN
 from worker.redact import printable
+from worker.results import records
 from worker.run.options import api_settings, need_key
 from worker.settings import ApiSettings
 
@@ -43,11 +44,15 @@ class Filters:
     status: frozenset[str] | None = None
     created_before: datetime | None = None
     everything: bool = False
+    offboarded: Offboarded | None = None
 
     def empty(self) -> bool:
-        return (self.usernames, self.health, self.status, self.created_before) == (None,) * 4
+        given = (self.usernames, self.health, self.status, self.created_before, self.offboarded)
+        return given == (None,) * 5
 
     def match(self, account: dict[str, Any]) -> bool:
+        if self.offboarded is not None and not self.offboarded.match(account):
+            return False
         if self.usernames is not None and _name(account) not in self.usernames:
             return False
         if self.health is not None and account.get("health") not in self.health:
@@ -59,6 +64,34 @@ class Filters:
             if created is None or created >= self.created_before:
                 return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Offboarded:
+    """`--offboarded RESULTS`: the X users a log disconnected (by x_user_id, else handle; the
+    rule of `directory.same_user`), to select wherever they are connected again."""
+
+    x_user_ids: frozenset[str]
+    names: frozenset[str]  # lower case: every handle
+    names_without_id: frozenset[str]  # lower case: users the log knows by handle only
+
+    @classmethod
+    def of(cls, removed: list[records.Removed]) -> Offboarded:
+        return cls(
+            frozenset(r.x_user_id for r in removed if r.x_user_id),
+            frozenset(r.username.lower().removeprefix("@") for r in removed if r.username),
+            frozenset(
+                r.username.lower().removeprefix("@")
+                for r in removed
+                if r.username and not r.x_user_id
+            ),
+        )
+
+    def match(self, account: dict[str, Any]) -> bool:
+        listed = str(account.get("xUserId") or "")
+        if listed:
+            return listed in self.x_user_ids or _name(account) in self.names_without_id
+        return _name(account) in self.names
 
 
 def _name(account: dict[str, Any]) -> str:
@@ -182,41 +215,45 @@ def filters_from_args(args: argparse.Namespace) -> Filters:
         created_before=before,
         everything=args.all,
     )
-    if filters.empty() and not filters.everything:
+    if filters.empty() and not filters.everything and not args.offboarded:
         raise ConfigError(
-            "no filter given: pass --usernames, --health, --status or --created-before, "
-            "or --all to plan the disconnection of every account"
+            "no filter given: pass --usernames, --health, --status, --created-before or "
+            "--offboarded, or --all to plan the disconnection of every account"
         )
     return filters
+
+
+def offboarded(args: argparse.Namespace, api: ApiSettings) -> Offboarded:
+    """--offboarded RESULTS: who the log disconnected with this key (its tenant's, or the
+    default key's), against this API."""
+    path = Path(args.offboarded)
+    origin = None if api.sandbox else origin_of(api.base_url)
+    try:
+        found, _ = records.removed(path, origin=origin, sandbox=api.sandbox)
+    except OSError as exc:
+        raise ConfigError(f"--offboarded {path}: {exc.strerror}") from None
+    tenant = args.tenant or ""
+    return Offboarded.of([r for r in found.values() if r.tenant == tenant])
 
 
 def main(args: argparse.Namespace) -> int:
     configure(args.log_format, level=log_level(args))
     try:
         filters = filters_from_args(args)
-        options = _api_options(args)
+        options = reading_api(args)
         account = None
         if args.tenant:
             options["api_key"], account = tenant_key(args)
         api = api_settings(**options)
         need_key(api)
+        if args.offboarded:
+            filters = replace(filters, offboarded=offboarded(args, api))
     except ConfigError as exc:
         return fail("plan", exc)
     try:
         return anyio.run(_plan, args, filters, api, account)
     except ConfigError as exc:  # --budget: Redis unreachable
         return fail("plan", exc)
-
-
-def _api_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The API flags given, as `api_settings` keywords. Plans only read: the DELETE tier is
-    never used, so it needs no budget of its own."""
-    names = ["base_url", "api_key_file", "read_rate", "timeout", "max_attempts", "budget"]
-    names += ["budget_file"]
-    given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
-    given.update(sandbox=args.sandbox, rate=UNLIMITED, state_dir="none")
-    given["insecure_redis_tls"] = args.insecure_redis_tls
-    return given
 
 
 def tenant_key(args: argparse.Namespace) -> tuple[str, str | None]:

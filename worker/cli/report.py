@@ -17,7 +17,7 @@ from worker.cli.say import fail
 from worker.errors import ExitCode
 from worker.redact import printable
 from worker.results import records
-from worker.results.report import Report, build
+from worker.results.report import Report, build, exception_words, verification_line
 
 
 def render(report: Report, out: TextIO, *, window: float) -> None:
@@ -27,7 +27,13 @@ def render(report: Report, out: TextIO, *, window: float) -> None:
     def w(text: str) -> None:
         out.write(printable(text))
 
-    w(f"{report.records} records, {len(report.done)} accounts done\n\noutcomes:\n")
+    for line in report.chain.lines():
+        w(line + "\n")
+    if (verified := report.verification()) is not None:
+        w(verification_line(verified) + "\n")
+        for item in verified["exceptions"][:50]:
+            w(f"  {exception_words(item)}\n")
+    w(f"\n{report.records} records, {len(report.done)} accounts done\n\noutcomes:\n")
     for outcome, count in sorted(report.outcomes.items()):
         w(f"  {outcome:<14} {count}\n")
     for title, counts in (("monitors", report.monitors), ("dry-run checks", report.checks)):
@@ -93,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
             source = Path(stdin_copy.name)
         else:
             source = Path(path)
-        report = build(source)
+        report = build(source, head=args.head)
         rate = args.rate or _rate_of(report)
         if args.html:
             from worker.cli.html_report import write
@@ -109,6 +115,9 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         render(report, sys.stdout, window=rate.period)
+    if args.check or args.head:
+        # --check: the chain alone decides (a log with failures can be intact)
+        return ExitCode.OK if report.chain.intact else ExitCode.FAILED
     return ExitCode.FAILED if report.outstanding() else ExitCode.OK
 
 

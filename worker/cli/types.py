@@ -63,6 +63,7 @@ duration = checked(values.duration)
 retention = checked(values.retention)
 port = checked(values.port)
 probability = checked(values.probability)
+chain_head = checked(values.chain_head)
 rate: Callable[[str], Rate] = checked(parse_rate, "rate")
 delete_rate: Callable[[str], Rate] = checked(
     lambda t: parse_rate(t, allow_auto=True), "delete_rate"

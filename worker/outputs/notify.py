@@ -60,6 +60,8 @@ def text(summary: Summary, results: str) -> str:
         )
     if summary.rate:
         line += f" DELETE limit: {limit_words(summary.rate)}."
+    if summary.chain_head:
+        line += f" Chain head: {summary.chain_head}."
     return f"{line} Results: {results}"
 
 

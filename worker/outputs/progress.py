@@ -153,6 +153,8 @@ def print_summary(summary: Summary, results: str) -> None:
         console.print(tenants)
     elif summary.rate:
         console.print(f"DELETE limit in force: {limit_words(summary.rate)}")
+    if summary.chain_head:
+        console.print(f"result log chain head: {summary.chain_head} (report --check --head)")
     if summary.not_connected:
         console.print(
             f"not connected when the run began: {summary.not_connected} — already removed, or "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -105,6 +106,49 @@ def spent_delete(record: Record) -> bool:
     return answered and bool(record.get("http_status"))
 
 
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """An account a log records as done, and who it was: the X user (by id, else handle)
+    that `verify` looks for and `plan --offboarded` keeps off."""
+
+    account_id: str
+    tenant: str  # "" for the default key
+    x_user_id: str | None
+    username: str | None  # the X handle as listed, else the job's
+    job_id: str | None
+    source: str
+
+
+def removed(path: Path, *, origin: str | None, sandbox: bool) -> tuple[dict[str, Removed], int]:
+    """Every account the log records as done (by account key), made against this API (its
+    origin; a sandbox rehearsal's only for a sandbox), and how many done records were made
+    against another. Records of earlier versions (no origin) count as this API's."""
+    found: dict[str, Removed] = {}
+    elsewhere = 0
+    for _, r in read(path):
+        if r is None or not is_done(r) or not r.get("account_id"):
+            continue
+        made = text(r, "origin")
+        if (origin is not None and made is not None and made != origin) or (
+            r.get("sandbox") is True
+        ) != sandbox:
+            elsewhere += 1
+            continue
+        key = account_key(r)
+        before = found.get(key)
+        found[key] = Removed(
+            account_id=str(r["account_id"]),
+            tenant=tenant(r),
+            x_user_id=text(r, "x_user_id") or (before.x_user_id if before else None),
+            username=text(r, "x_username")
+            or text(r, "username")
+            or (before.username if before else None),
+            job_id=text(r, "job_id"),
+            source=text(r, "source") or "?",
+        )
+    return found, elsewhere
+
+
 def tenant_table(counts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """Outcomes per tenant, by name ("(default)" for the default key's): the one table the
     run's summary, `report` and the HTML page show."""
@@ -132,12 +176,14 @@ def peak(times: Iterable[float], window: float) -> int:
 
 __all__ = [
     "Record",
+    "Removed",
     "account_key",
     "is_done",
     "op",
     "parse",
     "peak",
     "read",
+    "removed",
     "spent_delete",
     "tenant",
     "tenant_table",

@@ -15,6 +15,7 @@ from typing import Any
 
 from worker.models import DONE, Op, Outcome
 from worker.results import records
+from worker.results.chain import Checker, Verdict
 from worker.results.records import Record
 
 MAX_ROWS = 20_000  # records kept for the HTML page's audit table; the log keeps them all
@@ -53,6 +54,9 @@ class Report:
     latest: float = float("-inf")
     rows: list[Record] = field(default_factory=list)  # the first MAX_ROWS disconnects
     rows_total: int = 0
+    chain: Verdict = field(default_factory=Verdict)
+    # `verify`: each account's latest finding: (when, outcome, new id, ts)
+    verified: dict[str, tuple[float, str, str | None, str]] = field(default_factory=dict)
 
     def add(self, record: Record) -> None:
         """One readable record into the report."""
@@ -72,6 +76,13 @@ class Report:
         if (limit := records.text(record, "delete_limit")) is not None and when >= self.latest:
             self.delete_limit, self.latest = limit, when
         op = records.op(record)
+        if op == Op.VERIFY:  # what became of an account later: never a run's outcome
+            account = records.account_key(record)
+            if when >= self.verified.get(account, (float("-inf"),))[0]:
+                new_id = records.text(record, "new_account_id")
+                self.verified[account] = (when, str(outcome), new_id, record["ts"])
+            run.outcomes[f"verify:{outcome}"] += 1
+            return
         if op == Op.CHECK:  # a dry run's GET: never a deletion
             self.checks[outcome] += 1
             return
@@ -106,6 +117,27 @@ class Report:
             if account not in self.done:
                 groups.setdefault(error, []).append(account)
         return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+    def verification(self) -> dict[str, Any] | None:
+        """The latest `verify` finding of each account it checked: when the last one was,
+        the counts, and each account not gone (with the id it is back under)."""
+        if not self.verified:
+            return None
+        counts: Counter[str] = Counter(outcome for _, outcome, _, _ in self.verified.values())
+        latest = max(self.verified.values())
+        exceptions = [
+            {"account": account, "outcome": outcome, "new_account_id": new_id}
+            for account, (_, outcome, new_id, _) in sorted(self.verified.items())
+            if outcome != Outcome.GONE
+        ]
+        return {
+            "at": latest[3],
+            "accounts": len(self.verified),
+            "outcomes": {
+                o: counts[o] for o in (Outcome.GONE, Outcome.STILL_CONNECTED, Outcome.RECONNECTED)
+            },
+            "exceptions": exceptions,
+        }
 
     def all_deletes(self) -> list[float]:
         return [t for times in self.deletes.values() for t in times]
@@ -150,18 +182,42 @@ class Report:
                 for r in self.runs.values()
             ],
             "unreadable_lines": self.unreadable_lines,
+            "verification": self.verification(),
+            "chain": self.chain.as_dict(),
         }
 
 
-def build(path: Path) -> Report:
-    """The report of a whole log, in one pass."""
+def verification_line(verified: dict[str, Any]) -> str:
+    """`verify`'s latest findings in one line (the text report and the HTML page)."""
+    counts = verified["outcomes"]
+    return (
+        f"verified {verified['at']}: {verified['accounts']} accounts, {counts['gone']} gone, "
+        f"{counts['still_connected']} still connected, {counts['reconnected']} reconnected"
+    )
+
+
+def exception_words(item: dict[str, Any]) -> str:
+    if item["outcome"] == "reconnected":
+        return f"{item['account']}: reconnected as {item['new_account_id']}"
+    return f"{item['account']}: {item['outcome'].replace('_', ' ')}"
+
+
+def build(path: Path, *, head: str | None = None) -> Report:
+    """The report of a whole log, in one pass, its chain checked on the way (`head`: a chain
+    the log must hold, see `chain.check`)."""
     report = Report()
-    for number, record in records.read(path):
-        if record is None:
-            report.unreadable_lines.append(number)
-        else:
-            report.add(record)
+    checker = Checker(head=head)
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            blank = not line.strip()
+            record = None if blank else records.parse(line)
+            checker.feed(number, record, blank=blank)
+            if record is None:
+                report.unreadable_lines.append(number)
+            else:
+                report.add(record)
+    report.chain = checker.done()
     return report
 
 
-__all__ = ["MAX_ROWS", "Report", "RunInfo", "build"]
+__all__ = ["MAX_ROWS", "Report", "RunInfo", "build", "exception_words", "verification_line"]

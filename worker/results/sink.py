@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Protocol
 
 from worker.errors import ConfigError
+from worker.failpoint import armed, failpoint
 from worker.files import open_private
-from worker.models import Result
+from worker.models import Result, encode
+from worker.results.chain import after_torn, last_head, link
 
 
 class ResultSink(Protocol):
@@ -44,6 +46,13 @@ class FileSink:
         self._fd = fd
         self._dirty = False
         self._torn = _ends_torn(fd)  # a crashed run's last line: finish it before ours
+        self._head = last_head(fd)  # the chain our first record follows
+
+    @property
+    def head(self) -> str:
+        """The chain of the last record written (or found): what `report --check --head`
+        confirms later."""
+        return self._head
 
     @classmethod
     def open(cls, path: Path, *, source_stat: os.stat_result | None = None) -> FileSink:
@@ -104,6 +113,9 @@ class FileSink:
             await anyio.sleep(poll)
 
     def _write_all(self, data: bytes) -> None:
+        if armed("torn_write"):  # the crash tests: kill -9 with half a line written
+            os.write(self._fd, data[: len(data) // 2])
+            failpoint("torn_write")
         view = memoryview(data)
         while view:
             try:
@@ -115,11 +127,16 @@ class FileSink:
         self._dirty = True
 
     def write(self, result: Result) -> None:
-        line = (result.to_json() + "\n").encode()
+        record = result.to_dict()
+        if self._torn:  # a line of ours cut short: if only its newline is missing, it links
+            self._head = after_torn(self._fd, self._head)
+        chain = record["chain"] = link(self._head, record)
+        line = (encode(record) + "\n").encode()
         if self._torn:
             line = b"\n" + line
         self._write_all(line)
         self._torn = False
+        self._head = chain  # only once the whole line is written: a torn one is not linked
 
     def sync(self) -> None:
         """fsync if anything was written since the last one. Safe from a worker thread while

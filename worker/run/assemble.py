@@ -189,9 +189,14 @@ class Assembly:
             await self.prepare()
             runner = await self.start()
             if runner is None:
-                return Summary(run_id=Runner.new_run_id(), stopped=Stop.DECLINED)
-            await self.go(runner)
-            return self.gather(runner)
+                summary = Summary(run_id=Runner.new_run_id(), stopped=Stop.DECLINED)
+            else:
+                await self.go(runner)
+                summary = self.gather(runner)
+            # The log's chain head now: whoever keeps it can tell later that the log up to
+            # here was not rewritten (report --check --head).
+            summary.chain_head = self.sink.head if self.sink is not None else None
+            return summary
 
     # Phase 1 ------------------------------------------------------------------------------
     async def prepare(self) -> None:

@@ -21,11 +21,11 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from worker.api.client import PARKABLE, Parkable
 from worker.errors import AuthError, BudgetClosed, NoSlot, TlsError
+from worker.failpoint import failpoint
 from worker.logs import get_logger
 from worker.models import Invalid, Job, Op, Outcome, Result
 from worker.results.sink import ResultSink
 from worker.run.claims import Claims
-from worker.run.failpoint import failpoint
 from worker.run.ring import Ring
 from worker.run.summary import Stop, Summary
 from worker.sources.base import Item, JobSource

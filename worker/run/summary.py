@@ -74,6 +74,7 @@ class Summary:
     # limit in force for it at the end (each Xquik account learns its own).
     by_tenant: dict[str, Counter[str]] = field(default_factory=dict)
     tenant_rates: dict[str, dict[str, object]] = field(default_factory=dict)
+    chain_head: str | None = None  # the result log's hash chain head when the run ended
 
     @property
     def records(self) -> int:
@@ -128,6 +129,7 @@ class Summary:
                 if self.tenant_rates
                 else {}
             ),
+            "chain_head": self.chain_head,
             "exit_code": int(self.exit_code),
         }
 

@@ -270,9 +270,11 @@ async def get_account(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     store = _store(request)
     account_id = request.match_info["id"]
-    if store.accounts.pop(account_id, None) is None:
+    account = store.accounts.pop(account_id, None)
+    if account is None:
         return _not_found(request, account_id)
     store.deleted_accounts.add(account_id)
+    store.removed[account_id] = account
     return web.json_response({"success": True})
 
 
@@ -396,6 +398,27 @@ async def add_account(request: web.Request) -> web.Response:
     return web.json_response(account)
 
 
+async def reconnect(request: web.Request) -> web.Response:
+    """`{"account_id": OLD, "new_id": NEW, "tenant": NAME?}`: the X user of a deleted account
+    connects again under a new id (same xUserId and xUsername; as the API allows), for the
+    tests of `verify` and `plan --offboarded`. 404 when OLD was never deleted here."""
+    body = await request.json()
+    state = request.app[STATE]
+    tenant = body.get("tenant")
+    by_name = {t.name: t for t in state.tenants.values()}
+    if tenant and str(tenant) not in by_name:
+        return web.json_response({"error": "no_such_tenant"}, status=404)
+    store = by_name[str(tenant)].store if tenant else state.store
+    old = store.removed.get(str(body["account_id"]))
+    if old is None:
+        return web.json_response({"error": "not_removed"}, status=404)
+    account = store.add_account(str(body["new_id"]), str(old["xUsername"]))
+    account["xUserId"] = old["xUserId"]
+    if tenant:
+        state.owners[str(body["new_id"])] = str(tenant)
+    return web.json_response(account)
+
+
 API_PREFIX = "/api/v1"
 
 
@@ -418,6 +441,7 @@ def make_app(state: SandboxState) -> web.Application:
     app.router.add_get("/_sandbox/requests", requests)
     app.router.add_post("/_sandbox/consume", consume)
     app.router.add_post("/_sandbox/accounts", add_account)
+    app.router.add_post("/_sandbox/reconnect", reconnect)
     return app
 
 

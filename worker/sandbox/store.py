@@ -21,6 +21,7 @@ class Store:
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     monitors: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_accounts: set[str] = field(default_factory=set)
+    removed: dict[str, dict[str, Any]] = field(default_factory=dict)  # deleted: as they were
     deleted_monitors: set[str] = field(default_factory=set)
     keyword_monitors: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleting: dict[str, float] = field(default_factory=dict)  # monitor -> gone at (clock)
