@@ -31,7 +31,9 @@ lint: $(VENV)/.dev
 types: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
+# Chromium on PATH: the browser tests must run (fail, never skip). CI installs it (.ci/run).
 pytest: $(VENV)/.dev
+	if command -v chromium >/dev/null 2>&1; then export XQUIK_REQUIRE_CHROMIUM=1; fi; \
 	$(VENV)/bin/pytest --cov --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 # The documentation site, strict: a broken link, a missing page or a docstring mkdocstrings

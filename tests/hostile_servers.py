@@ -81,17 +81,24 @@ def trickle(every: float) -> Handler:
     return handle
 
 
-def flood(megabytes: int) -> Handler:
-    """A 200 whose body is `megabytes` MB of JSON-ish filler, sent as fast as it is read."""
+def flood(megabytes: int, sent: list[int] | None = None) -> Handler:
+    """A 200 whose body is `megabytes` MB of JSON-ish filler, sent as fast as it is read;
+    appends to `sent` how many MB each answer got out before the client hung up."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(request)
         await response.write(b'{"success": true, "pad": "')
         block = b"x" * (1 << 20)
-        for _ in range(megabytes):
-            await response.write(block)
-        await response.write(b'"}')
+        done = 0
+        try:
+            for _ in range(megabytes):
+                await response.write(block)
+                done += 1
+            await response.write(b'"}')
+        finally:
+            if sent is not None:
+                sent.append(done)
         return response
 
     return handle

@@ -3,9 +3,13 @@ wheel ships. Loopback only, a free port, persistence off unless asked for."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -33,8 +37,10 @@ class RedisServer:
         persist: bool = False,
         port: int | None = None,
         password: str | None = None,
+        unix_socket: Path | None = None,
     ) -> None:
         self.directory = directory
+        self.unix_socket = unix_socket
         self.persist = persist
         self.password = password
         self.port = port or free_port()
@@ -65,6 +71,8 @@ class RedisServer:
             else ["--appendonly", "no"]
         )
         args += ["--requirepass", self.password] if self.password else []
+        if self.unix_socket is not None:
+            args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -84,4 +92,70 @@ class RedisServer:
         self.proc = None
 
 
-__all__ = ["RedisServer", "free_port"]
+class TlsProxy:
+    """TLS in front of a plain redis-server (the binary the tests use is built without TLS):
+    accepts TLS on a free loopback port with `context`'s certificate and forwards the bytes.
+    A real TLS handshake for the client under test, in a thread of its own."""
+
+    def __init__(self, target_port: int, context: ssl.SSLContext) -> None:
+        self.target_port = target_port
+        self.context = context
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> TlsProxy:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the TLS proxy did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                writer.close()
+                return
+            try:
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            finally:
+                for w in (writer, up_writer):
+                    w.close()
+
+        async def start() -> asyncio.Server:
+            server = await asyncio.start_server(handle, "127.0.0.1", self.port, ssl=self.context)
+            self._ready.set()
+            return server
+
+        async def stop(server: asyncio.Server) -> None:
+            server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            server = loop.run_until_complete(start())
+            loop.run_forever()
+            loop.run_until_complete(stop(server))
+        finally:
+            loop.close()
+
+
+__all__ = ["RedisServer", "TlsProxy", "free_port"]

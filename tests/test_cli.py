@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,11 +187,17 @@ def test_help_lists_every_documented_run_option() -> None:
 
 
 def test_version() -> None:
-    """--version prints the package version."""
-    from worker import __version__
+    """--version prints the version the installed distribution declares, which the changelog
+    has a section for."""
+    from importlib.metadata import version
 
     proc = run_cli("--version")
-    assert proc.stdout.strip() == f"xquik-disconnect {__version__}"
+    assert proc.returncode == 0
+    name, number = proc.stdout.split()
+    assert name == "xquik-disconnect"
+    assert re.fullmatch(r"\d+\.\d+\.\d+(?:[ab]\d+|rc\d+)?", number)
+    assert number == version("xquik-disconnect-worker")
+    assert f"## [{number}]" in (ROOT / "CHANGELOG.md").read_text()
 
 
 def test_sandbox_command_stops_on_sigterm() -> None:

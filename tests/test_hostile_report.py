@@ -59,3 +59,66 @@ def test_report_over_hand_edited_lines_names_them_and_never_crashes(tmp_path: Pa
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "1 records, 1 accounts done" in proc.stdout
     assert 'data-card="accounts done"><b>1</b>' in (tmp_path / "r.html").read_text()
+
+
+HOSTILE = "<img src=x onerror=alert(1)>\"'><script>alert(2)</script><!--&amp;"
+STRING_FIELDS = (
+    "run_id", "source", "job_id", "account_id", "username", "error", "tenant", "key_id",
+    "origin", "key_group", "x_username", "x_user_id", "health", "status", "monitor_id",
+    "monitor_kind", "new_account_id", "chain", "delete_limit",
+)  # fmt: skip
+
+
+def _page_shape(page: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The page's elements in order, each with its attribute names: what a value that broke
+    out of its text or attribute would change."""
+    from html.parser import HTMLParser
+
+    shape: list[tuple[str, tuple[str, ...]]] = []
+
+    class Shape(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            shape.append((tag, tuple(name for name, _ in attrs)))
+
+        def handle_comment(self, data: str) -> None:
+            shape.append(("<!--", ()))
+
+    Shape().feed(page)
+    return shape
+
+
+def test_every_string_field_of_a_record_stays_text_on_the_html_page(tmp_path: Path) -> None:
+    """Without a browser: a log whose records carry hostile markup in every string field (a
+    disconnect, a failure, a verify and a monitor record) renders a page with exactly the
+    elements and attributes of the same log with plain values, and the markup appears only
+    escaped."""
+
+    def log_with(value: str, name: str) -> Path:
+        rows = []
+        for i, (op, outcome) in enumerate(
+            (("disconnect", "disconnected"), ("disconnect", "failed"),
+             ("disconnect", "already_gone"), ("verify", "reconnected"),
+             ("delete_monitor", "disconnected")),
+        ):  # fmt: skip
+            record: dict[str, object] = {f: f"{value}-{f}-{i}" for f in STRING_FIELDS}
+            record.update(ts=f"2026-11-29T10:00:0{i}.000Z", op=op, outcome=outcome,
+                          http_status=200, attempts=1, elapsed_ms=5, sandbox=False)  # fmt: skip
+            rows.append(json.dumps(record))
+        log = tmp_path / f"{name}.jsonl"
+        log.write_text("\n".join(rows) + "\n")
+        return log
+
+    pages = {}
+    for name, value in (("plain", "plain"), ("hostile", HOSTILE)):
+        page = tmp_path / f"{name}.html"
+        done = run_cli("report", str(log_with(value, name)), "--html", str(page))
+        assert done.returncode in (0, 1), done.stderr
+        pages[name] = page.read_text()
+    hostile = pages["hostile"]
+    assert _page_shape(hostile) == _page_shape(pages["plain"])
+    assert "<img" not in hostile
+    assert "alert(2)</script>" not in hostile
+    assert "&lt;img src=x onerror=alert(1)&gt;" in hostile  # shown, as text
+    shown = {f for f in STRING_FIELDS if f"plain-{f}-" in pages["plain"]}
+    # The page does show these (so the shape comparison is not vacuous for them).
+    assert {"account_id", "x_username", "error", "tenant", "run_id"} <= shown, shown

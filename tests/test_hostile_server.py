@@ -99,12 +99,29 @@ async def test_a_flood_of_a_body_is_read_only_up_to_a_bound(tmp_path: Path) -> N
     """A 100 MB answer to a DELETE: the worker reads a bounded prefix and its memory stays
     small (the 200 itself still counts: the DELETE was answered with success)."""
     jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2"])
-    async with Server(flood(100)) as big:
-        code, _, err = await run_worker(
-            jobs, big.url, tmp_path, "--rate", "unlimited", "--log-format", "json", "--no-precheck"
+    sent: list[int] = []
+    async with Server(flood(100, sent)) as big:
+        argv = [str(jobs), "--base-url", f"{big.url}/api/v1", "--rate", "unlimited",
+                "--no-precheck", "--results", str(tmp_path / "results.jsonl"),
+                "--state-dir", str(tmp_path / "state"), "--log-format", "json"]  # fmt: skip
+        probe = (
+            "import re\n"
+            "from worker.cli import main\n"
+            f"code = main(['run', *{argv!r}])\n"
+            # VmHWM: this process's own peak (ru_maxrss would carry a large parent's over exec)
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]\n"
+            "print(code, int(hwm) // 1024)\n"
         )
-    assert code == 0, err
+        with anyio.fail_after(60):
+            done = await anyio.run_process(
+                [sys.executable, "-c", probe], env=cli_env(XQUIK_API_KEY=KEY), cwd=ROOT, check=False
+            )
+    code, rss_mb = (int(x) for x in done.stdout.split())
+    assert code == 0, done.stderr
     assert [r["outcome"] for r in read_results(tmp_path / "results.jsonl")] == ["disconnected"] * 2
+    assert len(sent) == 2
+    assert max(sent) < 50, sent  # hung up long before the 100 MB
+    assert rss_mb < 100, rss_mb  # not a body's worth of memory
 
 
 async def test_a_certificate_that_cannot_be_verified_stops_the_run(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ def test_plan_piped_into_run(
         XQUIK_API_KEY=sb.api_key, XQUIK_BASE_URL=sb.base_url, XQUIK_STATE_DIR=str(tmp_path)
     )
     targets = {a["id"] for a in sb.get("/x/accounts")["accounts"] if a["health"] == "suspended"}
+    assert 0 < len(targets) < 50  # some to remove, some to keep: both halves are checked
     pipeline = (
         f"{sys.executable} -m worker plan --health suspended | "
         f"{sys.executable} -m worker run - --results {tmp_path / 'r.jsonl'}"

@@ -50,6 +50,7 @@ def worker(
     *args: str,
     log: Path | None = None,
     env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[str]:
     with (log or tmp / f"{name}.log").open("a") as err:
         return subprocess.Popen(
@@ -67,6 +68,7 @@ def worker(
             text=True,
             cwd=ROOT,
             env={**(env or cli_env()), "XQUIK_API_KEY": sb.api_key},
+            preexec_fn=preexec_fn,
         )
 
 
@@ -281,12 +283,13 @@ def test_redis_restart_mid_run_workers_reconnect_and_finish(
         time.sleep(1.0)
         server.start()
         assert proc.wait(timeout=60) == 0
-        done = {
-            r["account_id"]
-            for r in results_stream(server)
-            if r["outcome"] in {"disconnected", "already_gone"}
-        }
-        assert done == {str(i) for i in range(1, 61)}
+        records = results_stream(server)
+        # One record per message, none doubled across the restart, every one done.
+        assert Counter(r["account_id"] for r in records) == Counter(str(i) for i in range(1, 61))
+        assert {r["outcome"] for r in records} <= {"disconnected", "already_gone"}
+        assert Counter(r["account_id"] for r in read_results(tmp_path / "w1.results.jsonl")) == (
+            Counter(str(i) for i in range(1, 61))
+        )
         assert sb.stats()["accounts"] == 0
         assert "redis_unavailable" in (tmp_path / "w1.log").read_text()
     finally:
@@ -420,16 +423,36 @@ def test_jobs_of_one_key_try_for_slots_side_by_side_but_a_waiter_goes_first(
         assert len(set(map(str, slots))) == 2
         with pytest.raises(NoSlot):
             await budget.acquire(block=False)
-        for slot in slots:
-            await budget.release(slot, 200)
+        await r.aclose()
+
+    async def waiter_first() -> None:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+        # A long window: the waiter polls about once a second, so a slot freed between two of
+        # its polls is free for a try to take, unless the waiter goes first.
+        ours = RedisBudget(r, "xquik:budget:first", 2, 60.0)
+        other = RedisBudget(r, "xquik:budget:first", 2, 60.0)  # another process on the key
+        held = [await other.acquire(block=False) for _ in range(2)]
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await ours.acquire())
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(budget.acquire)  # waits about a second for a slot
-            await anyio.sleep(0.2)
-            with pytest.raises(NoSlot):
-                await budget.acquire(block=False)
+            tg.start_soon(wait)
+            await anyio.sleep(0.3)  # the waiter found the window full and naps
+            assert got == []
+            assert await r.zrem("xquik:budget:first:slots", str(held[0])) == 1  # one frees
+            with pytest.raises(NoSlot):  # free, but the waiter was there first
+                await ours.acquire(block=False)
+        assert len(got) == 1
+        assert str(got[0]) not in map(str, held)
+        assert await r.zcard("xquik:budget:first:slots") == 2
         await r.aclose()
 
     anyio.run(scenario)
+    anyio.run(waiter_first)
 
 
 def test_rejected_key_stops_the_consumer_and_leaves_jobs_pending(
@@ -520,7 +543,8 @@ def test_redis_url_file_keeps_the_password_out_of_ps_and_logs(
         ids = write_jobs(tmp_path / "ids.txt", ["1", "2", "3"])
         enq = run_cli("enqueue", str(ids), "--redis-url-file", str(url_file))
         assert enq.returncode == 0, enq.stderr
-        sb = sandbox_process("--delete-limit", "unlimited")
+        # Answers a second late: the process is surely running when `ps` looks.
+        sb = sandbox_process("--delete-limit", "unlimited", "--slow", "1", "--slow-seconds", "1")
         argv = [a for a in run_argv("-", sb) if a != "-"]
         argv += ["--redis-url-file", str(url_file), "--drain", "--rate", "unlimited"]
         argv += ["--results", str(tmp_path / "r.jsonl"), "--state-dir", str(tmp_path)]
@@ -533,13 +557,13 @@ def test_redis_url_file_keeps_the_password_out_of_ps_and_logs(
             cwd=ROOT,
             env=cli_env(XQUIK_API_KEY=sb.api_key),
         )
-        try:  # what `ps` shows: the process's arguments
+        # What `ps` shows: the process's arguments, once exec has set them (bounded).
+        ps, deadline = "", time.monotonic() + 5
+        while not ps and time.monotonic() < deadline:
             ps = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            ps = ""  # already ended
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        assert str(url_file) in ps or ps == ""  # the process may already have ended
+        assert str(url_file) in ps  # what `ps` shows is this process's, not an empty line
         assert password not in ps
         assert password not in out + err
         records = read_results(tmp_path / "r.jsonl")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.models import ID_PATTERN, Op, Outcome, Result
 from worker.results.prior import read_prior
 from worker.results.sink import FileSink
+from worker.sandbox import Sandbox
 
 
 def record(account: str, outcome: Outcome, op: Op = Op.DISCONNECT) -> Result:
@@ -29,6 +31,62 @@ def test_sink_appends_whole_lines_and_mends_a_torn_tail(tmp_path: Path) -> None:
     assert lines[:2] == ['{"a": 1}', '{"torn']
     assert json.loads(lines[2])["account_id"] == "1"
     assert lines[3] == ""
+
+
+def test_sync_reaches_the_disk_for_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sync` fsyncs the log's own descriptor once something was written since the last one
+    (and close does too): a sync that did nothing would leave records to a crash."""
+    import os
+
+    synced: list[tuple[int, int]] = []  # (inode, size) of each fsync, then the real one
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((info.st_ino, info.st_size))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)  # what the sink calls: os.fsync
+    path = tmp_path / "r.jsonl"
+    sink = FileSink.open(path)
+    inode = path.stat().st_ino
+    sink.sync()
+    assert synced == []  # nothing written, nothing to sync
+    sink.write(record("1", Outcome.DISCONNECTED))
+    sink.sync()
+    assert synced == [(inode, path.stat().st_size)]
+    sink.sync()
+    assert len(synced) == 1  # nothing new
+    sink.write(record("2", Outcome.DISCONNECTED))
+    sink.close()
+    assert synced[1:] == [(inode, path.stat().st_size)]  # close syncs the rest
+
+
+async def test_a_run_syncs_its_last_record_before_it_ends(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole run: the last fsync of the log covers every record written."""
+    import os
+
+    from tests.conftest import read_results, run_against, write_jobs
+
+    sizes: dict[int, int] = {}
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        sizes[info.st_ino] = info.st_size
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)  # what the sink calls: os.fsync
+    jobs = write_jobs(tmp_path / "jobs.txt", [str(i) for i in range(1, 9)])
+    summary = await run_against(sandbox, jobs, tmp_path)
+    assert summary.exit_code == 0
+    log = tmp_path / "results.jsonl"
+    assert len(read_results(log)) == 8
+    assert sizes.get(log.stat().st_ino) == log.stat().st_size
 
 
 def test_read_prior_finds_done_disconnects_only(tmp_path: Path) -> None:
@@ -73,7 +131,10 @@ records_strategy = st.lists(
 )
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+# No deadline: every example opens, writes and fsyncs a real file, whose time the disk decides.
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None
+)
 @given(records_strategy)
 def test_fast_reader_agrees_with_json(
     tmp_path: Path, rows: list[tuple[str, Outcome, Op, str | None]]

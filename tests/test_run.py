@@ -59,12 +59,9 @@ async def test_faulty_api_every_line_one_record_every_account_deleted(
     assert sorted(sources) == sorted(f"{jobs}:{n}" for n in range(1, 56))
     assert set(sources.values()) == {1}
     outcomes = Counter(r["outcome"] for r in records)
-    assert outcomes == {
-        "disconnected": outcomes["disconnected"],
-        "already_gone": outcomes["already_gone"],
-        "duplicate": 3,
-        "invalid": 6,
-    }
+    assert set(outcomes) == {"disconnected", "already_gone", "duplicate", "invalid"}
+    assert (outcomes["duplicate"], outcomes["invalid"]) == (3, 6)
+    assert outcomes["disconnected"] > 0
     assert outcomes["disconnected"] + outcomes["already_gone"] == 46
     assert not existing & set(sandbox.state.store.accounts)
     stats = sandbox.state.stats

@@ -80,13 +80,14 @@ def test_accounts_listing_retrieve_delete_and_errors(
         ({"x-api-key": sb.api_key}, "/x/accounts/bad%20id", 400, "invalid_request_error",
          "invalid_id"),
     ]:  # fmt: skip
+        plain = httpx.get(f"{sb.base_url}{path}", headers=headers).json()
         raw = httpx.get(f"{sb.base_url}{path}", headers={**headers, **contract})
         assert raw.status_code == status
-        assert raw.json()["error"] == {
-            "type": kind,
-            "code": code,
-            "message": raw.json()["error"]["message"],
-        }
+        error = raw.json()["error"]
+        assert (error["type"], error["code"]) == (kind, code)
+        assert error["message"] == plain["message"]  # the same words as without the contract
+        assert error["message"]
+        assert set(error) == {"type", "code", "message"}
 
 
 def test_monitors_pages_and_background_deletion(

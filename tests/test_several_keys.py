@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -492,3 +493,32 @@ def test_a_tenant_job_is_never_sent_with_the_key_of_a_run_without_keys(
     assert by_id["2"]["outcome"] == "disconnected"
     deleted = sb.stats()["deleted_accounts"]
     assert deleted == ["2"]
+
+
+def test_the_cross_tenant_ledger_counts_a_request_with_another_tenants_key(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """The positive control for every `cross_tenant == 0` above: a DELETE and a GET for t2's
+    account sent with t1's valid key are 404s to the client and counted by the sandbox; the
+    same requests with t2's own key are not counted."""
+    sb, keys = tenant_sandbox(sandbox_process, tmp_path)
+
+    def send(method: str, account: str, tenant: str) -> int:
+        key = (keys / tenant).read_text().strip()
+        request = urllib.request.Request(
+            f"{sb.base_url}/x/accounts/{account}", method=method, headers={"x-api-key": key}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert sb.stats()["cross_tenant"] == 0
+    assert send("DELETE", "t2-1", "t1") == 404
+    assert send("GET", "t2-2", "t1") == 404
+    assert sb.stats()["cross_tenant"] == 2
+    assert send("GET", "t2-1", "t2") == 200  # untouched by t1's attempt
+    assert send("DELETE", "t2-1", "t2") == 200
+    assert send("DELETE", "t9-1", "t1") == 404  # nobody's account: not another tenant's
+    assert sb.stats()["cross_tenant"] == 2
