@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 
 from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
 from worker.errors import BudgetClosed, NoSlot
@@ -134,6 +135,7 @@ class LocalBudget:
         "_ends",
         "_episode",
         "_episode_end",
+        "_gathering",
         "_ids",
         "_inflight",
         "_jitter",
@@ -143,6 +145,7 @@ class LocalBudget:
         "_opener",
         "_pending",
         "_prefix",
+        "_reserved",
         "_rng",
         "_sent_at",
         "_sent_under",
@@ -211,6 +214,11 @@ class LocalBudget:
         self._lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self._dirty: set[str] = set()  # our slots changed since the state file last saw them
+        # Slots taken in one decision for the requests queued behind it (one state file
+        # exchange for a tick's worth of sends): in flight for everyone already, claimed by
+        # the next acquires unless the budget changed meanwhile.
+        self._reserved: list[str] = []
+        self._gathering = False  # a decision waits out this tick for the acquires behind it
         self._prefix = f"{os.getpid()}.{random.getrandbits(32):08x}."
         self._ids = (f"{self._prefix}{n}" for n in itertools.count())
 
@@ -284,13 +292,29 @@ class LocalBudget:
         """Wait for a slot and take it. Waiters are served first come, first served. With
         `block=False`, raise NoSlot instead of waiting (and when another request waits)."""
         if not block and self._lock.locked():
-            raise self._no_slot(self.delay())
+            if not self._gathering:
+                raise self._no_slot(self.delay())
+            return self._try_now()  # nobody waits for a slot: decide beside the gathering
         async with self._lock:
+            if self._state is not None and not self._reserved:
+                # Let the other acquires of this tick queue behind us: one exchange of the
+                # state file then decides for all of them.
+                self._gathering = True
+                try:
+                    await anyio.lowlevel.checkpoint()
+                finally:
+                    self._gathering = False
             while True:
                 if self._closed:
                     raise BudgetClosed
+                if self._reserved:
+                    if self._cooldown_until <= self._clock() and len(self._slots) <= self.limit:
+                        return self._start(self._reserved.pop())
+                    self._unreserve()  # a cooldown or a lower limit came meanwhile
                 # Decided under the state file's lock, with every run's slots on this key in
-                # view, so concurrent runs together stay within the limit too.
+                # view, so concurrent runs together stay within the limit too. The requests
+                # already queued behind this one get theirs in the same decision (one read
+                # and one append of the state file for all of them).
                 with self._exchange():
                     wait = self.delay()
                     if wait > 0 and not block:
@@ -298,19 +322,48 @@ class LocalBudget:
                     if wait <= 0:
                         slot = next(self._ids)
                         self._set(slot, INFLIGHT)
-                        if self.learner is not None:
-                            now = self._clock()
-                            self._sent_under[slot] = self.limit
-                            self._sent_at[slot] = now
-                            # It arrived after its send, before its answer: a window it
-                            # opened ends W after its answer at the latest; only a send
-                            # after that surely opens the next one.
-                            if self._opener is None or now >= self._win_end:
-                                self._opener, self._win_start = slot, now
-                                self._win_end = INFLIGHT
-                        return slot
+                        if self._state is not None:
+                            queued = self._lock.statistics().tasks_waiting
+                            while queued > len(self._reserved) and self.delay() <= 0:
+                                extra = next(self._ids)
+                                self._set(extra, INFLIGHT)
+                                self._reserved.append(extra)
+                        return self._start(slot)
                 # A release wakes this nap early: the slot it frees may be the one we wait for.
                 await self._naps(min(wait, self.span + self.attempt_bound))
+
+    def _try_now(self) -> str:
+        """One non-blocking decision, under the state file's lock: a slot or NoSlot."""
+        if self._closed:
+            raise BudgetClosed
+        with self._exchange():
+            wait = self.delay()
+            if wait > 0:
+                raise self._no_slot(wait)
+            slot = next(self._ids)
+            self._set(slot, INFLIGHT)
+            return self._start(slot)
+
+    def _start(self, slot: str) -> str:
+        """A slot taken, its request about to be sent."""
+        if self.learner is not None:
+            now = self._clock()
+            self._sent_under[slot] = self.limit
+            self._sent_at[slot] = now
+            # It arrived after its send, before its answer: a window it opened ends W after
+            # its answer at the latest; only a send after that surely opens the next one.
+            if self._opener is None or now >= self._win_end:
+                self._opener, self._win_start = slot, now
+                self._win_end = INFLIGHT
+        return slot
+
+    def _unreserve(self) -> None:
+        """Reserved slots nobody sent with are free again (for other runs, with the next
+        exchange)."""
+        for slot in self._reserved:
+            self._drop(slot)
+        self._reserved.clear()
+        self._naps.wake_all()
 
     async def release(self, slot: object, status: int | None = None) -> None:
         """The answer arrived with `status` (None: the attempt failed, timed out or was
@@ -424,6 +477,8 @@ class LocalBudget:
     def close(self) -> None:
         """Refuse every waiting and future acquire; wakes sleeping waiters at once. Changes
         not yet in the state file go there now (later releases go at once)."""
+        if self._reserved:
+            self._unreserve()
         if not self._closed and self._dirty:
             with self._exchange():
                 pass

@@ -31,8 +31,13 @@ _TAIL = 1 << 16
 
 def canonical(record: dict[str, Any]) -> bytes:
     """The record without `chain`, as the bytes its link hashes."""
-    body = {k: v for k, v in record.items() if k != "chain"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    if "chain" in record:
+        record = {k: v for k, v in record.items() if k != "chain"}
+    return _CANONICAL.encode(record).encode()
+
+
+# json.dumps with options builds an encoder per call: one, made once, is cheaper per record.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def link(previous: str, record: dict[str, Any]) -> str:
