@@ -58,10 +58,14 @@ wheel-check: $(VENV)/.dev
 test: lint types pytest docs actionlint wheel-check
 
 BENCHES ?= budget learn overhead memory startup resume queue_mode tenants
+# Each benchmark's output goes into its own section of bench/RESULTS.md (dated), so that
+# `make bench BENCHES=resume` re-measures one path; README's section is generated from it.
 bench: $(VENV)/.dev
-	{ echo "# Benchmark results"; echo; echo "\`make bench\` on $$(nproc) cores, $$(date -u +%F)."; \
-	  for b in $(BENCHES); do echo; $(PY) bench/$$b.py || exit 1; done; } > bench/RESULTS.md.tmp
-	mv bench/RESULTS.md.tmp bench/RESULTS.md
+	for b in $(BENCHES); do \
+	  $(PY) bench/$$b.py > bench/.$$b.out || exit 1; \
+	  $(PY) scripts/bench_results.py $$b bench/.$$b.out && rm bench/.$$b.out; \
+	done
+	$(PY) scripts/bench_readme.py
 	cat bench/RESULTS.md
 
 # Pinned runtime dependencies for the image, with every file's hash (the image installs them

@@ -28,7 +28,7 @@ from aiolimiter import AsyncLimiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import table
+from bench.common import headline, table
 from worker import run_async
 from worker.budget.rate import Rate
 from worker.logs import configure
@@ -161,6 +161,12 @@ def main() -> None:
     print(
         f"\nideal: (ceil({jobs}/{n}) - 1) x {w:g} s; budget used: jobs done / (N x windows "
         "spanned). Ours retries and waits out 429s; baselines send once."
+    )
+    cells = {row[0]: row for row in rows}
+    ours, limiter = cells["xquik-disconnect (held slots)"], cells["aiolimiter AsyncLimiter(N, W)"]
+    headline(
+        f"the rate budget, {jobs} jobs at {n} per {w:g} s: {ours[1]} 429s and {ours[3]} of "
+        f"the window budget used; aiolimiter's AsyncLimiter(N, W) {limiter[1]} 429s."
     )
 
 

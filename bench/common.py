@@ -3,14 +3,17 @@ wall time and peak RSS, so every figure is measured the same way in the same run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +34,71 @@ def measure(code: str, *args: str) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: ru_maxrss would carry over a large parent's)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# The snippet a measured Python child ends with: its own peak RSS, as JSON on the last line.
+HWM = (
+    "import re as _re\n"
+    "_hwm = int(_re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024\n"
+)
+
+GNU_TIME = "/usr/bin/time"
+
+
+class Timed(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # user + system seconds
+    peak_mb: float  # the process's own peak RSS
+    code: int
+
+
+def timed(
+    argv: list[str], *, env: dict[str, str] | None = None, stdin: Path | None = None
+) -> Timed:
+    """Run one process; its wall time, CPU and peak RSS. The peak is GNU time's (%M, from
+    wait4 of a small parent: a child of this interpreter would inherit its peak at fork), else
+    a /proc poll of the child's VmHWM every 10 ms."""
+    gnu = Path(GNU_TIME).exists()
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out, contextlib.ExitStack() as stack:
+        wrapped = [GNU_TIME, "-o", out.name, "-f", "%e %U %S %M", *argv] if gnu else argv
+        feed = stack.enter_context(stdin.open("rb")) if stdin is not None else subprocess.DEVNULL
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            wrapped, cwd=ROOT, env=env, stdin=feed, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        peak = 0.0
+        while proc.poll() is None:
+            if not gnu:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    status = Path(f"/proc/{proc.pid}/status").read_text()
+                    peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) / 1024)
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if gnu:
+            fields = out.read().split()[-4:]
+            peak = int(fields[3]) / 1024
+    return Timed(wall, cpu, peak, proc.returncode)
+
+
+def headline(text: str) -> None:
+    """The line `make bench` copies into README's benchmark section."""
+    print(f"\nheadline: {text}")
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """median (min-max) of a measure's rounds."""
+    med = statistics.median(values)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -31,7 +31,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import table
+from bench.common import headline, table
 from worker import run_async
 from worker.budget.rate import Rate
 from worker.logs import configure
@@ -177,6 +177,11 @@ def main() -> None:
     auto_s = float(big[0][1].split()[0])
     old_s = float(big[1][1].split()[0])
     print(f"\nratio, `auto` / old default time: {auto_s / old_s:.2f}x (ideal 0.25x)")
+    ideal_min = (math.ceil(n / 60) - 1) * 60 / 60
+    headline(
+        f"the live limit learned with --rate auto: {n:,} accounts at a live 60 per 60 s take "
+        f"{big[0][2]} at real windows (a perfect client: {ideal_min:.0f} min), {big[0][3]} 429s."
+    )
 
 
 if __name__ == "__main__":

@@ -9,70 +9,33 @@ the precheck).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, SandboxProc, table
-
-WRAPPER = """
-import resource, sys
-from worker.cli import main
-code = main(sys.argv[2:])
-with open(sys.argv[1], "w") as out:
-    out.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-sys.exit(code)
-"""
+from bench.common import SandboxProc, headline, table, timed
 
 
 def peak_mb(jobs: int, tmp: Path) -> tuple[float, float]:
+    """The run's own peak RSS (GNU time, or a /proc poll) and its wall seconds."""
     ids = tmp / f"{jobs}.txt"
     with ids.open("w") as f:
         for i in range(jobs):
             f.write(f"acct_{i:09d}\n")
     sb = SandboxProc(0, "--delete-limit", "unlimited", "--read-limit", "unlimited")
     try:
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                WRAPPER,
-                str(tmp / "rss"),
-                "run",
-                str(ids),
-                "--base-url",
-                sb.base_url,
-                "--rate",
-                "unlimited",
-                "--read-rate",
-                "unlimited",
-                "--concurrency",
-                "16",
-                "--results",
-                str(tmp / f"{jobs}.results.jsonl"),
-                "--state-dir",
-                str(tmp),
-                "--log-format",
-                "json",
-                "--no-progress",
-            ],
-            check=False,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"},
-        )
-        seconds = time.perf_counter() - start
+        argv = [sys.executable, "-m", "worker", "run", str(ids), "--base-url", sb.base_url,
+                "--rate", "unlimited", "--read-rate", "unlimited", "--concurrency", "16",
+                "--results", str(tmp / f"{jobs}.results.jsonl"), "--state-dir", str(tmp),
+                "--log-format", "json", "--no-progress"]  # fmt: skip
+        done = timed(argv, env={"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"})
     finally:
         sb.stop()
     ids.unlink()
     (tmp / f"{jobs}.results.jsonl").unlink()
-    return float((tmp / "rss").read_text()), seconds
+    return done.peak_mb, done.wall
 
 
 def main() -> None:
@@ -97,6 +60,11 @@ def main() -> None:
     print("## Peak memory of a run (`bench/memory.py`)\n")
     print(table(["jobs", "peak RSS MB", f"vs {sizes[0]:,} MB", "ratio", "jobs/s"], rows))
     print(f"\ntarget: at most +20 MB from {sizes[0]:,} to {sizes[-1]:,} jobs.")
+    grown = float(rows[-1][2])
+    headline(
+        f"memory: peak RSS {rows[0][1]} MB at {sizes[0]:,} jobs, {rows[-1][1]} MB at "
+        f"{sizes[-1]:,} ({grown:+.1f} MB; target <= +20 MB: {'met' if grown <= 20 else 'NOT met'})."
+    )
 
 
 if __name__ == "__main__":

@@ -1,35 +1,35 @@
 """Many keys: 1,000 tenants on the sandbox, each with its own short window, in one run (file
-mode) and in one queue (1, 2 and 4 consumers).
+mode) and in one queue (2 consumers), against a minimal multi-key loop (the yardstick).
 
 The sandbox serves one Xquik account per tenant (`sandbox --tenants K --keys-out DIR`), each
 with its own accounts and its own fixed window of N DELETEs per W s. The jobs file holds every
-tenant's jobs grouped by tenant (the worst order for head-of-line blocking). From the sandbox's
-own log: aggregate DELETEs per second over the DELETE span, 429s, and each tenant's finish time
-(its last DELETE): the spread between the fastest and the slowest tenant. The target is 0.9 of
-the smaller of the sum of the budgets and this client's ceiling on this machine, measured in
-the same run: each case runs first against a sandbox without a limit (the same keys, jobs,
-mode, consumers and read-ahead, each budget at 1,000,000 per window), then with the limit.
+tenant's jobs grouped by tenant (t1's first: the worst order for head-of-line blocking) or
+mixed (one of each tenant in turn, as a pipeline's arrivals). The minimal loop reads the whole
+file, groups it by tenant and sends each tenant's jobs N at a time, the next N one window after
+the first answer of the last (16 requests in flight over all keys, as ours). From the
+sandbox's own log: DELETEs per second over the DELETE span, 429s, requests for another
+tenant's account, and the spread of the tenants' finish times (their last DELETE), in
+windows. Rounds are interleaved; medians (min-max).
 
-    python bench/tenants.py           # 1,000 tenants x 20 jobs, 5 per 1 s each
-    python bench/tenants.py --smoke   # 50 tenants x 10 jobs, 5 per 1 s each
+    python bench/tenants.py           # 1,000 tenants x 20 jobs, 5 per 1 s each; 3 rounds
+    python bench/tenants.py --smoke   # 50 tenants x 10 jobs; 1 round
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, SandboxProc, table
+from bench.common import ROOT, SandboxProc, headline, spread, table, timed
 from tests.redis_server import RedisServer
 
 CONCURRENCY = 16
@@ -53,13 +53,6 @@ def jobs_file(path: Path, tenants: int, per: int, *, mixed: bool = False) -> Pat
         for t, i in order:
             f.write(json.dumps({"account_id": f"t{t}-{i}", "tenant": f"t{t}"}) + "\n")
     return path
-
-
-def wait_rss(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
-    """Exit code and peak RSS (MB) of one child."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024
 
 
 def measure(sb: SandboxProc, jobs: int, window: float) -> dict[str, Any]:
@@ -130,51 +123,68 @@ def run_case(
                 [*run, "--consumer", f"c{k}", "--results", str(tmp / f"c{k}.jsonl")]
                 for k in range(consumers)
             ]
-        started = time.perf_counter()
-        procs = [
-            subprocess.Popen(a, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-            for a in argv
-        ]  # fmt: skip
-        ends = [wait_rss(p) for p in procs]
-        wall = time.perf_counter() - started
+        with ThreadPoolExecutor(len(argv)) as pool:  # side by side, each timed on its own
+            ends = list(pool.map(lambda a: timed(a, env=env), argv))
+        wall = max(t.wall for t in ends)
         out = measure(sb, tenants * per, w)
     finally:
         sb.stop()
         if server is not None:
             server.stop()
     out["wall"] = wall
-    out["rss"] = max(rss for _, rss in ends)
-    out["codes"] = sorted({code for code, _ in ends})
+    out["rss"] = max(t.peak_mb for t in ends)
+    out["codes"] = sorted({t.code for t in ends})
     return out
 
 
-def one_key(jobs: int, tmp: Path) -> float:
-    """For reference: this client's DELETEs per second with one key (file mode, its budget at
-    --rate 1000000/1s: keeping the books of every send, never waiting)."""
-    sb = SandboxProc(jobs, "--delete-limit", "unlimited", "--read-limit", "unlimited")
-    ids = tmp / "ids.txt"
-    ids.write_text("".join(f"{i}\n" for i in range(1, jobs + 1)))
+MINIMAL_KEYS = """
+import asyncio, json, os, sys, time, aiohttp
+async def main(base, keys_dir, jobs, n, w, out):
+    n, w = int(n), float(w)
+    keys = {t: open(os.path.join(keys_dir, t)).read().strip() for t in os.listdir(keys_dir)}
+    by = {}
+    for line in open(jobs):
+        job = json.loads(line)
+        by.setdefault(job["tenant"], []).append(job["account_id"])
+    sem = asyncio.Semaphore(16)
+    with open(out, "a") as log:
+        async with aiohttp.ClientSession() as s:
+            async def one(key, account):
+                async with sem:
+                    async with s.delete(f"{base}/x/accounts/{account}",
+                                        headers={"x-api-key": key}) as r:
+                        await r.read()
+                        log.write(json.dumps({"account_id": account, "status": r.status}) + "\\n")
+                        return time.monotonic()
+            async def tenant(name, ids):
+                key = keys[name]
+                for k in range(0, len(ids), n):
+                    answered = await asyncio.gather(*(one(key, a) for a in ids[k:k + n]))
+                    if k + n < len(ids):  # the window opened before the first answer
+                        await asyncio.sleep(max(0.0, min(answered) + w - time.monotonic()))
+            await asyncio.gather(*(tenant(t, ids) for t, ids in by.items()))
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def run_minimal(
+    tenants: int, per: int, n: int, w: float, tmp: Path, *, mixed: bool
+) -> dict[str, Any]:
+    sb = sandbox(
+        tmp, "--tenants", str(tenants), "--tenant-accounts", str(per),
+        "--delete-limit", f"{n}/{w:g}s", "--read-limit", "unlimited",
+    )  # fmt: skip
+    jobs = jobs_file(tmp / "jobs.jsonl", tenants, per, mixed=mixed)
+    assert sb.keys is not None
     try:
-        subprocess.run(
-            [sys.executable, "-m", "worker", "run", str(ids), "--base-url", sb.base_url,
-             "--rate", "1000000/1s", "--read-rate", "unlimited", "--concurrency",
-             str(CONCURRENCY), "--log-format", "json", "--state-dir", str(tmp / "state"),
-             "--results", str(tmp / "ceiling.jsonl")],
-            cwd=ROOT, env={"XQUIK_API_KEY": sb.api_key, "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-        )  # fmt: skip
-        return float(measure(sb, jobs, 1.0)["rate"])
+        argv = [sys.executable, "-c", MINIMAL_KEYS, sb.base_url, str(sb.keys), str(jobs),
+                str(n), str(w), str(tmp / "minimal.jsonl")]  # fmt: skip
+        done = timed(argv)
+        out = measure(sb, tenants * per, w)
     finally:
         sb.stop()
-
-
-def ideal_span(tenants: int, per: int, n: int, w: float, top: float) -> float:
-    """The DELETE span a perfect client needs at `top` sends per second: each tenant's jobs
-    take ceil(per/n) fixed windows, the first at once; within a window the tenants' n sends
-    each go out at `top` at best (the last tenant's window opens that much later); and never
-    faster than `top` over all the jobs."""
-    return max((math.ceil(per / n) - 1) * w + tenants * min(n, per) / top, tenants * per / top)
+    out.update(wall=done.wall, rss=done.peak_mb, codes=[done.code], cpu=done.cpu)
+    return out
 
 
 def main() -> None:
@@ -182,73 +192,82 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     tenants, per, n, w = (50, 10, 5, 1.0) if args.smoke else (1000, 20, 5, 1.0)
-    # Jobs grouped by tenant with the default --read-ahead (10,000): tenants past the first
-    # 10,000 jobs join the rotation as room frees up; one file row reads everything ahead.
-    # Mixed rows: one job of each tenant in turn. Queue consumers read as they need.
-    everything = ("--read-ahead", str(tenants * per))
-    cases: list[tuple[str, int, tuple[str, ...], bool]] = [
-        ("file", 1, (), False), ("file", 1, everything, False), ("file", 1, (), True),
-        ("queue", 1, (), False), ("queue", 1, (), True), ("queue", 2, (), False),
-        ("queue", 2, (), True), ("queue", 4, (), False), ("queue", 4, (), True),
+    rounds = 1 if args.smoke else 3
+    cases: list[tuple[str, int, bool]] = [
+        ("file", 1, True), ("file", 1, False), ("queue", 2, True), ("queue", 2, False),
     ]  # fmt: skip
-    if args.smoke:
-        cases = [case for case in cases if case[1] < 4]
     jobs = tenants * per
-    with tempfile.TemporaryDirectory() as tmp:
-        single = one_key(jobs, Path(tmp))
-    budgets = tenants * n / w
+    results: dict[tuple[str, int, bool], list[dict[str, Any]]] = {c: [] for c in cases}
+    minimal: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for _ in range(rounds):  # interleaved: each case beside the yardstick of its round
+        for mixed in (True, False):
+            with tempfile.TemporaryDirectory() as tmp:
+                minimal[mixed].append(run_minimal(tenants, per, n, w, Path(tmp), mixed=mixed))
+        for mode, k, mixed in cases:
+            with tempfile.TemporaryDirectory() as tmp:
+                results[(mode, k, mixed)].append(
+                    run_case(mode, k, tenants, per, n, w, Path(tmp), mixed=mixed)
+                )
     rows = []
-    for mode, k, extra, mixed in cases:
-        # This run's ceiling first (the same run without a limit), then the run itself.
-        with tempfile.TemporaryDirectory() as tmp:
-            top = run_case(
-                mode, k, tenants, per, n, w, Path(tmp), extra, unlimited=True, mixed=mixed
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            m = run_case(mode, k, tenants, per, n, w, Path(tmp), extra, mixed=mixed)
-        ideal = ideal_span(tenants, per, n, w, top["rate"])
-        label = mode if mode == "file" else f"queue x{k}"
-        rows.append(
-            [
-                label + (f" --read-ahead {extra[1]}" if extra else ""),
-                "mixed" if mixed else "grouped",
-                f"{m['done']:,}/{jobs:,}",
-                f"{top['rate']:,.0f}",
-                f"{m['span']:.2f}",
-                f"{ideal:.2f}",
-                f"{ideal / m['span']:.0%}",
-                f"{m['rate']:,.0f}",
-                str(m["429s"]),
-                f"{m['spread_windows']:.1f}",
-                str(m["cross"]),
-                f"{m['rss']:.0f}",
-                f"{m['wall']:.1f}",
-                "ok" if m["codes"] == top["codes"] == [0] else f"{m['codes']} {top['codes']}",
-            ]
-        )
+
+    def row(
+        label: str, order: str, runs: list[dict[str, Any]], base: list[dict[str, Any]]
+    ) -> list[str]:
+        ratio = [r["rate"] / b["rate"] for r, b in zip(runs, base, strict=True)]
+        return [
+            label, order,
+            f"{min(r['done'] for r in runs):,}/{jobs:,}",
+            spread([r["rate"] for r in runs], "{:,.0f}"),
+            "-" if runs is base else spread(ratio) + "x",
+            str(sum(r["429s"] for r in runs)),
+            spread([r["spread_windows"] for r in runs], "{:.1f}"),
+            str(sum(r["cross"] for r in runs)),
+            spread([r["rss"] for r in runs], "{:.0f}"),
+            "ok" if all(r["codes"] == [0] for r in runs) else str([r["codes"] for r in runs]),
+        ]  # fmt: skip
+
+    for mixed in (True, False):
+        order = "mixed" if mixed else "grouped"
+        rows.append(row("minimal multi-key loop", order, minimal[mixed], minimal[mixed]))
+        for mode, k, m in cases:
+            if m == mixed:
+                label = "ours, file" if mode == "file" else f"ours, queue x{k}"
+                rows.append(row(label, order, results[(mode, k, m)], minimal[mixed]))
     print(
-        f"## Many keys: {tenants:,} tenants x {per} jobs, {n} per {w:g} s each "
-        "(`bench/tenants.py`)\n"
+        f"## Many keys: {tenants:,} tenants x {per} jobs, {n} per {w:g} s each, median "
+        f"(min-max) of {rounds} interleaved rounds (`bench/tenants.py`)\n"
     )
     print(
         table(
-            ["run", "jobs", "done", "ceiling /s", "DELETE span s", "ideal s", "efficiency",
-             "DELETEs/s", "429s", "finish spread (windows)", "cross-tenant", "peak RSS MB",
-             "wall s", "exit"],
+            ["client", "jobs", "done (fewest)", "DELETEs/s", "vs minimal",
+             "429s (all rounds)", "finish spread (windows)", "cross-tenant", "peak RSS MB",
+             "exit"],
             rows,
         )
     )  # fmt: skip
     print(
-        f"\nceiling: this run's own DELETEs per second on this machine, measured just before "
-        f"it: the same keys, jobs, mode, consumers and read-ahead against a sandbox without a "
-        f"limit, each budget at 1,000,000 per window (keeping the books of every send, never "
-        f"waiting). ideal: the DELETE span of a perfect client with that ceiling: every tenant "
-        f"at its full budget ({budgets:,.0f}/s summed), (ceil({per}/{n}) - 1) x {w:g} s, "
-        f"plus one window's {tenants * min(n, per):,} sends at the ceiling; or all {jobs:,} "
-        f"jobs at the ceiling if longer (the ceiling below the budgets' sum). "
-        f"efficiency: ideal over measured. For reference, one key in file mode reaches "
-        f"{single:,.0f}/s here. Targets: >= 90 %, 0 429s, finish spread <= 2 windows, "
-        "0 cross-tenant requests."
+        "\nDELETEs/s: over the DELETE span (first to last). vs minimal: DELETEs/s over the "
+        "minimal loop's of the same round and order. Targets: "
+        ">= 0.8x the minimal loop (file mode and 2 consumers), 0 429s, 0 cross-tenant "
+        "requests; jobs grouped by tenant, default options: finish spread <= 2 windows."
+    )
+
+    def vs(case: tuple[str, int, bool]) -> float:
+        runs, base = results[case], minimal[case[2]]
+        pairs = zip(runs, base, strict=True)
+        return float(statistics.median(r["rate"] / b["rate"] for r, b in pairs))
+
+    worst = min(vs(c) for c in cases)
+    grouped = statistics.median(r["spread_windows"] for r in results[("file", 1, False)])
+    failures = sum(r["429s"] + r["cross"] for c in cases for r in results[c])
+    headline(
+        f"{tenants:,} keys x {per} jobs at {n} per {w:g} s each: file mode "
+        f"{vs(('file', 1, True)):.2f}x / {vs(('file', 1, False)):.2f}x and 2 queue consumers "
+        f"{vs(('queue', 2, True)):.2f}x / {vs(('queue', 2, False)):.2f}x the minimal multi-key "
+        f"loop's DELETEs/s (jobs mixed / grouped; target >= 0.8x: "
+        f"{'met' if worst >= 0.8 else 'NOT met'}); {failures} 429s or cross-tenant requests; "
+        f"grouped in file mode the tenants finish {grouped:.1f} windows apart (target <= 2: "
+        f"{'met' if grouped <= 2 else 'NOT met'})."
     )
 
 

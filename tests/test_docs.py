@@ -261,3 +261,19 @@ def test_the_examples_run_as_written(
             assert "Traceback" not in done.stderr, f"{where}\n{tail}"
             ran += 1
     assert ran > 0
+
+
+def test_readme_benchmarks_are_the_ones_bench_results_holds() -> None:
+    """README's benchmark section is what `make bench` generates from bench/RESULTS.md (its
+    `headline:` lines): the two cannot drift."""
+    check = subprocess.run(
+        [sys.executable, "scripts/bench_readme.py", "--check"], cwd=ROOT, check=False
+    )
+    assert check.returncode == 0, "README's benchmark section differs: run scripts/bench_readme.py"
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- bench:start -->", 1)[1].split("<!-- bench:end -->", 1)[0]
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    headlines = [line for line in results.splitlines() if line.startswith("headline: ")]
+    assert len(headlines) >= 6  # one or more per benchmark
+    for line in headlines:
+        assert f"- {line.removeprefix('headline: ')}" in block
