@@ -123,6 +123,30 @@ def test_verify_without_a_key_is_exit_2(tmp_path: Path) -> None:
     assert "no API key" in done.stderr
 
 
+def test_verify_of_a_log_with_nothing_done_here_is_not_a_success(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """The wrong file, or a sandbox rehearsal's log checked against a real API: nothing to
+    verify is exit 2 saying so (never "every account gone"), and nothing is appended."""
+    sb = sandbox_process(*PAGED)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    done = cli(sb, tmp_path, "verify", str(empty))
+    assert done.returncode == 2, done.stderr
+    assert "records no account done against this API" in done.stderr
+    assert empty.read_text() == ""
+    jobs = write_jobs(tmp_path / "jobs.txt", ["1", "2"])
+    rehearsal = run_cli("run", str(jobs), "--sandbox", env=cli_env())
+    assert rehearsal.returncode == 0, rehearsal.stderr
+    log = tmp_path / "jobs.txt.sandbox.results.jsonl"
+    before = log.read_text()
+    real = cli(sb, tmp_path, "verify", str(log))
+    assert real.returncode == 2, real.stderr
+    assert "(2 by another API or a sandbox rehearsal)" in real.stderr
+    assert log.read_text() == before
+    assert sb.stats()["requests"] == 0  # nothing asked of the API either
+
+
 # The hash chain ---------------------------------------------------------------------------
 
 

@@ -783,8 +783,9 @@ def verify(sub: Any) -> None:
         "gone, still_connected, or reconnected (the same X user, by x_user_id, else handle, "
         "is connected under another id, named). Appends one op verify record per account to "
         "RESULTS (a rerun of `run` never counts them); only GETs, never a DELETE. Exit 0 when "
-        "every account is gone, 1 otherwise (or when one could not be checked), 3 when the "
-        "key is rejected.",
+        "every account is gone, 1 otherwise (or when one could not be checked), 2 when "
+        "RESULTS records no account done against this API (the wrong file, or a sandbox "
+        "rehearsal's), 3 when the key is rejected.",
         epilog=examples(
             "xquik-disconnect verify accounts.csv.results.jsonl",
             "xquik-disconnect verify results.jsonl --keys keys/ --json   # several keys",

@@ -97,6 +97,9 @@ def main(args: argparse.Namespace) -> int:
         return fail("verify", f"{path}: {exc.strerror}")
     except ConfigError as exc:
         return fail("verify", exc)
+    if not found:  # the wrong file, or another API's or key's log: never "all gone" for it
+        other = f" ({elsewhere} by another API or a sandbox rehearsal)" if elsewhere else ""
+        return fail("verify", f"{path} records no account done against this API{other}")
     findings = Findings(elsewhere=elsewhere)
     try:
         anyio.run(_verify, api, keys, path, found, findings)
