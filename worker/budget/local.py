@@ -291,10 +291,10 @@ class LocalBudget:
     async def acquire(self, block: bool = True) -> object:
         """Wait for a slot and take it. Waiters are served first come, first served. With
         `block=False`, raise NoSlot instead of waiting (and when another request waits)."""
-        if not block and self._lock.locked():
-            if not self._gathering:
+        if not block:
+            if self._lock.locked() and not self._gathering:
                 raise self._no_slot(self.delay())
-            return self._try_now()  # nobody waits for a slot: decide beside the gathering
+            return self._try_now()  # nobody waits for a slot: one decision, now
         async with self._lock:
             if self._state is not None and not self._reserved:
                 # Let the other acquires of this tick queue behind us: one exchange of the
@@ -307,27 +307,20 @@ class LocalBudget:
             while True:
                 if self._closed:
                     raise BudgetClosed
-                if self._reserved:
-                    if self._cooldown_until <= self._clock() and len(self._slots) <= self.limit:
-                        return self._start(self._reserved.pop())
-                    self._unreserve()  # a cooldown or a lower limit came meanwhile
+                if (slot := self._reserved_slot()) is not None:
+                    return slot
                 # Decided under the state file's lock, with every run's slots on this key in
                 # view, so concurrent runs together stay within the limit too. The requests
                 # already queued behind this one get theirs in the same decision (one read
                 # and one append of the state file for all of them).
                 with self._exchange():
                     wait = self.delay()
-                    if wait > 0 and not block:
-                        raise self._no_slot(wait)
                     if wait <= 0:
-                        slot = next(self._ids)
-                        self._set(slot, INFLIGHT)
+                        slot = self._take()
                         if self._state is not None:
                             queued = self._lock.statistics().tasks_waiting
                             while queued > len(self._reserved) and self.delay() <= 0:
-                                extra = next(self._ids)
-                                self._set(extra, INFLIGHT)
-                                self._reserved.append(extra)
+                                self._reserved.append(self._take())
                         return self._start(slot)
                 # A release wakes this nap early: the slot it frees may be the one we wait for.
                 await self._naps(min(wait, self.span + self.attempt_bound))
@@ -336,13 +329,28 @@ class LocalBudget:
         """One non-blocking decision, under the state file's lock: a slot or NoSlot."""
         if self._closed:
             raise BudgetClosed
+        if (slot := self._reserved_slot()) is not None:
+            return slot
         with self._exchange():
             wait = self.delay()
             if wait > 0:
                 raise self._no_slot(wait)
-            slot = next(self._ids)
-            self._set(slot, INFLIGHT)
-            return self._start(slot)
+            return self._start(self._take())
+
+    def _take(self) -> str:
+        """A new slot of ours, in flight from now."""
+        slot = next(self._ids)
+        self._set(slot, INFLIGHT)
+        return slot
+
+    def _reserved_slot(self) -> str | None:
+        """A slot taken for this request in an earlier decision, if it still may be used."""
+        if not self._reserved:
+            return None
+        if self._cooldown_until <= self._clock() and len(self._slots) <= self.limit:
+            return self._start(self._reserved.pop())
+        self._unreserve()  # a cooldown or a lower limit came meanwhile
+        return None
 
     def _start(self, slot: str) -> str:
         """A slot taken, its request about to be sent."""
