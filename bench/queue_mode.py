@@ -30,11 +30,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, SandboxProc, headline, spread, table
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
+from worker.redis_keys import StreamKeys
 
 CONCURRENCY = 16
 
@@ -42,8 +44,10 @@ CONCURRENCY = 16
 # bounded loop: the semaphore is taken before a task is created), one MULTI per message.
 PEER = """
 import asyncio, json, os, sys, aiohttp, redis.asyncio as aioredis
-async def main(base, key, url, name, out, durable):
-    r = aioredis.from_url(url)
+async def main(base, key, url, name, out, durable, cluster="0"):
+    on_cluster = cluster == "1"  # a cluster's client; the keys in one slot, as ours are
+    r = aioredis.RedisCluster.from_url(url) if on_cluster else aioredis.from_url(url)
+    q = "{q}" if on_cluster else "q"
     sem = asyncio.Semaphore(16)
     fsync = durable == "1"
     with open(out, "a") as log:
@@ -57,15 +61,15 @@ async def main(base, key, url, name, out, durable):
                     log.write(line + "\\n")
                     if fsync:
                         log.flush(); os.fsync(log.fileno())
-                    async with r.pipeline(transaction=True) as p:
-                        p.xadd("q:results", {"message_id": mid, "record": line})
-                        p.xack("q", "g", mid)
+                    async with r.pipeline(transaction=not on_cluster) as p:
+                        p.xadd(q + ":results", {"message_id": mid, "record": line})
+                        p.xack(q, "g", mid)
                         await p.execute()
                 finally:
                     sem.release()
             tasks = set()
             while True:
-                answer = await r.xreadgroup("g", name, {"q": ">"}, count=100)
+                answer = await r.xreadgroup("g", name, {q: ">"}, count=100)
                 if not answer or not answer[0][1]:
                     break
                 for mid, fields in answer[0][1]:
@@ -78,16 +82,31 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-def throughput_case(kind: str, consumers: int, jobs: int, tmp: Path) -> tuple[float, float]:
-    """Wall seconds and consumer CPU seconds to drain `jobs` with `consumers` processes."""
+def throughput_case(
+    kind: str, consumers: int, jobs: int, tmp: Path, *, cluster: bool = False
+) -> tuple[float, float]:
+    """Wall seconds and consumer CPU seconds to drain `jobs` with `consumers` processes, on
+    one redis-server or (`cluster`) a 3-master Redis Cluster."""
     import redis
+    import redis.cluster
 
-    server = RedisServer(tmp)
+    server: RedisServer | RedisClusterServers = (
+        RedisClusterServers(tmp / "cluster") if cluster else RedisServer(tmp)
+    )
     server.start()
     sb = SandboxProc(jobs, "--delete-limit", "unlimited", "--read-limit", "unlimited")
     try:
-        r = redis.Redis(port=server.port)
-        stream = "q" if kind != "ours" else "xquik:disconnect"
+        r: Any = (
+            redis.cluster.RedisCluster.from_url(server.url)
+            if cluster
+            else redis.Redis.from_url(server.url)
+        )
+        stream = ("{q}" if cluster else "q") if kind != "ours" else "xquik:disconnect"
+        results_key = (
+            StreamKeys.of(stream, cluster=cluster).results
+            if kind == "ours"
+            else f"{stream}:results"
+        )
         group = "g" if kind != "ours" else "xquik-disconnect"
         r.xgroup_create(stream, group, id="0", mkstream=True)
         for start in range(1, jobs + 1, 1000):
@@ -107,7 +126,10 @@ def throughput_case(kind: str, consumers: int, jobs: int, tmp: Path) -> tuple[fl
         else:
             durable = "1" if kind == "durable" else "0"
             peer = [sys.executable, "-c", PEER, sb.base_url, sb.api_key, server.url]
-            argv = [[*peer, f"c{k}", str(tmp / f"c{k}.jsonl"), durable] for k in range(consumers)]
+            argv = [
+                [*peer, f"c{k}", str(tmp / f"c{k}.jsonl"), durable, "1" if cluster else "0"]
+                for k in range(consumers)
+            ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         procs = [
@@ -119,7 +141,7 @@ def throughput_case(kind: str, consumers: int, jobs: int, tmp: Path) -> tuple[fl
         codes = [p.wait(timeout=600) for p in procs]
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        results = r.xlen(f"{stream}:results")
+        results = r.xlen(results_key)
         pending = r.xpending(stream, group)["pending"]
         r.close()
     finally:
@@ -180,6 +202,54 @@ def throughput(jobs: int, counts: list[int], rounds: int) -> None:
         f"queue consumers on one key: {two[0]:.2f}x a minimal XREADGROUP consumer's throughput "
         f"with 2 consumers (target >= 0.9x: {'met' if two[0] >= 0.9 else 'NOT met'}), "
         f"{two[1]:.2f}x one that also fsyncs before it acks, as we do."
+    )
+
+
+def cluster_row(jobs: int, consumers: int, rounds: int) -> None:
+    """Ours and the minimal consumer (no fsync), each on one redis-server and on a 3-master
+    cluster, interleaved: ours against the minimal consumer on the same cluster (the
+    yardstick), and what the cluster costs each of the two (information, not a yardstick)."""
+    cases = [("ours", False), ("ours", True), ("plain", False), ("plain", True)]
+    runs: dict[tuple[str, bool], list[tuple[float, float]]] = {c: [] for c in cases}
+    for _ in range(rounds):
+        for kind, cluster in cases:
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[kind, cluster].append(
+                    throughput_case(kind, consumers, jobs, Path(tmp), cluster=cluster)
+                )
+
+    def ratio(a: tuple[str, bool], b: tuple[str, bool]) -> list[float]:
+        return [y[0] / x[0] for x, y in zip(runs[a], runs[b], strict=True)]  # wall b / wall a
+
+    rate = {c: statistics.median(jobs / w for w, _ in runs[c]) for c in cases}
+    vs_minimal = ratio(("ours", True), ("plain", True))
+    ours_cost = ratio(("ours", True), ("ours", False))
+    minimal_cost = ratio(("plain", True), ("plain", False))
+    print(
+        f"## Queue mode on a Redis Cluster, {jobs:,} jobs, {consumers} consumers, rate "
+        f"unlimited, 3 masters on this machine, median of {rounds} (`bench/queue_mode.py`)\n"
+    )
+    rows = [
+        [
+            f"{rate['ours', False]:,.0f}", f"{rate['ours', True]:,.0f}",
+            f"{rate['plain', False]:,.0f}", f"{rate['plain', True]:,.0f}",
+            spread(vs_minimal) + "x", spread(ours_cost) + "x", spread(minimal_cost) + "x",
+        ]
+    ]  # fmt: skip
+    headers = ["ours one Redis jobs/s", "ours cluster jobs/s", "minimal one Redis jobs/s"]
+    headers += ["minimal cluster jobs/s", "ours vs minimal on the cluster (ratio)"]
+    headers += ["ours cluster vs one Redis", "minimal cluster vs one Redis"]
+    print(table(headers, rows))
+    median = statistics.median(vs_minimal)
+    print(
+        "\nThe minimal consumer on the cluster uses redis-py's cluster client and its keys in "
+        "one slot (`{q}`, `{q}:results`); its XADD and XACK go in one pipeline, not MULTI."
+    )
+    headline(
+        f"queue consumers on a 3-master Redis Cluster: {median:.2f}x a minimal cluster "
+        f"consumer's throughput with {consumers} consumers; the cluster costs ours "
+        f"{statistics.median(ours_cost):.2f}x its one-Redis throughput (the minimal one "
+        f"{statistics.median(minimal_cost):.2f}x)."
     )
 
 
@@ -251,9 +321,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        throughput(600, [1, 2], rounds=1)
+        throughput(400, [2], rounds=1)
+        print()
+        cluster_row(200, 2, rounds=1)
     else:
         throughput(10_000, [1, 2, 4], rounds=3)
+        print()
+        cluster_row(10_000, 2, rounds=3)
     print()
     jobs, n, w, counts = (30, 10, 0.5, [1, 2]) if args.smoke else (200, 20, 1.0, [1, 2, 4])
     rows = []

@@ -22,9 +22,15 @@ from tests.test_proof import reconnect
 DEPLOY = ROOT / "deploy"
 
 
-def documents() -> list[dict[str, Any]]:
+# An alternative to consumers.yaml's Deployment (apply one or the other): checked on its own.
+ALTERNATIVES = {"consumers-sentinel.yaml"}
+
+
+def documents(names: set[str] | None = None) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted(DEPLOY.glob("*.yaml")):
+        if (path.name in ALTERNATIVES) if names is None else (path.name not in names):
+            continue
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d and "apiVersion" in d]
     return docs
 
@@ -58,7 +64,9 @@ def test_kinds_api_versions_and_the_restricted_profile() -> None:
     claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
     specs = dict(pod_specs(docs))
     assert set(specs) == {"CronJob", "Deployment"}
-    for kind, spec in specs.items():
+    sentinel = dict(pod_specs(documents({"consumers-sentinel.yaml"})))
+    assert set(sentinel) == {"Deployment"}
+    for kind, spec in [*specs.items(), ("Deployment (Sentinel)", sentinel["Deployment"])]:
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, kind
         assert pod["runAsUser"] == 10001, kind
@@ -99,7 +107,7 @@ def test_kinds_api_versions_and_the_restricted_profile() -> None:
         covered
     )
     egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-    assert egress == {443, 6379, 6380, 53}
+    assert egress == {443, 6379, 6380, 26379, 53}
 
 
 def cronjob_command(data: Path) -> tuple[list[str], str, dict[str, str]]:
@@ -267,3 +275,23 @@ def test_the_container_check_never_uses_a_work_dir_others_could_plant(tmp_path: 
     script = (ROOT / "scripts" / "container-check").read_text()
     assert "mktemp -d" in script
     assert "/var/tmp/xquik-container}" not in script  # no fixed default any more
+
+
+def test_the_sentinel_consumers_read_their_url_from_the_secret_and_wait_for_a_replica() -> None:
+    """deploy/consumers-sentinel.yaml: the same Deployment as consumers.yaml's, its Redis URL
+    (a redis+sentinel:// one, says the comment) from the Secret's file, --min-replicas 1."""
+    [deployment] = documents({"consumers-sentinel.yaml"})
+    [plain] = [d for d in documents() if d["kind"] == "Deployment"]
+    assert deployment["metadata"] == plain["metadata"]
+    assert deployment["spec"]["selector"] == plain["spec"]["selector"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--redis-url-file") + 1] == "/secrets/redis-url"
+    assert args[args.index("--min-replicas") + 1] == "1"
+    assert not any("redis" in a and "://" in a for a in args)
+    text = (DEPLOY / "consumers-sentinel.yaml").read_text()
+    assert "redis-url='redis+sentinel://:PASSWORD@" in text
+    from worker.cli.parser import build_parser
+
+    parsed = build_parser().parse_args(args)  # the flags exist, with these values
+    assert parsed.min_replicas == 1

@@ -234,14 +234,15 @@ async def test_redis_budget_learns_and_shares_the_limit(
     import redis.asyncio as aioredis
 
     from worker.budget.shared import RedisBudget
+    from worker.redis_keys import BudgetKeys
 
     client = aioredis.Redis.from_url(redis_server.url)
     prefix = f"xquik:budget:learn{workers}"
     await client.delete(*(f"{prefix}:{k}" for k in ("slots", "cooldown", "learned", "accepted")))
     try:
-        one = RedisBudget(client, prefix, 40, 4.0, auto=True)
-        two = RedisBudget(client, prefix, 40, 4.0, auto=True)
-        fixed = RedisBudget(client, prefix, 40, 4.0)
+        one = RedisBudget(client, BudgetKeys.at(prefix), 40, 4.0, auto=True)
+        two = RedisBudget(client, BudgetKeys.at(prefix), 40, 4.0, auto=True)
+        fixed = RedisBudget(client, BudgetKeys.at(prefix), 40, 4.0)
         slots = [await one.acquire() for _ in range(5 + workers)]
         for slot in slots[:5]:
             await one.release(slot, 200)

@@ -27,6 +27,7 @@ from tests.conftest import (
 )
 from tests.redis_server import RedisServer
 from worker.budget.shared import RedisBudget
+from worker.redis_keys import BudgetKeys
 
 STREAM = "xquik:disconnect"
 
@@ -311,7 +312,9 @@ def test_shared_budget_ignores_skewed_local_clocks(redis_server: RedisServer) ->
             return lambda: time.monotonic() + offset
 
         budgets = [
-            RedisBudget(r, "xquik:budget:test", 5, 0.5, margin=0.05, clock=skewed(offset))
+            RedisBudget(
+                r, BudgetKeys.at("xquik:budget:test"), 5, 0.5, margin=0.05, clock=skewed(offset)
+            )
             for offset in (-1000.0, 1000.0)
         ]
 
@@ -367,7 +370,7 @@ def test_many_budgets_share_round_trips_and_survive_a_script_flush(
             return await execute(*args, **kwargs)
 
         r.execute_command = single  # type: ignore[method-assign]
-        budgets = [RedisBudget(r, f"xquik:budget:k{i}", 1, 60.0) for i in range(300)]
+        budgets = [RedisBudget(r, BudgetKeys.at(f"xquik:budget:k{i}"), 1, 60.0) for i in range(300)]
         slots: list[object] = [None] * len(budgets)
 
         async def take(i: int) -> None:
@@ -411,7 +414,7 @@ def test_jobs_of_one_key_try_for_slots_side_by_side_but_a_waiter_goes_first(
         import redis.asyncio
 
         r = redis.asyncio.from_url(redis_server.url)
-        budget = RedisBudget(r, "xquik:budget:side", 2, 1.0)
+        budget = RedisBudget(r, BudgetKeys.at("xquik:budget:side"), 2, 1.0)
         slots: list[object] = []
 
         async def take() -> None:
@@ -431,8 +434,10 @@ def test_jobs_of_one_key_try_for_slots_side_by_side_but_a_waiter_goes_first(
         r = redis.asyncio.from_url(redis_server.url)
         # A long window: the waiter polls about once a second, so a slot freed between two of
         # its polls is free for a try to take, unless the waiter goes first.
-        ours = RedisBudget(r, "xquik:budget:first", 2, 60.0)
-        other = RedisBudget(r, "xquik:budget:first", 2, 60.0)  # another process on the key
+        ours = RedisBudget(r, BudgetKeys.at("xquik:budget:first"), 2, 60.0)
+        other = RedisBudget(
+            r, BudgetKeys.at("xquik:budget:first"), 2, 60.0
+        )  # another process on the key
         held = [await other.acquire(block=False) for _ in range(2)]
         got: list[object] = []
 

@@ -70,7 +70,8 @@ def test_rediss_with_a_ca_of_ones_own_and_a_certificate_it_does_not_sign(
         status = run_cli("queue", "status", "--redis", url, "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["results"] == 3
-        refused = drain(f"rediss://127.0.0.1:{forged.port}/0?ssl_ca_certs={ca_file}", sb, tmp_path)
+        forged_url = f"rediss://127.0.0.1:{forged.port}/0?ssl_ca_certs={ca_file}"
+        refused = drain(forged_url, sb, tmp_path, "--redis-connect-timeout", "2")
     assert refused.returncode == 2, refused.stderr
     assert "certificate" in refused.stderr.lower() or "tls" in refused.stderr.lower()
     assert sb.stats()["by_status"].get("DELETE 200") == 3  # only the good run's

@@ -9,9 +9,11 @@ import contextlib
 import math
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tenacity import (
     AsyncRetrying,
@@ -25,15 +27,96 @@ from tenacity import (
 from worker.errors import ConfigError, OptionError
 from worker.logs import get_logger
 from worker.redact import register
+from worker.redis_keys import REPLICATION_MARK, is_cluster
 from worker.secret_file import read_secret
 
 log = get_logger()
 
 
+SENTINEL_SCHEMES = {"redis+sentinel", "rediss+sentinel"}
+SCHEMES = {"redis", "rediss", "unix", *SENTINEL_SCHEMES}
+
+
 def is_redis_url(url: str) -> bool:
-    """redis://, rediss:// or unix:// (a socket): what redis-py connects to (a malformed one
-    too: `check_url` says what is wrong with it)."""
-    return url.split("://", 1)[0].lower() in {"redis", "rediss", "unix"} and "://" in url
+    """redis://, rediss://, unix:// (a socket) or redis+sentinel:// / rediss+sentinel://
+    (a Sentinel-managed primary): what we connect to (a malformed one too: `check_url` says
+    what is wrong with it)."""
+    return url.split("://", 1)[0].lower() in SCHEMES and "://" in url
+
+
+def is_sentinel(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """`redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB][?OPTIONS]`, the
+    form Celery and kombu use: the sentinels to ask, the service (master) name, the database.
+    USER and PASSWORD are the primary's; `sentinel_password` (an option) the sentinels' own,
+    if they require one. `rediss+sentinel://` speaks TLS to both (`ssl_ca_certs`,
+    `ssl_cert_reqs`, `ssl_check_hostname` as for rediss://)."""
+
+    tls: bool
+    username: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    query: Mapping[str, str] = field(repr=False)
+
+
+def parse_sentinel(url: str) -> SentinelUrl:
+    """ValueError saying what is wrong (never the password)."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query_text = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not at:
+        userinfo, hostlist = "", netloc
+    username, _, password = userinfo.partition(":")
+    hosts = []
+    for part in hostlist.split(","):
+        host, colon, port = part.strip().rpartition(":")
+        if not colon:
+            host, port = part.strip(), "26379"
+        host = host.strip("[]")
+        if not host:
+            raise ValueError("a sentinel address names no host")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel {host}: bad port {port!r}")
+        hosts.append((host, int(port)))
+    names = [unquote(p) for p in path.split("/") if p]
+    if not names:
+        raise ValueError("no service name: redis+sentinel://HOST:PORT,…/SERVICE[/DB]")
+    if len(names) > 2 or (len(names) == 2 and not names[1].isdigit()):
+        raise ValueError("the path is /SERVICE[/DB]")
+    query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+    return SentinelUrl(
+        tls=scheme.lower() == "rediss+sentinel",
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        hosts=tuple(hosts),
+        service=names[0],
+        db=int(names[1]) if len(names) == 2 else int(query.get("db", 0)),
+        query=query,
+    )
+
+
+def _passwords(url: str) -> list[str]:
+    """Every password a Redis URL holds."""
+    if is_sentinel(url):
+        try:
+            parsed = parse_sentinel(url)
+        except ValueError:
+            return []
+        raw = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0].partition(":")[2]
+        given = (parsed.password, raw, parsed.query.get("sentinel_password"))
+        return [p for p in given if p]
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password] if password else []
 
 
 def check_url(url: str, option: str, *, insecure: bool = False) -> str:
@@ -42,13 +125,18 @@ def check_url(url: str, option: str, *, insecure: bool = False) -> str:
     that turns certificate or host name checks off, unless `insecure` (--insecure-redis-tls)
     says so: whoever can answer in Redis's place could then feed the queue."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (validates it)
+        if is_sentinel(url):
+            parse_sentinel(url)
+            query_text = url.partition("?")[2]
+        else:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (validates it)
+            query_text = parts.query
+            if parts.scheme != "unix" and not parts.hostname:
+                raise ValueError("it names no host")
     except ValueError as exc:
         raise OptionError(option, f"{flag_of(option)}: not a valid Redis URL ({exc})") from None
-    if parts.scheme != "unix" and not parts.hostname:
-        raise OptionError(option, f"{flag_of(option)}: the Redis URL names no host")
-    query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
+    query = {k.lower(): v[-1].lower() for k, v in parse_qs(query_text).items()}
     unchecked = query.get("ssl_cert_reqs") in ("none", "optional") or query.get(
         "ssl_check_hostname"
     ) in ("false", "0", "no")
@@ -64,10 +152,7 @@ def check_url(url: str, option: str, *, insecure: bool = False) -> str:
 def visible_password(url: str) -> bool:
     """The URL holds a password: given as a flag or an argument, `ps` shows it to anyone on
     the machine (the environment or a file do not)."""
-    try:
-        return bool(urlsplit(url).password)
-    except ValueError:
-        return False
+    return bool(_passwords(url))
 
 
 def flag_of(option: str) -> str:
@@ -75,12 +160,8 @@ def flag_of(option: str) -> str:
 
 
 def protect(url: str) -> str:
-    """Register the password of a Redis (or any) URL as a secret; returns the URL."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return url
-    if password:
+    """Register the passwords of a Redis (or any) URL as secrets; returns the URL."""
+    for password in _passwords(url):
         register(password)
     return url
 
@@ -110,12 +191,23 @@ def url_from(
         return None
     protect(given)
     if not is_redis_url(given):
-        raise OptionError("redis_url_file", "the Redis URL is not redis://, rediss:// or unix://")
+        raise OptionError(
+            "redis_url_file",
+            "the Redis URL is not redis://, rediss://, unix:// or redis+sentinel://",
+        )
     return check_url(given, "redis_url_file" if url_file else "redis", insecure=insecure)
 
 
 def address(url: str) -> str:
-    """host:port/db of a Redis URL, never its password."""
+    """host:port/db of a Redis URL (for Sentinel: the service and the sentinels), never its
+    password."""
+    if is_sentinel(url):
+        try:
+            parsed = parse_sentinel(url)
+        except ValueError:
+            return "sentinel"
+        hosts = ",".join(f"{h}:{p}" for h, p in parsed.hosts)
+        return f"sentinel {parsed.service}@{hosts}/{parsed.db}"
     parts = urlsplit(url)
     try:
         port = parts.port or 6379
@@ -136,12 +228,7 @@ def need_url(
     return url
 
 
-def connect(url: str, *, once: float | None = None, pool_size: int | None = None) -> Any:
-    """A client for `url`. `once`: for a command that talks to Redis once (enqueue, queue
-    status, dead): no retries inside redis-py and connections given up after `once` seconds,
-    so an unreachable Redis fails in one line instead of a long wait."""
-    import redis.asyncio
-
+def _options(once: float | None, pool_size: int | None) -> dict[str, Any]:
     options: dict[str, Any] = {"socket_timeout": 30, "socket_connect_timeout": 5}
     if once is not None:
         from redis.asyncio.retry import Retry
@@ -150,9 +237,145 @@ def connect(url: str, *, once: float | None = None, pool_size: int | None = None
         options.update(socket_connect_timeout=once, retry=Retry(NoBackoff(), 0))
     if pool_size is not None:
         options["max_connections"] = pool_size
-    client = redis.asyncio.from_url(url, health_check_interval=15, **options)
-    client.xquik_address = address(url)  # type: ignore[attr-defined]
+    return options
+
+
+def connect(url: str, *, once: float | None = None, pool_size: int | None = None) -> Any:
+    """A client for `url` (one server, or the primary a Sentinel names: asked again on every
+    new connection, so a failover is followed by reconnecting). `once`: for a command that
+    talks to Redis once (enqueue, queue status, dead): no retries inside redis-py and
+    connections given up after `once` seconds, so an unreachable Redis fails in one line
+    instead of a long wait. Not a cluster's client: `open_client` finds out."""
+    import redis.asyncio
+
+    options = _options(once, pool_size)
+    if is_sentinel(url):
+        client = _sentinel_client(parse_sentinel(url), options)
+    else:
+        client = redis.asyncio.from_url(url, health_check_interval=15, **options)
+    client.xquik_address = address(url)
     return client
+
+
+def _sentinel_client(parsed: SentinelUrl, options: dict[str, Any]) -> Any:
+    from redis.asyncio import Redis
+    from redis.asyncio.sentinel import Sentinel
+
+    tls: dict[str, Any] = {}
+    if parsed.tls:
+        tls["ssl"] = True
+        q = {k.lower(): v for k, v in parsed.query.items()}
+        if "ssl_ca_certs" in q:
+            tls["ssl_ca_certs"] = q["ssl_ca_certs"]
+        if q.get("ssl_cert_reqs", "").lower() in ("none", "optional"):
+            tls["ssl_cert_reqs"] = q["ssl_cert_reqs"].lower()
+        if q.get("ssl_check_hostname", "").lower() in ("false", "0", "no"):
+            tls["ssl_check_hostname"] = False
+    common = {**options, **tls}
+    common.pop("max_connections", None)
+    sentinel_auth = {"password": parsed.query.get("sentinel_password")}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.hosts),
+        sentinel_kwargs={**common, **sentinel_auth},
+        **common,
+    )
+
+    class SentinelRedis(Redis):
+        """The primary's client; closing it closes the sentinels' connections too."""
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            await super().aclose(close_connection_pool)
+            for s in sentinel.sentinels:
+                await s.aclose()
+
+    extra = {"max_connections": options["max_connections"]} if "max_connections" in options else {}
+    return sentinel.master_for(
+        parsed.service,
+        redis_class=SentinelRedis,
+        username=parsed.username,
+        password=parsed.password,
+        db=parsed.db,
+        health_check_interval=15,
+        **extra,
+    )
+
+
+async def open_client(
+    url: str,
+    *,
+    deadline: float | None = None,
+    once: float | None = None,
+    pool_size: int | None = None,
+    quiet: bool = False,
+    min_replicas: int = 0,
+) -> Any:
+    """A client that has answered, Redis waited for at most `deadline` seconds (ConfigError:
+    exit 2; None: for ever): `connect`'s, or redis-py's cluster client for the same URL when
+    the server says it is a cluster node (`INFO cluster`). The caller closes it (`aclose`).
+    `min_replicas` (--min-replicas): every write it makes through `ScriptBatch` (and
+    `enqueue`'s) counts once that many replicas hold it (WAIT); not on a cluster."""
+    client = await _open(url, deadline=deadline, once=once, pool_size=pool_size, quiet=quiet)
+    if min_replicas:
+        if is_cluster(client):
+            await client.aclose()
+            raise ConfigError(
+                "--min-replicas: not on a Redis Cluster (its WAIT counts one node's replicas, "
+                "and our writes span nodes); use a Sentinel-managed primary, or leave it out"
+            )
+        client.xquik_min_replicas = min_replicas
+        try:
+            info = await client.info("replication")
+        except Exception:
+            info = {}
+        have = int(info.get("connected_slaves", min_replicas) or 0)
+        if have < min_replicas:
+            log.warning(
+                "redis_replicas_short",
+                address=client.xquik_address,
+                replicas=have,
+                min_replicas=min_replicas,
+                hint="every write waits until this many replicas hold it",
+            )
+    return client
+
+
+async def _open(
+    url: str, *, deadline: float | None, once: float | None, pool_size: int | None, quiet: bool
+) -> Any:
+    import redis.exceptions
+
+    client = connect(url, once=once, pool_size=pool_size)
+    info: Mapping[str, Any] = {}
+    try:
+        async for attempt in redis_retrying(client, deadline=deadline, quiet=quiet):
+            with attempt:
+                try:
+                    info = await client.info("cluster")
+                except redis.exceptions.ResponseError as exc:
+                    if unavailable(exc):
+                        raise
+                    await client.ping()  # INFO refused (an ACL): not a cluster node
+    except BaseException:
+        await client.aclose()
+        raise
+    if not int(info.get("cluster_enabled", 0) or 0):
+        return client
+    await client.aclose()
+    from redis.asyncio.cluster import RedisCluster
+
+    options = _options(once, pool_size)
+    options.pop("retry", None)
+    cluster: Any = RedisCluster.from_url(url, health_check_interval=15, **options)
+    cluster.xquik_address = f"{address(url)} (cluster)"
+    cluster.xquik_cluster = True
+    try:
+        async for attempt in redis_retrying(cluster, deadline=deadline, quiet=quiet):
+            with attempt:
+                await cluster.initialize()
+    except BaseException:
+        await cluster.aclose()
+        raise
+    return cluster
 
 
 def wrong_type(exc: BaseException) -> bool:
@@ -162,17 +385,16 @@ def wrong_type(exc: BaseException) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def command_client(url: str, *, within: float) -> AsyncIterator[Any]:
-    """The client of a command that talks to Redis once: connected (PING) within `within`
-    seconds, else ConfigError in one line; a key of the wrong type is a ConfigError naming
-    it; closed at the end."""
+async def command_client(url: str, *, within: float, min_replicas: int = 0) -> AsyncIterator[Any]:
+    """The client of a command that talks to Redis once: connected within `within` seconds,
+    else ConfigError in one line; a key of the wrong type is a ConfigError naming it; closed
+    at the end."""
     import redis.exceptions
 
-    client = connect(url, once=within)
+    client = await open_client(
+        url, deadline=within, once=within, quiet=True, min_replicas=min_replicas
+    )
     try:
-        async for attempt in redis_retrying(client, deadline=within, quiet=True):
-            with attempt:
-                await client.ping()
         yield client
     except redis.exceptions.ResponseError as exc:
         if wrong_type(exc):
@@ -249,17 +471,9 @@ def redis_retrying(
 
 
 async def connected(url: str, *, deadline: float) -> Any:
-    """A client that has answered PING, Redis being waited for at most `deadline` seconds
-    (ConfigError: exit 2). The caller closes it (`aclose`)."""
-    client = connect(url)
-    try:
-        async for attempt in redis_retrying(client, deadline=deadline):
-            with attempt:
-                await client.ping()
-    except BaseException:
-        await client.aclose()
-        raise
-    return client
+    """A client that has answered, Redis being waited for at most `deadline` seconds
+    (ConfigError: exit 2); a cluster's when it is one. The caller closes it (`aclose`)."""
+    return await open_client(url, deadline=deadline)
 
 
 class ScriptBatch:
@@ -334,6 +548,7 @@ class ScriptBatch:
 
         replies: list[Any] = [None] * len(batch)
         todo = list(range(len(batch)))
+        wanted = min_replicas(self._redis)
         reloads, pause = 0, 0.2
         while todo:
             out: list[Any] = []
@@ -342,8 +557,14 @@ class ScriptBatch:
                     pipe = self._redis.pipeline(transaction=False)
                     for i in todo:
                         script, keys, args, _ = batch[i]
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                        # not pipe.evalsha: a cluster's pipeline refuses it by name
+                        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    if wanted:
+                        pipe.execute_command("WAIT", wanted, WAIT_MS)
                     out = await pipe.execute(raise_on_error=False)
+            if wanted:
+                acked = out.pop()
+                await wait_replicas(self._redis, wanted, acked if isinstance(acked, int) else 0)
             lost, busy = [], []
             for i, reply in zip(todo, out, strict=True):
                 if isinstance(reply, NoScriptError):
@@ -372,6 +593,38 @@ class ScriptBatch:
                 pause = min(pause * 2, 5.0)
             todo = lost + [i for i, _ in busy]
         return replies
+
+
+WAIT_MS = 1000  # one WAIT's timeout; a shortfall is waited out, said every few seconds
+
+
+def min_replicas(redis: Any) -> int:
+    return int(getattr(redis, "xquik_min_replicas", 0))
+
+
+async def wait_replicas(redis: Any, wanted: int, acked: int) -> None:
+    """Returns once `wanted` replicas hold every write this client made so far; `acked` is
+    what the WAIT sent with those writes answered. WAIT counts the writes of its own
+    connection, and the pool may hand out another one: a write of ours on it (a marker key)
+    puts the replication offset past every earlier write, so its WAIT covers them too."""
+    since = time.monotonic()
+    said = since
+    while acked < wanted:
+        if time.monotonic() - said >= 5:
+            said = time.monotonic()
+            log.warning(
+                "redis_replicas_behind",
+                address=getattr(redis, "xquik_address", "redis"),
+                replicas=acked,
+                min_replicas=wanted,
+                waited_s=round(said - since, 1),
+            )
+        async for attempt in redis_retrying(redis):
+            with attempt:
+                pipe = redis.pipeline(transaction=False)
+                pipe.set(REPLICATION_MARK, "1", px=60_000)
+                pipe.execute_command("WAIT", wanted, WAIT_MS)
+                _, acked = await pipe.execute()
 
 
 def script_batch(redis: Any) -> ScriptBatch:

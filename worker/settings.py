@@ -60,6 +60,7 @@ class QueueConfig:
     dead_letter_rejected: bool = False  # --keys: a 401 dead-letters its job (one key of many)
     block_ms: int = 1000
     connect_timeout: float | None = None  # None: wait for Redis for ever (a k8s consumer)
+    min_replicas: int = 0  # WAIT for this many replicas before a settle counts
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from worker.budget.local import Learner, LocalBudget
 from worker.budget.rate import Rate
 from worker.budget.state import StateFile
 from worker.logs import get_logger
+from worker.redis_keys import budget_keys
 
 log = get_logger()
 
@@ -41,7 +42,7 @@ def make_budget(
 
         return RedisBudget(
             redis,
-            f"xquik:budget:{fingerprint}:{tier}",
+            budget_keys(redis, fingerprint, tier),
             rate.limit,
             rate.period,
             margin=margin,

@@ -21,6 +21,7 @@ from worker.budget.local import RATE_LIMITED
 from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
 from worker.redis_conn import redis_retrying, script_batch
+from worker.redis_keys import BudgetKeys
 
 # KEYS: slots (zset: member -> held until, ms), cooldown (ms, until), learned (hash: limit,
 # at, cap). ARGV: in-flight hold ms, limit (the ceiling with auto), member, auto, relearn ms,
@@ -109,7 +110,7 @@ return tostring(current - now)
 
 
 class RedisBudget:
-    """Same contract as LocalBudget, with its state in Redis under `prefix`. With
+    """Same contract as LocalBudget, with its state in Redis under `keys`. With
     `auto`, `limit` is the ceiling and the limit in force is learned, shared by every worker."""
 
     remote = True
@@ -117,7 +118,7 @@ class RedisBudget:
     def __init__(
         self,
         redis: Any,
-        prefix: str,
+        keys: BudgetKeys,
         limit: int,
         window: float,
         *,
@@ -131,8 +132,8 @@ class RedisBudget:
         sleep: Sleep = anyio.sleep,
     ) -> None:
         self._redis = redis
-        self._keys = [f"{prefix}:slots", f"{prefix}:cooldown", f"{prefix}:learned"]
-        self._accepted_key = f"{prefix}:accepted"
+        self._keys = [keys.slots, keys.cooldown, keys.learned]
+        self._accepted_key = keys.accepted
         self.ceiling = limit
         self.limit = limit  # in force, as last seen
         self.learned = False

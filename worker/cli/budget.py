@@ -132,12 +132,14 @@ def _file_row(
 async def _redis_row(
     redis: Any, tenant: str, print_: str, tier: str, rate: Rate, forget: bool
 ) -> dict[str, Any]:
-    prefix = f"xquik:budget:{print_}:{tier}"
+    from worker.redis_keys import budget_keys
+
+    keys = budget_keys(redis, print_, tier)
     row = _row(tenant, print_, tier, rate)
     now_s, now_us = await redis.time()
     now_ms = now_s * 1000 + now_us / 1000
-    learned = await redis.hgetall(f"{prefix}:learned")
-    cooldown = float((await redis.get(f"{prefix}:cooldown") or b"0").decode() or 0)
+    learned = await redis.hgetall(keys.learned)
+    cooldown = float((await redis.get(keys.cooldown) or b"0").decode() or 0)
     limit = int(learned[b"limit"]) if b"limit" in learned else None
     at = float(learned[b"at"]) / 1000 if b"at" in learned else None
     row.update(
@@ -146,11 +148,11 @@ async def _redis_row(
         learned_at=_when(at) if at is not None else None,
         learned_limit=limit,
         cooldown_s=round(max(0.0, cooldown - now_ms) / 1000, 1),
-        slots_held=int(await redis.zcount(f"{prefix}:slots", now_ms, "+inf")),
-        redis_key=prefix,
+        slots_held=int(await redis.zcount(keys.slots, now_ms, "+inf")),
+        redis_key=keys.prefix,
     )
     if forget and limit is not None:
-        await redis.delete(f"{prefix}:learned")
+        await redis.delete(keys.learned)
         row["forgotten"] = True
     return row
 

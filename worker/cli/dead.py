@@ -22,13 +22,14 @@ from worker.cli.say import fail, say
 from worker.errors import ConfigError, ExitCode
 from worker.redact import printable
 from worker.redis_conn import address, command_client, need_url, unavailable
+from worker.redis_keys import stream_keys
 
 KEPT_OUT = {"message_id", "code", "reason", "requeued_from"}  # ours, not the job's
 
 
 async def letters(redis: Any, stream: str) -> list[dict[str, Any]]:
     out = []
-    for entry_id, raw in await redis.xrange(f"{stream}:dead", min="-", max="+"):
+    for entry_id, raw in await redis.xrange(stream_keys(redis, stream).dead, min="-", max="+"):
         fields = {text(k): text(v) for k, v in raw.items()}
         eid = text(entry_id)
         out.append(
@@ -78,7 +79,8 @@ async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
     done = 0
     for letter in picked:
         fields = [x for kv in {**letter["job"], "requeued_from": letter["id"]}.items() for x in kv]
-        done += int(await script(keys=[f"{stream}:dead", stream], args=[letter["id"], *fields]))
+        keys = [stream_keys(redis, stream).dead, stream]
+        done += int(await script(keys=keys, args=[letter["id"], *fields]))
     return done
 
 
@@ -114,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
             cutoff_ms = int((time.time() - args.older_than) * 1000)
             old = [d["id"] for d in every if int(d["id"].split("-")[0]) < cutoff_ms]
             if old:
-                await redis.xdel(f"{args.stream}:dead", *old)
+                await redis.xdel(stream_keys(redis, args.stream).dead, *old)
             say(f"purged {len(old)} dead letters older than {args.older_than:g} s")
             return ExitCode.OK
 

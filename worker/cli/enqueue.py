@@ -40,7 +40,9 @@ def main(args: argparse.Namespace) -> int:
     done = Enqueued()
 
     async def go() -> None:
-        async with command_client(args.redis, within=args.redis_connect_timeout) as redis:
+        async with command_client(
+            args.redis, within=args.redis_connect_timeout, min_replicas=args.min_replicas
+        ) as redis:
             await enqueue(
                 FileSource(path).batches(),
                 redis=redis,

@@ -175,7 +175,8 @@ def redis_group(p: Group) -> None:
         "--redis",
         metavar="URL",
         default=t.env("REDIS_URL"),
-        help="redis://HOST:PORT/DB or rediss://… (env XQUIK_REDIS_URL)",
+        help="redis://HOST:PORT/DB, rediss://…, a cluster node's URL or "
+        "redis+sentinel://S1:26379,S2:26379/SERVICE/DB (env XQUIK_REDIS_URL)",
     )
     redis_url_file(p)
     p.add_argument(
@@ -309,7 +310,7 @@ def _regroup(p: argparse.ArgumentParser) -> None:
         "safety",
         "keys and API",
         "observability",
-        "queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)",
+        "queue mode (SOURCE is redis://HOST:PORT/DB, rediss://… or redis+sentinel://…)",
         "options",
     ]
     merged: dict[str | None, argparse._ArgumentGroup] = {}
@@ -553,7 +554,9 @@ def run_observability(p: argparse.ArgumentParser) -> None:
 
 
 def run_queue(p: argparse.ArgumentParser) -> None:
-    q = p.add_argument_group("queue mode (SOURCE is redis://HOST:PORT/DB or rediss://…)")
+    q = p.add_argument_group(
+        "queue mode (SOURCE is redis://HOST:PORT/DB, rediss://… or redis+sentinel://…)"
+    )
     redis_url_file(q)
     q.add_argument(
         "--stream",
@@ -604,6 +607,18 @@ def run_queue(p: argparse.ArgumentParser) -> None:
         "--drain",
         action="store_true",
         help="exit once the stream and this consumer's pending entries are empty",
+    )
+    min_replicas(q, "a job's record and ack (and each budget decision)")
+
+
+def min_replicas(p: Group, what: str) -> None:
+    p.add_argument(
+        "--min-replicas",
+        type=t.replica_count,
+        default=t.env("MIN_REPLICAS", "0"),
+        metavar="N",
+        help=f"count {what} done only once N Redis replicas hold it (WAIT): a failover then "
+        "loses none of it (default 0: Redis's asynchronous replication; not on a cluster)",
     )
 
 
@@ -699,6 +714,7 @@ def enqueue(sub: Any) -> None:
         help="a job line enqueued again within this long is not added again (an enqueue "
         "interrupted and run again adds each job once) (default 24h)",
     )
+    min_replicas(p, "a job enqueued")
     log_group(p)
 
 

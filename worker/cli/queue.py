@@ -21,6 +21,7 @@ from worker.cli.say import fail
 from worker.errors import ConfigError, ExitCode
 from worker.redact import printable
 from worker.redis_conn import address, command_client, need_url, unavailable
+from worker.redis_keys import budget_keys, budget_slots_pattern, fingerprint_of_slots, stream_keys
 
 UNDELIVERED_CAP = 1_000_000  # counted exactly up to this many; "at least" beyond
 PENDING_SCAN = 10_000  # pending entries read back for their tenant, at most
@@ -102,7 +103,8 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
     out["consumers"] = consumers
     dead: Counter[str] = Counter()
     dead_by_tenant: Counter[str] = Counter()
-    for _, fields in await redis.xrange(f"{stream}:dead", min="-", max="+"):
+    keys = stream_keys(redis, stream)
+    for _, fields in await redis.xrange(keys.dead, min="-", max="+"):
         dead[error_code({text(k): text(v) for k, v in fields.items()})] += 1
         dead_by_tenant[text(fields.get(b"tenant", b""))] += 1
     out["dead_letters"] = dict(sorted(dead.items(), key=lambda kv: -kv[1]))
@@ -111,7 +113,7 @@ async def status(redis: Any, stream: str, group: str) -> dict[str, Any]:
         out["dead_by_tenant"] = dict(sorted(dead_by_tenant.items(), key=lambda kv: -kv[1]))
     if any(waiting):
         out["waiting_by_tenant"] = dict(sorted(waiting.items(), key=lambda kv: -kv[1]))
-    out["results"] = await redis.xlen(f"{stream}:results")
+    out["results"] = await redis.xlen(keys.results)
     out["budgets"] = await budgets(redis)
     return out
 
@@ -121,14 +123,15 @@ async def budgets(redis: Any) -> list[dict[str, Any]]:
     found = []
     now_s, now_us = await redis.time()
     now_ms = now_s * 1000 + now_us / 1000
-    async for raw in redis.scan_iter(match="xquik:budget:*:delete:slots", count=1000):
-        prefix = text(raw).removesuffix(":slots")
-        held = await redis.zcount(f"{prefix}:slots", now_ms, "+inf")
-        cooldown = float(text(await redis.get(f"{prefix}:cooldown") or b"0"))
-        learned = await redis.hgetall(f"{prefix}:learned")
+    async for raw in redis.scan_iter(match=budget_slots_pattern(redis), count=1000):
+        fingerprint = fingerprint_of_slots(text(raw))
+        keys = budget_keys(redis, fingerprint, "delete")
+        held = await redis.zcount(keys.slots, now_ms, "+inf")
+        cooldown = float(text(await redis.get(keys.cooldown) or b"0"))
+        learned = await redis.hgetall(keys.learned)
         found.append(
             {
-                "key": prefix.split(":")[2],
+                "key": fingerprint,
                 "slots_held": held,
                 "cooldown_s": round(max(0.0, cooldown - now_ms) / 1000, 1),
                 "learned_limit": int(text(learned[b"limit"])) if b"limit" in learned else None,

@@ -219,8 +219,9 @@ class Assembly:
         if s.api.base_url != DEFAULT_BASE_URL:  # said once: where the key is sent
             log.info("api_base_url", origin=origin_of(s.api.base_url), sandbox=s.api.sandbox)
         view.prior = self._prior()
-        await self._redis()
+        # Served first: a consumer waiting for its Redis answers /healthz meanwhile.
         await stack.enter_async_context(self.outputs.serve(view))
+        await self._redis()
         from worker.sources import open_source
 
         self.source = await stack.enter_async_context(
@@ -292,10 +293,12 @@ class Assembly:
         """The queue's Redis (connected by the source, waited for as it says), or --budget's
         (connected now, within its timeout)."""
         s = self.settings
-        if s.queue is not None:
-            from worker.redis_conn import connect
+        if s.queue is not None:  # the source closes it
+            from worker.redis_conn import open_client
 
-            self.view.redis = connect(s.queue.url)
+            self.view.redis = await open_client(
+                s.queue.url, deadline=s.queue.connect_timeout, min_replicas=s.queue.min_replicas
+            )
         elif s.api.budget_url is not None:
             from worker.redis_conn import connected
 

@@ -92,6 +92,7 @@ class RunOptions(ApiOptions, total=False):
     max_deliveries: int | str
     redis_connect_timeout: float | str | None
     drain: bool
+    min_replicas: int | str
     intervals: Intervals  # not an option of the command line: how often timers fire
 
 
@@ -160,7 +161,9 @@ def api_settings(*, env: Mapping[str, str] | None = None, **o: Unpack[ApiOptions
     if budget is not None:
         protect(budget)
         if not is_redis_url(budget):
-            raise OptionError("budget", "--budget: not a redis:// (or rediss://) URL")
+            raise OptionError(
+                "budget", "--budget: not a redis://, rediss:// or redis+sentinel:// URL"
+            )
         check_url(
             budget,
             "budget",
@@ -251,6 +254,10 @@ def settings(
     queue = _queue(text, o)
     if queue is None and text != "-":
         _check_jobs_file(text)
+    if queue is None and o.get("min_replicas") not in (None, 0, "0"):
+        raise OptionError(
+            "min_replicas", "--min-replicas is for queue mode (SOURCE redis://…) and enqueue"
+        )
     api = _run_api(o, env, queue)
     keys_dir = Path(o["keys"]) if o.get("keys") else None
     keys: dict[str, tuple[str, str | None]] = {}
@@ -424,6 +431,9 @@ def _queue(source: str, o: RunOptions) -> QueueConfig | None:
         max_deliveries=_count("max_deliveries", o.get("max_deliveries", 5)),
         drain=drain,
         connect_timeout=connect,
+        min_replicas=_value(
+            "min_replicas", o.get("min_replicas", 0), lambda t: values.whole(t, least=0, most=100)
+        ),
         # Read 4 jobs per worker at a time (16 to 256): a read round trip per 64 jobs at
         # --concurrency 16, and never more read ahead than a moment's work.
         batch=min(max(16, 4 * concurrency), 256),

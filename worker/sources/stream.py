@@ -28,7 +28,16 @@ import anyio
 from worker.errors import ConfigError
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result, dead_letter_code
-from worker.redis_conn import connect, redis_retrying, script_batch, wrong_type
+from worker.redis_conn import (
+    WAIT_MS,
+    connect,
+    min_replicas,
+    redis_retrying,
+    script_batch,
+    wait_replicas,
+    wrong_type,
+)
+from worker.redis_keys import stream_keys
 from worker.settings import QueueConfig
 from worker.sources.base import Item
 from worker.sources.parse import build_job
@@ -84,7 +93,8 @@ async def trim(redis: Any, stream: str, retain: float) -> dict[str, int]:
                 if summary and summary.get("min"):
                     bound = min(bound, _id(_text(summary["min"])))
     out = {}
-    for key, upto in ((stream, bound), (f"{stream}:results", cutoff), (f"{stream}:dead", cutoff)):
+    k = stream_keys(redis, stream)
+    for key, upto in ((stream, bound), (k.results, cutoff), (k.dead, cutoff)):
         if upto[0] > 0:
             out[key] = int(await redis.xtrim(key, minid=f"{upto[0]}-{upto[1]}", approximate=False))
     return out
@@ -363,7 +373,8 @@ class RedisSource:
         several keys (--keys): then it is a dead letter (`dead requeue --error
         unauthenticated` once the key is fixed)."""
         cfg = self.config
-        keys = [f"{cfg.stream}:results", f"{cfg.stream}:dead", cfg.stream, f"{cfg.stream}:recorded"]
+        names = stream_keys(self.redis, cfg.stream)
+        keys = [names.results, names.dead, cfg.stream, names.recorded]
         calls: list[list[Any]] = []
         for item, result in done:
             mid = item.receipt
@@ -448,7 +459,8 @@ async def enqueue(
 
     done = done if done is not None else Enqueued()
     script = redis.register_script(ENQUEUE)
-    keys = [stream, f"{stream}:enqueued"]
+    keys = [stream, stream_keys(redis, stream).enqueued]
+    wanted = min_replicas(redis)
     async for batch in items:
         calls = []
         for item in batch:
@@ -460,8 +472,13 @@ async def enqueue(
         while calls:
             pipe = redis.pipeline(transaction=False)
             for args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            if wanted:  # --min-replicas: counted once that many replicas hold them
+                pipe.execute_command("WAIT", wanted, WAIT_MS)
             replies = await pipe.execute(raise_on_error=False)
+            if wanted:
+                acked = replies.pop()
+                await wait_replicas(redis, wanted, acked if isinstance(acked, int) else 0)
             lost = []
             for args, reply in zip(calls, replies, strict=True):
                 if isinstance(reply, NoScriptError):
