@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -123,6 +124,13 @@ def test_sentinel_urls_are_parsed_checked_and_their_passwords_kept_secret() -> N
     for bad, says in bad_urls:
         with pytest.raises(OptionError, match=re.escape(says)):
             check_url(bad, "redis")
+    nobody = "redis+sentinel://:passw%40rd-1@127.0.0.1:1/mymaster/0"
+    gone = run_cli("queue", "status", "--redis", nobody, "--redis-connect-timeout", "1")
+    assert gone.returncode == 2
+    assert gone.stderr.count("\n") == 1  # one line, naming the service, no password
+    assert "MasterNotFoundError: No master found for 'mymaster'" in gone.stderr
+    assert "sentinel mymaster@127.0.0.1:1/0" in gone.stderr
+    assert "passw" not in gone.stderr
 
 
 def test_a_cluster_runs_enqueue_two_consumers_a_takeover_dead_letters_and_status(
@@ -280,6 +288,22 @@ def test_min_replicas_holds_acks_until_a_replica_has_them(
         primary.stop()
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("1\n")
+    # enqueue waits for the replica too; Ctrl-C says what is surely there (none of it).
+    primary.start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "enqueue", str(jobs), "--redis", primary.url,
+             "--min-replicas", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(),
+        )  # fmt: skip
+        time.sleep(3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130
+        assert "interrupted; 0 jobs of this file surely on xquik:disconnect" in err
+    finally:
+        primary.stop()
     bad = run_cli("run", str(jobs), "--min-replicas", "1", "--sandbox")
     assert bad.returncode == 2
     assert "--min-replicas" in bad.stderr
@@ -325,6 +349,7 @@ def test_a_sentinel_failover_mid_run_loses_no_job_and_sends_no_429(
         assert sb.stats()["accounts"] == 0
         logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
         assert "redis_unavailable" in logs  # the failover was seen, and waited out
+        assert "redis.asyncio" not in logs  # the error said, not the client's repr
 
         # The other commands through the same URL, on the promoted primary.
         status = run_cli("queue", "status", "--redis", servers.url, "--json")

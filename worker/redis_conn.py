@@ -432,6 +432,13 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and bool(_BUSY.search(str(exc)))
 
 
+def describe(exc: BaseException | None) -> str:
+    """An error of Redis's for a log line: its type and message, without the client's repr
+    that redis-py's Sentinel errors append (" : <redis.asyncio.client.Redis(…)>")."""
+    text = str(exc).split(" : <", 1)[0]
+    return f"{type(exc).__name__}: {text}"
+
+
 def redis_retrying(
     client: Any = None, *, deadline: float | None = None, quiet: bool = False
 ) -> AsyncRetrying:
@@ -448,7 +455,7 @@ def redis_retrying(
         log.warning(
             "redis_unavailable",
             address=where,
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe(exc),
             attempt=state.attempt_number,
             retry_in_s=round(wait, 2),
         )
@@ -457,7 +464,7 @@ def redis_retrying(
         exc = state.outcome.exception() if state.outcome else None
         raise ConfigError(
             f"Redis at {where} unreachable for {math.ceil(state.seconds_since_start or 0)} s "
-            f"(--redis-connect-timeout): {type(exc).__name__}: {exc}"
+            f"(--redis-connect-timeout): {describe(exc)}"
         )
 
     return AsyncRetrying(
@@ -585,7 +592,7 @@ class ScriptBatch:
                 log.warning(
                     "redis_unavailable",
                     address=getattr(self._redis, "xquik_address", "redis"),
-                    error=f"{type(busy[0][1]).__name__}: {busy[0][1]}",
+                    error=describe(busy[0][1]),
                     calls=len(busy),
                     retry_in_s=pause,
                 )

@@ -56,6 +56,9 @@ def main(args: argparse.Namespace) -> int:
         anyio.run(go)
     except ConfigError as exc:
         return fail("enqueue", exc)
+    except KeyboardInterrupt:  # Ctrl-C (waiting for replicas, say): what is surely there
+        say(f"interrupted; {_counted(done, args.stream)}. Run it again: no job is added twice")
+        return ExitCode.INTERRUPTED
     except Exception as exc:
         if not unavailable(exc):
             raise
