@@ -156,6 +156,7 @@ def test_a_cluster_runs_enqueue_two_consumers_a_takeover_dead_letters_and_status
     wait_for(lambda: r.exists(keys.results) and r.xlen(keys.results) >= 40)
     procs[0].kill()
     assert procs[0].wait(timeout=10) == -signal.SIGKILL
+    left = r.xpending_range(STREAM, "xquik-disconnect", "-", "+", 1000, consumername="w0")
     assert procs[1].wait(timeout=120) == 1  # the invalid message
     log = (tmp_path / "w1.log").read_text()
     assert "CROSSSLOT" not in log
@@ -166,7 +167,8 @@ def test_a_cluster_runs_enqueue_two_consumers_a_takeover_dead_letters_and_status
     assert [x["outcome"] for x in got if x["outcome"] not in DONE] == ["invalid"]
     assert sb.stats()["rate_limited"] == 0
     assert sb.stats()["accounts"] == 0
-    assert "job_reclaimed" in log  # w0's unfinished jobs
+    if left:  # w0 died holding jobs: w1 took them over
+        assert "job_reclaimed" in log
     everything = set(r.keys(target_nodes=redis.cluster.RedisCluster.ALL_NODES))
     assert {keys.results, keys.dead, keys.recorded, keys.enqueued, STREAM} <= everything
     assert all(k.startswith(("{xquik:", STREAM)) for k in everything), everything
