@@ -369,3 +369,35 @@ def test_a_sentinel_failover_mid_run_loses_no_job_and_sends_no_429(
             assert list(r.scan_iter("xquik:budget:*:read:slots"))  # its listing's slot
     finally:
         servers.stop()
+
+
+def test_an_enqueue_through_a_sentinel_failover_adds_every_job_once(tmp_path: Path) -> None:
+    """The primary killed while 20,000 jobs go onto the stream through a redis+sentinel://
+    URL with --min-replicas 1: enqueue waits for the promoted replica and goes on by itself;
+    the stream then holds every line once (what the old primary had not passed on is sent
+    again, what it had is recognised by its idempotency key)."""
+    servers = SentinelServers(tmp_path / "sentinel", replicas=2)
+    servers.start()
+    try:
+        jobs = tmp_path / "jobs.txt"
+        jobs.write_text("".join(f"acct{i}\n" for i in range(20_000)))
+        argv = [sys.executable, "-m", "worker", "enqueue", str(jobs), "--redis", servers.url,
+                "--min-replicas", "1", "--redis-connect-timeout", "30"]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT, env=cli_env())  # fmt: skip
+        first = servers.primary_port()
+        with redis.Redis(port=first) as r:
+            wait_for(lambda: bool(r.exists(STREAM)) and r.xlen(STREAM) >= 1_000, 30)
+        if proc.poll() is not None:  # pragma: no cover (a machine faster than the kill)
+            pytest.fail("the enqueue finished before the primary could be killed")
+        servers.kill_primary()
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        assert "redis_unavailable" in err  # it saw the failover, and waited it out
+        with redis.Redis(port=servers.primary_port(), decode_responses=True) as r:
+            ids = [fields["account_id"] for _, fields in r.xrange(STREAM)]
+        assert len(ids) == 20_000
+        assert set(ids) == {f"acct{i}" for i in range(20_000)}
+        assert out.startswith("enqueued ")
+    finally:
+        servers.stop()

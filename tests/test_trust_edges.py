@@ -136,8 +136,9 @@ def test_relearn_is_at_least_one_window_and_a_negative_retry_after_says_nothing(
 def test_an_interrupted_enqueue_says_what_is_on_the_stream_and_a_rerun_adds_each_job_once(
     tmp_path: Path,
 ) -> None:
-    """Redis killed while 20,000 jobs go onto the stream: exit 2 saying how many jobs are
-    surely on it (at most what the stream holds); run again on the restarted Redis, the same
+    """Redis killed while 20,000 jobs go onto the stream, and not back within
+    --redis-connect-timeout: exit 2 saying how many jobs are surely on it (at most what the
+    stream holds); run again on the restarted Redis, the same
     file adds the rest and none twice: exactly 20,000 entries, one per line."""
     directory = tmp_path / "redis"
     directory.mkdir()

@@ -50,11 +50,16 @@ def main(args: argparse.Namespace) -> int:
                 origin=origin,
                 window=args.dedupe_for,
                 done=done,
+                patience=args.redis_connect_timeout,
             )
 
     try:
         anyio.run(go)
     except ConfigError as exc:
+        if done.sending:  # Redis went away mid-way for longer than it may
+            exc = ConfigError(
+                f"{exc}; {_counted(done, args.stream)}. Run it again: no job is added twice"
+            )
         return fail("enqueue", exc)
     except KeyboardInterrupt:  # Ctrl-C (waiting for replicas, say): what is surely there
         say(f"interrupted; {_counted(done, args.stream)}. Run it again: no job is added twice")

@@ -189,7 +189,8 @@ def redis_group(p: Group) -> None:
         type=t.positive_seconds,
         default=t.env("REDIS_CONNECT_TIMEOUT", "5"),
         metavar="S",
-        help="give up (exit 2, one line) when Redis cannot be reached within S seconds (default 5)",
+        help="give up (exit 2) when Redis cannot be reached for S seconds, at the start (one "
+        "line) or, for enqueue, mid-way (a failover) (default 5)",
     )
 
 

@@ -34,6 +34,7 @@ from worker.redis_conn import (
     min_replicas,
     redis_retrying,
     script_batch,
+    unavailable,
     wait_replicas,
     wrong_type,
 )
@@ -430,6 +431,7 @@ class Enqueued:
     added: int = 0
     already: int = 0
     invalid: list[Invalid] = dataclasses.field(default_factory=list)
+    sending: bool = False  # a batch went out: a failure now leaves some jobs on the stream
 
     @property
     def on_stream(self) -> int:
@@ -450,11 +452,14 @@ async def enqueue(
     origin: str,
     window: float = 86400.0,
     done: Enqueued | None = None,
+    patience: float | None = None,
 ) -> Enqueued:
     """Add every valid job, a pipeline of atomic scripts per batch, each job once within
     `window` seconds however often the same file is enqueued (its idempotency key: `origin`,
     the file, with its line and fields). `done` counts as it goes: after a failure it still
-    says how many jobs are surely on the stream."""
+    says how many jobs are surely on the stream. Redis going away mid-way (a Sentinel
+    failover) is waited out for `patience` seconds (None: for ever) and the batch sent again:
+    its jobs already added are recognised by their keys, never added twice."""
     from redis.exceptions import NoScriptError
 
     done = done if done is not None else Enqueued()
@@ -470,19 +475,25 @@ async def enqueue(
             fields = [x for kv in message_fields(item).items() for x in kv]
             calls.append([idempotency_key(origin, item), int(window * 1000), *fields])
         while calls:
-            pipe = redis.pipeline(transaction=False)
-            for args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            if wanted:  # --min-replicas: counted once that many replicas hold them
-                pipe.execute_command("WAIT", wanted, WAIT_MS)
-            replies = await pipe.execute(raise_on_error=False)
+            done.sending = True
+            replies: list[Any] = []
+            async for attempt in redis_retrying(redis, deadline=patience):
+                with attempt:
+                    pipe = redis.pipeline(transaction=False)
+                    for args in calls:
+                        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    if wanted:  # --min-replicas: counted once that many replicas hold them
+                        pipe.execute_command("WAIT", wanted, WAIT_MS)
+                    replies = await pipe.execute(raise_on_error=False)
             if wanted:
                 acked = replies.pop()
                 await wait_replicas(redis, wanted, acked if isinstance(acked, int) else 0)
-            lost = []
+            lost, busy = [], []
             for args, reply in zip(calls, replies, strict=True):
-                if isinstance(reply, NoScriptError):
+                if isinstance(reply, NoScriptError):  # a restarted or promoted Redis
                     lost.append(args)
+                elif isinstance(reply, Exception) and unavailable(reply):
+                    busy.append(args)  # READONLY, LOADING…: sent again in a moment
                 elif isinstance(reply, Exception):
                     raise reply
                 elif int(reply):
@@ -490,8 +501,12 @@ async def enqueue(
                 else:
                     done.already += 1
             if lost:
-                await redis.script_load(ENQUEUE)
-            calls = lost
+                async for attempt in redis_retrying(redis, deadline=patience):
+                    with attempt:
+                        await redis.script_load(ENQUEUE)
+            if busy:
+                await anyio.sleep(0.2)
+            calls = lost + busy
     return done
 
 
