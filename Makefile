@@ -32,9 +32,12 @@ types: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
 # Chromium on PATH: the browser tests must run (fail, never skip). CI installs it (.ci/run).
+# Two test processes (pytest-xdist): most tests wait on real windows, servers and processes,
+# not on the CPU; two, not one per core, so the timing tests see the same load everywhere.
 pytest: $(VENV)/.dev
 	if command -v chromium >/dev/null 2>&1; then export XQUIK_REQUIRE_CHROMIUM=1; fi; \
-	$(VENV)/bin/pytest --cov --cov-report=term-missing:skip-covered --cov-fail-under=90
+	$(VENV)/bin/pytest -n 2 --dist worksteal --cov --cov-report=term-missing:skip-covered \
+	  --cov-fail-under=90
 
 # The documentation site, strict: a broken link, a missing page or a docstring mkdocstrings
 # cannot read fails. Output in build/site.
