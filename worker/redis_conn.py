@@ -555,7 +555,6 @@ class ScriptBatch:
 
         replies: list[Any] = [None] * len(batch)
         todo = list(range(len(batch)))
-        wanted = min_replicas(self._redis)
         reloads, pause = 0, 0.2
         while todo:
             out: list[Any] = []
@@ -566,12 +565,9 @@ class ScriptBatch:
                         script, keys, args, _ = batch[i]
                         # not pipe.evalsha: a cluster's pipeline refuses it by name
                         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                    if wanted:
-                        pipe.execute_command("WAIT", wanted, WAIT_MS)
+                    add_wait(pipe, self._redis)
                     out = await pipe.execute(raise_on_error=False)
-            if wanted:
-                acked = out.pop()
-                await wait_replicas(self._redis, wanted, acked if isinstance(acked, int) else 0)
+            await replicated(self._redis, out)
             lost, busy = [], []
             for i, reply in zip(todo, out, strict=True):
                 if isinstance(reply, NoScriptError):
@@ -607,6 +603,21 @@ WAIT_MS = 1000  # one WAIT's timeout; a shortfall is waited out, said every few 
 
 def min_replicas(redis: Any) -> int:
     return int(getattr(redis, "xquik_min_replicas", 0))
+
+
+def add_wait(pipe: Any, redis: Any) -> None:
+    """--min-replicas: a WAIT after the writes of a pipeline of `redis` (its reply, the last,
+    goes to `replicated`)."""
+    if wanted := min_replicas(redis):
+        pipe.execute_command("WAIT", wanted, WAIT_MS)
+
+
+async def replicated(redis: Any, replies: list[Any]) -> None:
+    """--min-replicas: takes the WAIT's reply off `replies` (from a pipeline given
+    `add_wait`) and returns once enough replicas hold its writes."""
+    if wanted := min_replicas(redis):
+        acked = replies.pop()
+        await wait_replicas(redis, wanted, acked if isinstance(acked, int) else 0)
 
 
 async def wait_replicas(redis: Any, wanted: int, acked: int) -> None:

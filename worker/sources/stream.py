@@ -29,13 +29,12 @@ from worker.errors import ConfigError
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result, dead_letter_code
 from worker.redis_conn import (
-    WAIT_MS,
+    add_wait,
     connect,
-    min_replicas,
     redis_retrying,
+    replicated,
     script_batch,
     unavailable,
-    wait_replicas,
     wrong_type,
 )
 from worker.redis_keys import stream_keys
@@ -465,7 +464,6 @@ async def enqueue(
     done = done if done is not None else Enqueued()
     script = redis.register_script(ENQUEUE)
     keys = [stream, stream_keys(redis, stream).enqueued]
-    wanted = min_replicas(redis)
     async for batch in items:
         calls = []
         for item in batch:
@@ -482,12 +480,9 @@ async def enqueue(
                     pipe = redis.pipeline(transaction=False)
                     for args in calls:
                         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                    if wanted:  # --min-replicas: counted once that many replicas hold them
-                        pipe.execute_command("WAIT", wanted, WAIT_MS)
+                    add_wait(pipe, redis)  # --min-replicas: counted once replicas hold them
                     replies = await pipe.execute(raise_on_error=False)
-            if wanted:
-                acked = replies.pop()
-                await wait_replicas(redis, wanted, acked if isinstance(acked, int) else 0)
+            await replicated(redis, replies)
             lost, busy = [], []
             for args, reply in zip(calls, replies, strict=True):
                 if isinstance(reply, NoScriptError):  # a restarted or promoted Redis
