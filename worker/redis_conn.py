@@ -497,8 +497,9 @@ class ScriptBatch:
     sent already is decided by Redis all the same (an acquire then holds its slot until its
     bound: safe, only slower)."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, *, patience: float | None = None) -> None:
         self._redis = redis
+        self._patience = patience  # how long Redis may be away or busy (None: for ever)
         self._waiting: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -550,15 +551,16 @@ class ScriptBatch:
         """Every call's reply. A script Redis lost is loaded and its calls sent again; calls
         Redis could not serve for a moment (out of memory, loading, read-only during a
         failover) are sent again after a pause, logged as an outage: never an error to the
-        caller, and a call Redis did run is never sent twice."""
+        caller, and a call Redis did run is never sent twice. With a patience, an outage
+        longer than that is a ConfigError and a busy answer the call's error."""
         from redis.exceptions import NoScriptError
 
         replies: list[Any] = [None] * len(batch)
         todo = list(range(len(batch)))
-        reloads, pause = 0, 0.2
+        reloads, pause, busy_since = 0, 0.2, None
         while todo:
             out: list[Any] = []
-            async for attempt in redis_retrying(self._redis):
+            async for attempt in redis_retrying(self._redis, deadline=self._patience):
                 with attempt:
                     pipe = self._redis.pipeline(transaction=False)
                     for i in todo:
@@ -581,10 +583,13 @@ class ScriptBatch:
                 if reloads > 3:
                     raise AssertionError("SCRIPT LOAD did not take")  # pragma: no cover
                 for script in {id(batch[i][0]): batch[i][0] for i in lost}.values():
-                    async for attempt in redis_retrying(self._redis):
+                    async for attempt in redis_retrying(self._redis, deadline=self._patience):
                         with attempt:
                             await self._redis.script_load(script.script)
             if busy:
+                busy_since = busy_since if busy_since is not None else time.monotonic()
+                if self._patience is not None and time.monotonic() - busy_since > self._patience:
+                    raise busy[0][1]
                 log.warning(
                     "redis_unavailable",
                     address=getattr(self._redis, "xquik_address", "redis"),

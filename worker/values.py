@@ -24,6 +24,11 @@ def whole(text: str, *, least: int = 0, most: int | None = None) -> int:
     return value
 
 
+def replica_count(text: str) -> int:
+    """--min-replicas: 0 (do not wait) up to 100 replicas."""
+    return whole(text, least=0, most=100)
+
+
 def seconds(text: str) -> float:
     """Seconds, 0 to MAX_SECONDS."""
     try:

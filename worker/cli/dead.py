@@ -77,9 +77,9 @@ async def requeue(redis: Any, stream: str, picked: list[dict[str, Any]]) -> int:
     atomically per letter; a letter already gone is skipped."""
     script = redis.register_script(REQUEUE)
     done = 0
+    keys = [stream_keys(redis, stream).dead, stream]
     for letter in picked:
         fields = [x for kv in {**letter["job"], "requeued_from": letter["id"]}.items() for x in kv]
-        keys = [stream_keys(redis, stream).dead, stream]
         done += int(await script(keys=keys, args=[letter["id"], *fields]))
     return done
 

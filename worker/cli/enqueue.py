@@ -57,12 +57,10 @@ def main(args: argparse.Namespace) -> int:
         anyio.run(go)
     except ConfigError as exc:
         if done.sending:  # Redis went away mid-way for longer than it may
-            exc = ConfigError(
-                f"{exc}; {_counted(done, args.stream)}. Run it again: no job is added twice"
-            )
+            exc = ConfigError(f"{exc}; {_counted(done, args.stream)}")
         return fail("enqueue", exc)
     except KeyboardInterrupt:  # Ctrl-C (waiting for replicas, say): what is surely there
-        say(f"interrupted; {_counted(done, args.stream)}. Run it again: no job is added twice")
+        say(f"interrupted; {_counted(done, args.stream)}")
         return ExitCode.INTERRUPTED
     except Exception as exc:
         if not unavailable(exc):
@@ -70,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         return fail(
             "enqueue",
             f"Redis at {address(args.redis)} went away ({type(exc).__name__}); "
-            f"{_counted(done, args.stream)}. Run it again: no job is added twice",
+            + _counted(done, args.stream),
         )
     for item in done.invalid:
         say(f"{item.source}: {item.error}")
@@ -81,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _counted(done: Enqueued, stream: str) -> str:
+    """What an enqueue that stopped part way leaves: how many jobs are surely there."""
     return (
         f"{done.on_stream} jobs of this file surely on {stream} (added now: {done.added}, "
-        f"from an earlier run: {done.already})"
+        f"from an earlier run: {done.already}). Run it again: no job is added twice"
     )

@@ -57,7 +57,7 @@ def checked(parse: Callable[[str], T], name: str | None = None) -> Callable[[str
 
 non_negative_int = checked(lambda t: values.whole(t, least=0), "non_negative_int")
 positive_int = checked(lambda t: values.whole(t, least=1), "positive_int")
-replica_count = checked(lambda t: values.whole(t, least=0, most=100), "replica_count")
+replica_count = checked(values.replica_count)
 seconds = checked(values.seconds)
 positive_seconds = checked(values.positive_seconds)
 duration = checked(values.duration)

@@ -290,8 +290,9 @@ class Assembly:
         return Scope(origin_of(s.api.base_url), s.api.sandbox, key_ids, groups)
 
     async def _redis(self) -> None:
-        """The queue's Redis (connected by the source, waited for as it says), or --budget's
-        (connected now, within its timeout)."""
+        """The queue's Redis (waited for as --redis-connect-timeout says, for ever by default;
+        the source closes it), or --budget's (within its timeout): a cluster's client when it
+        is one."""
         s = self.settings
         if s.queue is not None:  # the source closes it
             from worker.redis_conn import open_client

@@ -431,9 +431,7 @@ def _queue(source: str, o: RunOptions) -> QueueConfig | None:
         max_deliveries=_count("max_deliveries", o.get("max_deliveries", 5)),
         drain=drain,
         connect_timeout=connect,
-        min_replicas=_value(
-            "min_replicas", o.get("min_replicas", 0), lambda t: values.whole(t, least=0, most=100)
-        ),
+        min_replicas=_value("min_replicas", o.get("min_replicas", 0), values.replica_count),
         # Read 4 jobs per worker at a time (16 to 256): a read round trip per 64 jobs at
         # --concurrency 16, and never more read ahead than a moment's work.
         batch=min(max(16, 4 * concurrency), 256),

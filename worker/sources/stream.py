@@ -29,12 +29,10 @@ from worker.errors import ConfigError
 from worker.logs import get_logger
 from worker.models import DONE, Invalid, Job, Outcome, Result, dead_letter_code
 from worker.redis_conn import (
-    add_wait,
+    ScriptBatch,
     connect,
     redis_retrying,
-    replicated,
     script_batch,
-    unavailable,
     wrong_type,
 )
 from worker.redis_keys import stream_keys
@@ -459,11 +457,12 @@ async def enqueue(
     says how many jobs are surely on the stream. Redis going away mid-way (a Sentinel
     failover) is waited out for `patience` seconds (None: for ever) and the batch sent again:
     its jobs already added are recognised by their keys, never added twice."""
-    from redis.exceptions import NoScriptError
-
     done = done if done is not None else Enqueued()
     script = redis.register_script(ENQUEUE)
     keys = [stream, stream_keys(redis, stream).enqueued]
+    # A batch of its own, not the client's: one pipeline per batch of the file, and Redis
+    # waited for only as long as `patience` says.
+    sender = ScriptBatch(redis, patience=patience)
     async for batch in items:
         calls = []
         for item in batch:
@@ -472,36 +471,14 @@ async def enqueue(
                 continue
             fields = [x for kv in message_fields(item).items() for x in kv]
             calls.append([idempotency_key(origin, item), int(window * 1000), *fields])
-        while calls:
-            done.sending = True
-            replies: list[Any] = []
-            async for attempt in redis_retrying(redis, deadline=patience):
-                with attempt:
-                    pipe = redis.pipeline(transaction=False)
-                    for args in calls:
-                        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                    add_wait(pipe, redis)  # --min-replicas: counted once replicas hold them
-                    replies = await pipe.execute(raise_on_error=False)
-            await replicated(redis, replies)
-            lost, busy = [], []
-            for args, reply in zip(calls, replies, strict=True):
-                if isinstance(reply, NoScriptError):  # a restarted or promoted Redis
-                    lost.append(args)
-                elif isinstance(reply, Exception) and unavailable(reply):
-                    busy.append(args)  # READONLY, LOADING…: sent again in a moment
-                elif isinstance(reply, Exception):
-                    raise reply
-                elif int(reply):
-                    done.added += 1
-                else:
-                    done.already += 1
-            if lost:
-                async for attempt in redis_retrying(redis, deadline=patience):
-                    with attempt:
-                        await redis.script_load(ENQUEUE)
-            if busy:
-                await anyio.sleep(0.2)
-            calls = lost + busy
+        if not calls:
+            continue
+        done.sending = True
+        for reply in await sender.call_many(script, keys, calls):
+            if int(reply):
+                done.added += 1
+            else:
+                done.already += 1
     return done
 
 
