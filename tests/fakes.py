@@ -53,6 +53,7 @@ class ListSource:
         self.batch = batch
         self.settled: list[tuple[Item, Result | None]] = []
         self.read = 0  # items handed to the runner so far
+        self.skipped_done = 0
 
     async def __aenter__(self) -> Self:
         return self

@@ -106,6 +106,27 @@ def test_text_format_skips_blanks_and_comments() -> None:
     ]
 
 
+def test_a_rerun_drops_done_ids_before_a_job_is_built() -> None:
+    """A text line naming an account done by an earlier run is counted and dropped in the
+    parser; what would be invalid stays invalid (a control character, a key that is no id),
+    handles and other formats are left to the runner, and line numbers do not move."""
+    done = {"1", "2", "bad id", "4"}
+    parser = LineParser("jobs.txt", "text", done=done)
+    items = parser.feed(b"1\n 2 \n3\nbad id\n4\x0b\n@ann\n1\n5")
+    items += parser.finish()
+    assert parser.skipped == 3  # 1, 2 and 1 again
+    assert [(i.source, isinstance(i, Job)) for i in items] == [
+        ("jobs.txt:3", True),
+        ("jobs.txt:4", False),
+        ("jobs.txt:5", False),
+        ("jobs.txt:6", True),
+        ("jobs.txt:8", True),
+    ]
+    jsonl = LineParser("jobs.jsonl", "jsonl", done=done)
+    assert len(jsonl.feed(b'{"account_id": "1"}\n')) == 1  # the runner skips it
+    assert jsonl.skipped == 0
+
+
 def test_csv_with_header_and_extra_columns() -> None:
     """CSV: the header names the columns; others are ignored; line numbers count the header."""
     text = "name,Account_ID,username,job_id\nA,1,acme,j1\nB,,bob,\nC,../x,,\n"

@@ -164,6 +164,91 @@ def test_fast_reader_agrees_with_json(
     assert read_prior(path).done == expected
 
 
+def _hostile_lines() -> list[str]:
+    """A done record as the worker writes it, then each field of it changed to every other
+    type or shape a hand or another tool could write (or removed), then every combination of
+    the fields the scope weighs."""
+    base: dict[str, object] = {
+        "ts": "2026-12-02T10:00:00.123Z", "run_id": "r", "account_id": "1",
+        "outcome": "disconnected", "op": "disconnect", "username": "ann", "tenant": None,
+        "key_id": "a" * 12, "origin": "https://xquik.com", "key_group": None,
+    }  # fmt: skip
+    anything: list[object] = [None, True, False, 0, 7, 1.5, "", "x", [1], {"a": 1}]
+    times = ["2026-12-02T10:00:00Z", "2026-02-30T10:00:00.123Z", "2026-12-02T24:00:00.000Z",
+             "9999-01-01T00:00:00.000Z", "1969-12-31T23:59:59.000Z",
+             "2026-12-02 10:00:00"]  # fmt: skip
+    lines = []
+    for name in [*base, "sandbox"]:
+        lines.append(json.dumps({k: v for k, v in base.items() if k != name}))
+        for value in [*anything, *(times if name == "ts" else [])]:
+            lines.append(json.dumps({**base, name: value}))
+    for sandbox in ("-", True, False, "true"):
+        for tenant in ("-", "", "t1", "t2"):
+            for group in ("-", "grp", "other"):
+                for key_id in ("-", "a" * 12, "b" * 12):
+                    fields = {"sandbox": sandbox, "tenant": tenant, "key_group": group}
+                    record = {**base, "key_id": key_id, **fields}
+                    lines.append(json.dumps({k: v for k, v in record.items() if v != "-"}))
+    lines.append(json.dumps(base, separators=(",", ":")))  # compact: another writer's
+    lines.append(json.dumps(base, ensure_ascii=False).replace('"ann"', '"ännchen"'))
+    lines.append(json.dumps({**base, "outcome": "failed", "username": "disconnected"}))
+    lines.append("[1, 2]")
+    lines.append('{"outcome": "disconnected", "ts": NaN}')
+    # Each line its own account (unless the line is about account_id): what it adds shows.
+    own = (
+        line.replace('"account_id": "1"', f'"account_id": "a{i}"') for i, line in enumerate(lines)
+    )
+    return list(own)
+
+
+def test_typed_reader_counts_as_the_one_record_reader(tmp_path: Path) -> None:
+    """Lines of any field types, times and shapes (written by hand or another tool): the
+    typed fast path takes for done, foreign and incomplete exactly what the one record
+    reader (`records.parse`, `records.is_done`) would."""
+    from worker.models import job_key
+    from worker.results import records
+    from worker.results.prior import Scope
+
+    path = tmp_path / "hostile.jsonl"
+    lines = _hostile_lines()
+    path.write_text("".join(line + "\n" for line in lines))
+    scope = Scope("https://xquik.com", False, {"": "a" * 12, "t1": "b" * 12}, {"t1": "grp"})
+    done: set[str] = set()
+    names: set[str] = set()
+    bad: list[int] = []
+    incomplete: list[int] = []
+    foreign = 0
+    for number, r in records.read(path):
+        if r is None:
+            bad.append(number)
+        elif records.is_done(r) and r.get("account_id"):
+            tenant, origin = records.tenant(r), records.text(r, "origin")
+            key_id, group = records.text(r, "key_id"), records.text(r, "key_group")
+            if origin is None or (key_id is None and group is None):
+                incomplete.append(number)
+            elif scope.accepts(
+                tenant=tenant, origin=origin, sandbox=r.get("sandbox") is True,
+                key_id=key_id, key_group=group,
+            ):  # fmt: skip
+                done.add(job_key(str(r["account_id"]), None, tenant or None))
+                if (username := records.text(r, "username")) is not None:
+                    names.add(job_key(None, username, tenant or None))
+            else:
+                foreign += 1
+    prior = read_prior(path, scope)
+    assert len(lines) > 250
+    assert len(done) >= 10
+    assert foreign > 50
+    assert incomplete
+    assert bad
+    assert prior.done == done
+    assert prior.done_names == names
+    assert prior.incomplete == incomplete
+    assert prior.foreign == foreign
+    # Lines that cannot be done are never parsed: a bad one is listed only if it could be.
+    assert set(prior.bad_lines) <= set(bad)
+
+
 def test_resume_counts_only_records_of_this_api_and_account(tmp_path: Path) -> None:
     """Done records count for a rerun only when made against the same origin (and sandbox or
     not) with the same key, or a key of the tenant's key group; a done record without an

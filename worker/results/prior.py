@@ -8,9 +8,9 @@ connected. A done record that lacks what the rule needs (a line written by hand,
 tool, or by a version before these fields) is listed and not counted: the rerun sends its job
 again, and the precheck confirms with a GET, no DELETE, an account already gone.
 
-Only lines that can be done are looked at, through a fast path that reads the fields a record
-writes in a fixed shape and falls back to the one record reader (`records`) for any other
-line: a million-line log takes seconds and memory grows with the done accounts, not the log.
+Only lines that can be done are looked at, through a typed decoder that reads only the fields
+the rule needs and falls back to the one record reader (`records`) for any other line: a
+million-line log takes seconds and memory grows with the done accounts, not the log.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
-from worker.models import job_key
+import msgspec
+
+from worker.models import DONE, Op, job_key
 from worker.results import records
 
 
@@ -64,19 +67,50 @@ class PriorResults:
     foreign: int = 0  # done by another API, key or a sandbox: not counted
 
 
-# The fast path: substring tests, then a regex per field. A `"key": "value"` pair cannot be
-# forged from inside a JSON string (its quotes would be escaped), and ids are [A-Za-z0-9_-], so
-# they hold no escapes. Lines in any other shape go to `records.parse`.
-_ACCOUNT = re.compile(rb'"account_id": "([A-Za-z0-9_-]{1,128})"')
-_OUTCOME = re.compile(rb'"outcome": "(disconnected|already_gone)"')
-_OP = re.compile(rb'"op": "([a-z_]+)"')
-_USERNAME = re.compile(rb'"username": "([A-Za-z0-9_]{1,50})"')
-_TENANT = re.compile(rb'"tenant": "([A-Za-z0-9][A-Za-z0-9._-]{0,63})"')
-_KEY_ID = re.compile(rb'"key_id": "([0-9a-f]{12})"')
-_ORIGIN = re.compile(rb'"origin": "([a-z][a-z0-9+.-]*://[^"\\]{1,300})"')
-_GROUP = re.compile(rb'"key_group": "([A-Za-z0-9][A-Za-z0-9._-]{0,63})"')
-_SANDBOX = b'"sandbox": true'
-_STAMPED = (b'"ts": "', b'"run_id": "')
+# The fast path: a typed decoder (msgspec) that reads only the fields the rule needs and
+# skips the rest unparsed into objects: about 2 µs a line where `json.loads` takes 10. It
+# takes a line only where the one reader (`records.parse`) would read the same: an object
+# whose `ts` is a time in the shape this worker writes, `run_id` and `outcome` text, and every
+# field it reads of the type the slow path accepts. Any other line (a torn one, another type,
+# another time format, not UTF-8) goes to `records.parse`, so both paths count alike.
+class _Line(msgspec.Struct):
+    ts: str
+    run_id: str
+    outcome: str
+    account_id: str | None = None
+    op: str | None = None
+    username: str | None = None
+    tenant: str | None = None
+    key_id: str | None = None
+    origin: str | None = None
+    sandbox: bool = False
+    key_group: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Line)
+_WHOLE = (b"}\n", b"}", b"}\r\n")  # a line whose record was written to its end
+# What `models.utc_now_iso` writes; any other `ts` is placed by `records.when`.
+_TS = re.compile(
+    r"(19[7-9]\d|[2-8]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z"
+)
+_DAYS: dict[str, bool] = {}  # a log's few dates, each checked once (no February 30)
+
+
+def _our_time(ts: str) -> bool:
+    """`ts` is a time in the worker's own shape that `records.when` places."""
+    if not _TS.fullmatch(ts):
+        return False
+    day = ts[:10]
+    known = _DAYS.get(day)
+    if known is None:
+        try:
+            known = date.fromisoformat(day) is not None
+        except ValueError:
+            known = False
+        if len(_DAYS) < 1 << 12:
+            _DAYS[day] = known
+    return known
 
 
 def read_prior(path: Path, scope: Scope | None = None) -> PriorResults:
@@ -89,15 +123,21 @@ def read_prior(path: Path, scope: Scope | None = None) -> PriorResults:
         f = path.open("rb")
     except FileNotFoundError:
         return prior
+    decode = _DECODER.decode
     with f:
         for number, line in enumerate(f, 1):
             prior.lines = number
-            if not line.rstrip(b"\r\n").endswith(b"}"):
+            if not line.endswith(_WHOLE) and not line.rstrip(b"\r\n").endswith(b"}"):
                 prior.bad_lines.append(number)  # torn by a crash mid-write
                 continue
             if b'"disconnected"' not in line and b'"already_gone"' not in line:
                 continue
-            if all(s in line for s in _STAMPED) and _fast(line, number, prior, scope):
+            try:
+                fast: _Line | None = decode(line)
+            except msgspec.MsgspecError:
+                fast = None
+            if fast is not None and _our_time(fast.ts):
+                _take(prior, fast, number, scope)
                 continue
             record = records.parse(line)
             if record is None:
@@ -107,39 +147,18 @@ def read_prior(path: Path, scope: Scope | None = None) -> PriorResults:
     return prior
 
 
-def _fast(line: bytes, number: int, prior: PriorResults, scope: Scope | None) -> bool:
-    """The line in the shape this worker writes: taken (True), or left to the slow path."""
-    account, outcome, op = _ACCOUNT.search(line), _OUTCOME.search(line), _OP.search(line)
-    if not (account and outcome and op):
-        return False
-    if op.group(1) != b"disconnect":
-        return True
-    t = _TENANT.search(line) if b'"tenant": "' in line else None
-    tenant = t.group(1).decode() if t else None
-    key_id, origin = _KEY_ID.search(line), _ORIGIN.search(line)
-    group = _GROUP.search(line) if b'"key_group": "' in line else None
-    username = _USERNAME.search(line)
-    _add(
-        prior,
-        number,
-        scope,
-        account=account.group(1).decode(),
-        username=username.group(1).decode() if username else None,
-        tenant=tenant,
-        key_id=key_id.group(1).decode() if key_id else None,
-        origin=origin.group(1).decode() if origin else None,
-        sandbox=_SANDBOX in line,
-        key_group=group.group(1).decode() if group else None,
-    )
-    return True
+def _take(prior: PriorResults, line: _Line, number: int, scope: Scope | None) -> None:
+    """A record the typed decoder read: counted if it is a done disconnect."""
+    if line.outcome in DONE and (line.op or Op.DISCONNECT) == Op.DISCONNECT and line.account_id:
+        _add(prior, number, scope, line)
 
 
 def _add_record(prior: PriorResults, r: records.Record, number: int, scope: Scope | None) -> None:
-    _add(
-        prior,
-        number,
-        scope,
-        account=str(r["account_id"]),
+    line = _Line(
+        ts="",
+        run_id="",
+        outcome="",
+        account_id=str(r["account_id"]),
         username=records.text(r, "username"),
         tenant=records.tenant(r) or None,
         key_id=records.text(r, "key_id"),
@@ -147,38 +166,29 @@ def _add_record(prior: PriorResults, r: records.Record, number: int, scope: Scop
         sandbox=r.get("sandbox") is True,
         key_group=records.text(r, "key_group"),
     )
+    _add(prior, number, scope, line)
 
 
-def _add(
-    prior: PriorResults,
-    number: int,
-    scope: Scope | None,
-    *,
-    account: str,
-    username: str | None,
-    tenant: str | None,
-    key_id: str | None,
-    origin: str | None,
-    sandbox: bool,
-    key_group: str | None,
-) -> None:
+def _add(prior: PriorResults, number: int, scope: Scope | None, r: _Line) -> None:
+    tenant = r.tenant or None
     if scope is not None:
-        if origin is None or (key_id is None and key_group is None):
+        if r.origin is None or (r.key_id is None and r.key_group is None):
             prior.incomplete.append(number)
             return
         if not scope.accepts(
             tenant=tenant or "",
-            origin=origin,
-            sandbox=sandbox,
-            key_id=key_id,
-            key_group=key_group,
+            origin=r.origin,
+            sandbox=r.sandbox,
+            key_id=r.key_id,
+            key_group=r.key_group,
         ):
             prior.foreign += 1
             return
     # A tenant's accounts are keyed apart (`tenant/…`), as its jobs are.
-    prior.done.add(job_key(account, None, tenant))
-    if username is not None:
-        prior.done_names.add(job_key(None, username, tenant))
+    assert r.account_id is not None
+    prior.done.add(job_key(r.account_id, None, tenant))
+    if r.username is not None:
+        prior.done_names.add(job_key(None, r.username, tenant))
 
 
 __all__ = ["PriorResults", "Scope", "read_prior"]

@@ -225,7 +225,12 @@ class Assembly:
         from worker.sources import open_source
 
         self.source = await stack.enter_async_context(
-            open_source(s.source, queue=s.queue, redis=view.redis)
+            open_source(
+                s.source,
+                queue=s.queue,
+                redis=view.redis,
+                done=view.prior.done if view.prior is not None else None,
+            )
         )
         if s.queue is not None:
             view.queue = self.source

@@ -103,6 +103,7 @@ class Runner:
         self._shared_source = shared_source
         self._source_done = False
         self._exhausted = False  # the source said it has no more (not: the run stopped)
+        self._skipped_by_source = 0
         self._reads = 0  # batches read into the tenants' queues
         self._news = anyio.Event()  # a job was read or parked back, or the run is stopping
 
@@ -353,6 +354,11 @@ class Runner:
             self._pull_scope = scope
             batch = await anext(self._batches, None)
         self._pull_scope = None
+        # Lines the source dropped as done by an earlier run: read, and skipped.
+        if (skipped := self.source.skipped_done - self._skipped_by_source) > 0:
+            self._skipped_by_source += skipped
+            self.summary.read += skipped
+            self.summary.skipped_done += skipped
         if batch is None and not scope.cancelled_caught:
             self._exhausted = True
         return None if scope.cancelled_caught else batch

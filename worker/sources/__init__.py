@@ -4,6 +4,7 @@ heavy is imported here."""
 
 from __future__ import annotations
 
+from collections.abc import Container
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,17 +14,22 @@ if TYPE_CHECKING:
 
 
 def open_source(
-    source: str, *, queue: QueueConfig | None = None, redis: Any | None = None
+    source: str,
+    *,
+    queue: QueueConfig | None = None,
+    redis: Any | None = None,
+    done: Container[str] | None = None,
 ) -> JobSource:
     """The source a run names: a jobs file, `-` for stdin, or (with `queue`) a Redis stream
-    read through `redis`."""
+    read through `redis`. `done`: the job keys earlier runs did, which a file's plain id
+    lines are dropped for before a job is built."""
     if queue is not None:
         from worker.sources.stream import RedisSource
 
         return RedisSource(queue, redis=redis)
     from worker.sources.file import FileSource
 
-    return FileSource(None if source == "-" else Path(source))
+    return FileSource(None if source == "-" else Path(source), done=done)
 
 
 __all__ = ["open_source"]

@@ -16,6 +16,12 @@ class JobSource(Protocol):
 
     name: str
 
+    @property
+    def skipped_done(self) -> int:
+        """Items read so far that the source dropped, before a job was built, as done by an
+        earlier run (the runner counts them read and skipped)."""
+        ...
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(

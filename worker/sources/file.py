@@ -19,7 +19,7 @@ import csv
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -27,7 +27,7 @@ from typing import Literal, Self
 import anyio
 
 from worker.errors import ConfigError
-from worker.models import Invalid, Result
+from worker.models import ID_PATTERN, Invalid, Result
 from worker.sources.base import Item
 from worker.sources.parse import (
     MAX_LINE,
@@ -88,10 +88,21 @@ class LineParser:
     """Bytes in, items out: feed chunks as they come, then `finish()`. Only \\n ends a line
     (so line numbers match `sed -n Np` and `wc -l`); a trailing \\r is dropped."""
 
-    def __init__(self, name: str, fmt: Format | None, *, limit: int = MAX_LINE) -> None:
+    def __init__(
+        self,
+        name: str,
+        fmt: Format | None,
+        *,
+        limit: int = MAX_LINE,
+        done: Container[str] | None = None,
+    ) -> None:
         self.name = name
         self._fmt = fmt
         self._limit = limit
+        # A rerun's accounts done by earlier runs: a text line naming one is counted here and
+        # dropped before a Job is built (most of a rerun's time over a long list).
+        self._done = done
+        self.skipped = 0
         self._number = 0
         self._partial = bytearray()
         self._too_long = False
@@ -168,6 +179,11 @@ class LineParser:
                 self._csv_header(text, items)
                 return
             self._parse = parse_json_line if chosen == "jsonl" else parse_text_line
+        if self._done is not None and self._parse is parse_text_line:
+            key = text.strip()  # an id's own job key (`models.job_key`)
+            if key in self._done and ID_PATTERN.fullmatch(key):
+                self.skipped += 1
+                return
         items.append(self._parse(self._where(), text))
 
     def _csv_header(self, text: str, items: list[Item]) -> None:
@@ -204,10 +220,18 @@ class FileSource:
     """A jobs file, or stdin for None. The format comes from the file name, else from the
     first line. Memory stays flat: at most one chunk's items are read ahead."""
 
-    def __init__(self, path: Path | None, *, fmt: Format | None = None) -> None:
+    def __init__(
+        self, path: Path | None, *, fmt: Format | None = None, done: Container[str] | None = None
+    ) -> None:
         self.path = path
         self.name = str(path) if path is not None else "stdin"
         self._fmt = fmt if fmt is not None or path is None else format_for(path)
+        self._parser = LineParser(self.name, self._fmt, done=done)
+
+    @property
+    def skipped_done(self) -> int:
+        """Lines read so far that named an account done by an earlier run (dropped here)."""
+        return self._parser.skipped
 
     async def __aenter__(self) -> Self:
         return self
@@ -263,7 +287,7 @@ class FileSource:
         return count
 
     async def batches(self) -> AsyncIterator[Sequence[Item]]:
-        parser = LineParser(self.name, self._fmt)
+        parser = self._parser
         async for chunk in self._chunks():
             # Parsing a chunk is CPU work: off the event loop, as the reading of files is.
             if items := await anyio.to_thread.run_sync(parser.feed, chunk):

@@ -146,6 +146,7 @@ class RedisSource:
     def __init__(self, config: QueueConfig, *, redis: Any | None = None) -> None:
         self.config = config
         self.name = config.stream
+        self.skipped_done = 0  # queue mode never skips by a local log (see `assemble`)
         self.consumer = config.consumer or default_consumer()
         self.redis = redis or connect(config.url)
         self.pending_fields: dict[str, dict[str, str]] = {}  # in progress here, by message id
