@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ROOT, SandboxProcess, cli_env, read_results, run_cli, write_jobs
 from tests.test_notify import Receiver
@@ -330,3 +332,36 @@ def test_the_html_page_and_report_lead_with_the_chain_and_the_verification(
     log.write_text("".join(lines[:1] + lines[2:]))  # a record removed
     run_cli("report", str(log), "--html", str(page), env=cli_env())
     assert 'id="chain"><b>Hash chain: BROKEN</b>' in page.read_text()
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.text(max_size=12),
+    st.text(st.characters(max_codepoint=0x80), max_size=6),  # ASCII's edges: \x00-\x1f, \x7f
+    st.sampled_from(["ok", "http://127.0.0.1:9", "a\x7fb", 'say "hi"', "é", "\u2028", "tab\t"]),
+)
+_KEYS = st.one_of(st.sampled_from(["ts", "run_id", "chain", "a\x7f"]), st.text(max_size=8))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.dictionaries(_KEYS, _SCALARS, max_size=8),  # a record as the worker writes them
+        st.dictionaries(
+            _KEYS,
+            st.one_of(_SCALARS, st.floats(allow_nan=False), st.lists(_SCALARS, max_size=3)),
+            max_size=8,
+        ),
+    )
+)
+def test_the_canonical_bytes_are_the_documented_encoders(record: dict[str, Any]) -> None:
+    """Whatever a record holds (any text, huge numbers, floats, lists, a `chain`), its
+    canonical bytes are json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    of it without `chain`: what any reader recomputes (the fast encoder never differs)."""
+    from worker.results.chain import canonical
+
+    plain = {k: v for k, v in record.items() if k != "chain"}
+    expected = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert canonical(record) == expected.encode()

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from worker.results.records import parse
 
 SEED = "0" * 64
@@ -30,14 +32,27 @@ _TAIL = 1 << 16
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    """The record without `chain`, as the bytes its link hashes."""
+    """The record without `chain`, as the bytes its link hashes. A record of text, whole
+    numbers, booleans and nulls whose text needs no escape (every record the worker writes
+    for a job that went well) is encoded by msgspec, sorted, ~3x faster; the two encoders
+    write such a record byte for byte alike, and anything else goes to the standard one."""
     if "chain" in record:
         record = {k: v for k, v in record.items() if k != "chain"}
+    if all(type(v) in _PLAIN for v in record.values()):
+        try:
+            fast = _FAST.encode(record)
+        except (msgspec.EncodeError, OverflowError, TypeError, UnicodeEncodeError):
+            pass
+        else:
+            if fast.isascii() and b"\\" not in fast and b"\x7f" not in fast:
+                return fast
     return _CANONICAL.encode(record).encode()
 
 
 # json.dumps with options builds an encoder per call: one, made once, is cheaper per record.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_FAST = msgspec.json.Encoder(order="sorted")
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def link(previous: str, record: dict[str, Any]) -> str:
