@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from worker.errors import ConfigError
 from worker.models import ID_PATTERN, Invalid, Job
+from worker.sources.base import Item
 from worker.sources.file import FileSource, LineParser, parse_bytes
 from worker.sources.parse import (
     MAX_LINE,
@@ -380,3 +381,48 @@ def test_a_tenant_is_read_from_every_format_and_checked() -> None:
         assert isinstance(item, Invalid), bad
         assert item.error.startswith("invalid tenant"), bad
         assert item.source == "f.jsonl:3"
+
+
+async def _read_all(source: FileSource) -> list[Item]:
+    out: list[Item] = []
+    async for batch in source.batches():
+        out.extend(batch)
+    return out
+
+
+async def test_several_keys_read_a_file_grouped_by_tenant_in_turns(tmp_path: Path) -> None:
+    """With several keys, a regular file's jobs come one of each tenant per turn (tenants in
+    the order the file first names them, each one's jobs in file order), however the file
+    is grouped; invalid lines come at once; every line keeps its number, every line is one
+    item. A file of more than one chunk, CSV with a header, and a text file (in order)."""
+    lines = ["\ufeff# agencies' export, sorted by client"]
+    lines += [json.dumps({"account_id": f"a{i}", "tenant": "acme"}) for i in range(1, 4)]
+    lines += ["{not json", "", json.dumps({"account_id": "b1", "tenant": "brand-b"})]
+    lines += [json.dumps({"account_id": "b2", "tenant": "brand-b"}), json.dumps("d1")]
+    lines += [json.dumps({"account_id": "c1", "tenant": "client-x"}) + "\r"]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(lines))  # no newline at the end
+    items = await _read_all(FileSource(path, fair=True))
+    got = [(i.source.rsplit(":")[1], i.account_id, isinstance(i, Job)) for i in items]
+    assert got == [
+        ("5", None, False),  # invalid: at once
+        ("2", "a1", True), ("7", "b1", True), ("9", "d1", True), ("10", "c1", True),
+        ("3", "a2", True), ("8", "b2", True),
+        ("4", "a3", True),
+    ]  # fmt: skip
+    in_order = await _read_all(FileSource(path))
+    assert sorted(i.source for i in in_order) == sorted(i.source for i in items)
+
+    big = tmp_path / "big.csv"  # ~3 chunks, grouped: t0's 3,000 jobs, then t1's, t2's
+    rows = [f"t{t}-{i},t{t}" for t in range(3) for i in range(3000)]
+    big.write_text("account_id,tenant\n" + "\n".join(rows) + "\n")
+    items = await _read_all(FileSource(big, fair=True))
+    assert [i.account_id for i in items[:6]] == ["t0-0", "t1-0", "t2-0", "t0-1", "t1-1", "t2-1"]
+    assert len(items) == 9000
+    assert {i.source for i in items} == {f"{big}:{n}" for n in range(2, 9002)}
+    where = {row: number for number, row in enumerate(rows, 2)}
+    assert all(i.source == f"{big}:{where[f'{i.account_id},{i.tenant}']}" for i in items)
+
+    text = tmp_path / "ids.txt"
+    text.write_text("1\n2\n3\n")
+    assert [i.account_id for i in await _read_all(FileSource(text, fair=True))] == ["1", "2", "3"]

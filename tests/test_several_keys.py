@@ -221,6 +221,42 @@ async def test_a_rotated_key_file_is_used_without_a_restart(
     assert sb.stats()["cross_tenant"] == 0
 
 
+def test_a_file_grouped_by_tenant_starts_every_tenant_in_the_first_window(
+    sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """8 tenants' jobs, grouped (t1's 6 first), 3 per 2 s each, a read-ahead of 8 jobs, and
+    lines of 2 KB (a chunk of the file holds 32): read in file order, t7 and t8 would wait
+    for the first chunk's tenants to be nearly done. Read in turns, every tenant sends in
+    the first window; each job one record, no 429."""
+    keys = tmp_path / "keys"
+    sb = sandbox_process(
+        "--accounts", "1", "--tenants", "8", "--tenant-accounts", "6", "--keys-out", str(keys),
+        "--delete-limit", "3/2s",
+    )  # fmt: skip
+    jobs = tmp_path / "jobs.jsonl"
+    with jobs.open("w") as f:
+        for t in range(1, 9):
+            for i in range(1, 7):
+                job = {"account_id": f"t{t}-{i}", "tenant": f"t{t}", "note": "x" * 2000}
+                f.write(json.dumps(job) + "\n")
+    done = subprocess.run(
+        run_argv(jobs, sb, "--keys", str(keys), "--rate", "3/2s", "--read-ahead", "8",
+                 "--results", str(tmp_path / "r.jsonl"), "--state-dir", str(tmp_path / "s")),
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=cli_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deletes = [(p.rsplit("/", 1)[1], s, at) for m, p, s, at in sb.requests() if m == "DELETE"]
+    assert sorted(s for _, s, _ in deletes) == [200] * 48
+    start = min(at for _, _, at in deletes)
+    first: dict[str, float] = {}
+    for account, _, at in sorted(deletes, key=lambda d: d[2]):
+        first.setdefault(account.split("-")[0], at - start)
+    assert len(first) == 8
+    assert max(first.values()) < 1.0, first  # every tenant in the first window
+    assert len(read_results(tmp_path / "r.jsonl")) == 48
+    assert sb.stats()["cross_tenant"] == 0
+
+
 def test_a_stream_whose_head_is_one_cooling_key_still_feeds_the_others(
     redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
 ) -> None:

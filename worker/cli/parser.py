@@ -362,8 +362,9 @@ def run_input(p: argparse.ArgumentParser) -> None:
         default=t.env("READ_AHEAD"),
         metavar="N",
         help="with --keys: jobs read ahead into the tenants' queues at most, so one cooling "
-        "key never holds up the others; a queue consumer reads only as its work runs short, "
-        "leaving the rest to other consumers (default 10000)",
+        "key never holds up the others (a JSONL or CSV file is read in turns, one job of "
+        "each tenant per turn, however it is ordered); a queue consumer reads only as its "
+        "work runs short, leaving the rest to other consumers (default 10000)",
     )
     g.add_argument(
         "--wait-lock",

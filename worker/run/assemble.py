@@ -230,6 +230,7 @@ class Assembly:
                 queue=s.queue,
                 redis=view.redis,
                 done=view.prior.done if view.prior is not None else None,
+                fair=bool(s.keys),
             )
         )
         if s.queue is not None:

@@ -29,6 +29,7 @@ import anyio
 from worker.errors import ConfigError
 from worker.models import ID_PATTERN, Invalid, Result
 from worker.sources.base import Item
+from worker.sources.fair import FairReader
 from worker.sources.parse import (
     MAX_LINE,
     csv_columns,
@@ -103,6 +104,11 @@ class LineParser:
         # dropped before a Job is built (most of a rerun's time over a long list).
         self._done = done
         self.skipped = 0
+        # With `spans` (a list), each item's line as (offset, length, number) in the input,
+        # in step with the items: where the fair source finds a job's line again.
+        self.spans: list[tuple[int, int, int]] | None = None
+        self._fed = 0  # bytes fed so far
+        self._line_start = 0  # where the line being read began
         self._number = 0
         self._partial = bytearray()
         self._too_long = False
@@ -112,15 +118,21 @@ class LineParser:
     def feed(self, chunk: bytes) -> list[Item]:
         items: list[Item] = []
         start = 0
+        base = self._fed
+        self._fed += len(chunk)
         while (end := chunk.find(b"\n", start)) >= 0:
             piece = chunk[start:end]
             start = end + 1
+            begun, before = self._line_start, len(items)
+            self._line_start = base + start
             if self._too_long or len(self._partial) + len(piece) > self._limit * 4:
                 self._line_too_long(items)
-                continue
-            self._partial += piece
-            self._line(bytes(self._partial), items)
-            self._partial.clear()
+            else:
+                self._partial += piece
+                self._line(bytes(self._partial), items)
+                self._partial.clear()
+            if self.spans is not None and len(items) > before:
+                self.spans.append((begun, base + end - begun, self._number))
         rest = chunk[start:]
         if rest and not self._too_long:
             self._partial += rest
@@ -138,7 +150,22 @@ class LineParser:
         elif self._partial:
             self._line(bytes(self._partial), items)
             self._partial.clear()
+        if self.spans is not None and items:
+            self.spans.append((self._line_start, self._fed - self._line_start, self._number))
         return items
+
+    def line_at(self, raw: bytes, number: int) -> Item | None:
+        """Line `number` (from 1) of the input, read again: its item as it was the first time
+        (None: blank or a comment). The format, and a CSV's header, are this parser's."""
+        items: list[Item] = []
+        self._number = number - 1
+        self._line(raw, items)
+        return items[0] if items else None
+
+    @property
+    def format(self) -> Callable[[str, str], Item] | None:
+        """The line parser chosen (None until the first line that is not blank)."""
+        return self._parse
 
     def _line_too_long(self, items: list[Item]) -> None:
         self._number += 1
@@ -221,9 +248,15 @@ class FileSource:
     first line. Memory stays flat: at most one chunk's items are read ahead."""
 
     def __init__(
-        self, path: Path | None, *, fmt: Format | None = None, done: Container[str] | None = None
+        self,
+        path: Path | None,
+        *,
+        fmt: Format | None = None,
+        done: Container[str] | None = None,
+        fair: bool = False,
     ) -> None:
         self.path = path
+        self._fair = fair  # several keys: a regular file's tenants read in turns (`fair`)
         self.name = str(path) if path is not None else "stdin"
         self._fmt = fmt if fmt is not None or path is None else format_for(path)
         self._parser = LineParser(self.name, self._fmt, done=done)
@@ -287,33 +320,38 @@ class FileSource:
         return count
 
     async def batches(self) -> AsyncIterator[Sequence[Item]]:
-        parser = self._parser
-        async for chunk in self._chunks():
-            # Parsing a chunk is CPU work: off the event loop, as the reading of files is.
-            if items := await anyio.to_thread.run_sync(parser.feed, chunk):
-                yield items
-        if items := parser.finish():
-            yield items
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        own = self.path is not None
-        if self.path is None:
-            fd = sys.stdin.fileno()
-        else:
-            # Opening a FIFO waits for its writer: in a thread, abandoned if the run stops.
-            fd = await anyio.to_thread.run_sync(
-                os.open, self.path, os.O_RDONLY, abandon_on_cancel=True
-            )
+        fd, own = await self._open()
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
-                    yield chunk
-            else:
-                async for chunk in _pipe_chunks(fd):
-                    yield chunk
+            if self._fair and stat.S_ISREG(os.fstat(fd).st_mode):
+                async for items in FairReader(fd, self._parser, chunk=CHUNK).batches():
+                    yield items
+                return
+            parser = self._parser
+            async for chunk in self._chunks(fd):
+                # Parsing a chunk is CPU work: off the event loop, as the reading of files is.
+                if items := await anyio.to_thread.run_sync(parser.feed, chunk):
+                    yield items
+            if items := parser.finish():
+                yield items
         finally:
             if own:
                 os.close(fd)
+
+    async def _open(self) -> tuple[int, bool]:
+        """The descriptor to read, and whether it is ours to close (stdin is not)."""
+        if self.path is None:
+            return sys.stdin.fileno(), False
+        # Opening a FIFO waits for its writer: in a thread, abandoned if the run stops.
+        fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY, abandon_on_cancel=True)
+        return fd, True
+
+    async def _chunks(self, fd: int) -> AsyncIterator[bytes]:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
+                yield chunk
+        else:
+            async for chunk in _pipe_chunks(fd):
+                yield chunk
 
     async def settle(self, done: Sequence[tuple[Item, Result | None]]) -> None:
         return None
