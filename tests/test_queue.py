@@ -592,3 +592,24 @@ def test_redis_url_file_keeps_the_password_out_of_ps_and_logs(
         assert "SOURCE missing" in none.stderr
     finally:
         server.stop()
+
+
+def test_a_second_consumer_takes_the_first_ones_account_listing(
+    redis_server: RedisServer, sandbox_process: Callable[..., SandboxProcess], tmp_path: Path
+) -> None:
+    """Two consumers of one key, one after the other within 30 s: the account listing is
+    asked of the API once (the second reads it from Redis), and each job still gets its
+    record; a job for an account gone before (not in the listing) is confirmed with a GET."""
+    sb = sandbox_process("--accounts", "20", "--delete-limit", "unlimited")
+    enqueue_ids(redis_server, [str(i) for i in range(1, 11)])
+    args = ("--rate", "unlimited", "--drain", "--log-format", "json")
+    assert worker(redis_server, sb, tmp_path, "w0", *args).wait(timeout=60) == 0
+    enqueue_ids(redis_server, [*(str(i) for i in range(11, 21)), "99"])
+    assert worker(redis_server, sb, tmp_path, "w1", *args).wait(timeout=60) == 0
+    listings = [p for m, p, _, _ in sb.requests() if m == "GET" and p.startswith("/api/v1/x/acc")]
+    assert sum(p.split("?")[0] == "/api/v1/x/accounts" for p in listings) == 1, listings
+    assert "accounts_listing_shared" in (tmp_path / "w1.log").read_text()
+    outcomes = Counter(r["outcome"] for r in results_stream(redis_server))
+    assert outcomes == {"disconnected": 20, "already_gone": 1}
+    deletes = [p for m, p, _, _ in sb.requests() if m == "DELETE"]
+    assert len(deletes) == 20  # none for 99, which no listing held

@@ -13,7 +13,9 @@ on one Redis        on a Redis Cluster              what
 ==================  ==============================  ========================================
 
 and each API key's DELETE (or read) budget, ``P`` = ``xquik:budget:<fingerprint>:<tier>``:
-``P:slots``, ``P:cooldown``, ``P:learned``, ``P:accepted`` (``{P}:slots``… on a cluster).
+``P:slots``, ``P:cooldown``, ``P:learned``, ``P:accepted`` (``{P}:slots``… on a cluster), and
+its account listing shared by the runs of that key, ``xquik:listing:<fingerprint>`` (one hash:
+the same name on a cluster).
 
 A Lua script may only touch keys of one hash slot on a cluster. A key with no ``{…}`` hashes
 by its whole name, so ``S`` and ``{S}:results`` share the slot of ``S``: the stream keeps its
@@ -95,6 +97,11 @@ def budget_keys(redis: Any, fingerprint: str, tier: str) -> BudgetKeys:
     return BudgetKeys.of(fingerprint, tier, cluster=is_cluster(redis))
 
 
+def listing_key(fingerprint: str) -> str:
+    """The hash holding the account listing the runs of one key (or key group) share."""
+    return f"xquik:listing:{fingerprint}"
+
+
 def budget_slots_pattern(redis: Any, tier: str = "delete") -> str:
     """A SCAN pattern for every key's `slots` of `tier` (one per API key)."""
     return budget_keys(redis, "*", tier).slots
@@ -114,5 +121,6 @@ __all__ = [
     "fingerprint_of_slots",
     "has_tag",
     "is_cluster",
+    "listing_key",
     "stream_keys",
 ]

@@ -1,8 +1,13 @@
 """Accounts and monitors as listed by the API, fetched once per run (read budget) and looked
-up by username, id or X user id. A miss may refresh the list, at most every 30 s."""
+up by username, id or X user id. A miss may refresh the list, at most every 30 s. With Redis
+(queue consumers, `--budget`), the account listing is shared by every run of the key: a
+listing younger than 30 s that another consumer fetched is read from Redis instead of the
+API (`SharedListing`)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -12,8 +17,106 @@ import anyio
 from worker.api.call import Call, Caller, Request
 from worker.api.client import Answer, XquikClient
 from worker.budget.base import Clock
+from worker.logs import get_logger
+from worker.redis_keys import listing_key
 
 REFRESH_AFTER = 30.0
+log = get_logger()
+
+
+class SharedListing:
+    """One key's account listing in Redis, shared by the runs of that key: a hash
+    `xquik:listing:<fingerprint>` of `at` (the wall time it was fetched), `accounts` (JSON,
+    in the API's order) and `gone:<id>` (the wall time a run disconnected that account), so
+    that an account one run removed is not sent again by another that reads an older
+    listing. Expires after 2 x REFRESH_AFTER without a new listing. Advisory, like any
+    listing: a job for an account it lacks is confirmed with a GET. Redis failing is never
+    the run's failure: the API is asked as without it."""
+
+    def __init__(self, redis: Any, fingerprint: str, *, wall: Clock = time.time) -> None:
+        self._redis = redis
+        self._key = listing_key(fingerprint)
+        self._wall = wall
+        self._gone: dict[str, str] = {}  # marks not yet sent
+        self._flushing: asyncio.Future[None] | None = None
+
+    async def get(self, *, newer_than: float) -> tuple[list[dict[str, Any]], float] | None:
+        """The listing (without the accounts runs have disconnected since) and when it was
+        fetched (wall time), if it was fetched after `newer_than` and less than
+        REFRESH_AFTER ago; else None."""
+        raw = await self._read()
+        if raw is None:
+            return None
+        try:
+            fetched = float(raw[b"at"])
+            listed = json.loads(raw[b"accounts"])
+        except (KeyError, ValueError):
+            return None  # none yet, or not ours
+        age = self._wall() - fetched
+        if fetched <= newer_than or not 0 <= age < REFRESH_AFTER or not isinstance(listed, list):
+            return None
+        gone = {f[5:].decode(errors="replace") for f in raw if f.startswith(b"gone:")}
+        return [a for a in listed if isinstance(a, dict) and str(a.get("id")) not in gone], fetched
+
+    async def put(self, accounts: list[dict[str, Any]], fetched: float) -> None:
+        """A listing fetched from the API at `fetched`; the marks of accounts disconnected
+        before it go (the listing no longer has them), later ones stay."""
+        from redis.exceptions import RedisError
+
+        raw = await self._read() or {}
+        older = [f for f, v in raw.items() if f.startswith(b"gone:") and _before(v, fetched)]
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(self._key, mapping={"at": repr(fetched), "accounts": json.dumps(accounts)})
+            if older:
+                pipe.hdel(self._key, *older)
+            pipe.pexpire(self._key, int(2 * REFRESH_AFTER * 1000))
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.debug("shared_listing_not_written", error=type(exc).__name__)
+
+    def forget(self, account_id: str) -> None:
+        """This run disconnected the account: other runs reading the listing skip it. The
+        marks of one event-loop tick go in one HSET, sent in the background (advisory: one
+        lost with the process costs another run a 404, as without sharing)."""
+        self._gone[account_id] = repr(self._wall())
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def drain(self) -> None:
+        """Send the marks not yet sent (the session is closing), for at most 2 s."""
+        if self._flushing is not None and not self._flushing.done():
+            with anyio.move_on_after(2):
+                await self._flushing
+
+    async def _flush(self) -> None:
+        from redis.exceptions import RedisError
+
+        while self._gone:
+            marks, self._gone = self._gone, {}
+            try:
+                await self._redis.hset(
+                    self._key, mapping={f"gone:{k}": v for k, v in marks.items()}
+                )
+            except (RedisError, OSError) as exc:
+                log.debug("shared_listing_not_written", error=type(exc).__name__)
+
+    async def _read(self) -> dict[bytes, bytes] | None:
+        from redis.exceptions import RedisError
+
+        try:
+            raw: dict[bytes, bytes] = await self._redis.hgetall(self._key)
+        except (RedisError, OSError) as exc:
+            log.debug("shared_listing_unavailable", error=type(exc).__name__)
+            return None
+        return raw
+
+
+def _before(value: bytes, moment: float) -> bool:
+    try:
+        return float(value) <= moment
+    except ValueError:
+        return True  # not a time of ours: dropped
 
 
 def listing(fetch: Callable[[], Awaitable[list[dict[str, Any]]]]) -> Request:
@@ -66,13 +169,25 @@ def tracking(monitors: Iterable[dict[str, Any]], account: dict[str, Any]) -> lis
 
 
 class Directory:
-    def __init__(self, client: XquikClient, call: Caller, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: XquikClient,
+        call: Caller,
+        *,
+        clock: Clock = time.monotonic,
+        shared: SharedListing | None = None,
+        wall: Clock = time.time,
+    ) -> None:
         self._client = client
         self._call = call
         self._clock = clock
+        self._wall = wall
+        self._shared = shared
         self._lock = anyio.Lock()
         self._accounts: list[dict[str, Any]] | None = None
         self._accounts_at = float("-inf")
+        self._fetched = float("-inf")  # the wall time the listing held was fetched
+        self.shared_reads = 0  # listings taken from Redis instead of the API
         self._monitors: dict[str, dict[str, Any]] | None = None
         self._keyword_monitors: dict[str, dict[str, Any]] | None = None
         self._failed: tuple[Call, float] | None = None
@@ -85,21 +200,45 @@ class Directory:
         async with self._lock:
             stale = self._clock() - self._accounts_at > REFRESH_AFTER
             if self._accounts is None or (refresh and stale):
-                call = await self._call(listing(self._client.list_accounts))
-                if call.answer is None:
-                    return call
-                self._accounts = call.answer.body
+                shared = None
+                if self._shared is not None:
+                    shared = await self._shared.get(newer_than=self._fetched)
+                if shared is not None:
+                    accounts, fetched = shared
+                    self.shared_reads += 1
+                    log.info(
+                        "accounts_listing_shared",
+                        accounts=len(accounts),
+                        age_s=round(self._wall() - fetched, 1),
+                    )
+                else:
+                    fetched = self._wall()
+                    call = await self._call(listing(self._client.list_accounts))
+                    if call.answer is None:
+                        return call
+                    accounts = call.answer.body
+                    if self._shared is not None:
+                        await self._shared.put(accounts, fetched)
+                self._accounts, self._fetched = accounts, fetched
                 self._accounts_at = self._clock()
                 # Indexed once per listing: a lookup per job must not scan 10,000 accounts.
-                self._by_id = {str(a.get("id")): a for a in self._accounts}
-                self._by_name = {str(a.get("xUsername", "")).lower(): a for a in self._accounts}
+                self._by_id = {str(a.get("id")): a for a in accounts}
+                self._by_name = {str(a.get("xUsername", "")).lower(): a for a in accounts}
             return self._accounts
 
     def forget(self, account_id: str) -> None:
         """The account was just disconnected: no longer listed as connected, so a later job
         for it (a queue consumer runs for months) is confirmed gone with a GET, never a
-        DELETE. Its username still resolves to it (a later job by name: already_gone)."""
+        DELETE. Its username still resolves to it (a later job by name: already_gone). With a
+        shared listing, the other runs of the key learn it too."""
         self._by_id.pop(account_id, None)
+        if self._shared is not None:
+            self._shared.forget(account_id)
+
+    async def drain(self) -> None:
+        """What is left to tell the key's other runs, told (the session is closing)."""
+        if self._shared is not None:
+            await self._shared.drain()
 
     def forget_failure(self) -> None:
         """The key changed: a listing that failed with the old one may be asked again now."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from worker.api.call import Caller, Fatal
 from worker.api.client import XquikClient
-from worker.api.directory import Directory
+from worker.api.directory import Directory, SharedListing
 from worker.api.keys import fingerprint, key_id
 from worker.api.urls import origin_of
 from worker.budget.base import Budget
@@ -36,13 +36,16 @@ class Session:
         http: Any | None = None,
         account: str | None = None,
         budgets: dict[str, tuple[Budget, Budget]] | None = None,
+        share_listing: bool = False,
     ) -> None:
         """`api_key`: this session's key, when not `api.api_key` (a tenant's). `redis`: where
         the budgets live (None: local, in `api.state_dir`). `http`: an aiohttp session shared
         with other keys' sessions. `account`: the Xquik account the key belongs to, when
         several keys share it (their budgets are one: the limits are per account); None: the
         key's own. `budgets`: where sessions of one run find the budgets an earlier session
-        of the same account built."""
+        of the same account built. `share_listing` (runs): the account listing is shared
+        with the key's other runs through `redis` (a command that prints a listing, such as
+        `plan`, asks the API)."""
         key = api.api_key if api_key is None else api_key
         base_url = api.base_url
         self.fingerprint = (
@@ -88,7 +91,9 @@ class Session:
             backoff_base=api.backoff_base,
             backoff_cap=api.backoff_cap,
         )
-        self.directory = Directory(self.client, self.call)
+        sharing = share_listing and redis is not None
+        listing = SharedListing(redis, self.fingerprint) if sharing else None
+        self.directory = Directory(self.client, self.call, shared=listing)
 
     async def __aenter__(self) -> Session:
         await self.client.__aenter__()
@@ -98,6 +103,7 @@ class Session:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+        await self.directory.drain()
         await self.client.__aexit__(et, e, tb)
 
     def stamp(self) -> dict[str, object]:

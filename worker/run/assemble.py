@@ -319,6 +319,7 @@ class Assembly:
             api_key=key,
             on_fatal=partial(self.fatal, name),
             redis=self.view.redis,
+            share_listing=True,
             http=self._http,
             account=account,
             budgets=self._budgets,

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
@@ -29,8 +29,22 @@ from worker.models import Invalid, Job
 from worker.sources.base import Item
 from worker.sources.parse import parse_text_line
 
-if TYPE_CHECKING:
-    from worker.sources.file import LineParser
+
+class LineParser(Protocol):
+    """What the reader needs of `file.LineParser` (it parses; this only places lines)."""
+
+    name: str
+    spans: list[tuple[int, int, int]] | None
+
+    @property
+    def format(self) -> Callable[[str, str], Item] | None: ...
+
+    def feed(self, chunk: bytes) -> list[Item]: ...
+
+    def finish(self) -> list[Item]: ...
+
+    def line_at(self, raw: bytes, number: int) -> Item | None: ...
+
 
 _RUN = 64  # lines of one tenant read back with one pread, at most
 _RUN_BYTES = 1 << 16
