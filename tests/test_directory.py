@@ -165,9 +165,13 @@ async def test_runs_of_one_key_share_the_account_listing_through_redis(
         # A listing older than 30 s is not taken; nor is a run hurt when Redis is gone.
         stale = SharedListing(redis, "x", wall=lambda: time.time() + 31)
         fresh = SharedListing(redis, "x")
-        fresh.forget("1")  # before the listing below was fetched: its mark goes
+        fresh.forget("1")  # no listing held: no mark (marks never outlive a listing)
         await anyio.sleep(0.2)
+        assert not await redis.exists(listing_key("x"))
         await fresh.put([{"id": "1"}, {"id": "2"}], time.time())
+        fresh.forget("1")  # before the listing below was fetched: its mark goes with it
+        await anyio.sleep(0.2)
+        await fresh.put([{"id": "2"}], time.time())
         fresh.forget("2")  # after: it stays
         await anyio.sleep(0.2)
         assert await stale.get(newer_than=float("-inf")) is None

@@ -189,7 +189,9 @@ def test_a_cluster_runs_enqueue_two_consumers_a_takeover_dead_letters_and_status
     everything = set(r.keys(target_nodes=redis.cluster.RedisCluster.ALL_NODES))
     assert {keys.results, keys.dead, keys.recorded, keys.enqueued, STREAM} <= everything
     assert all(k.startswith(("{xquik:", STREAM, "xquik:listing:")) for k in everything), everything
-    assert any(k.startswith("xquik:listing:") for k in everything)  # one key: one slot
+    # The shared listing: one key, one slot; the accounts disconnected marked gone in it.
+    [listing] = [k for k in everything if k.startswith("xquik:listing:")]
+    assert sum(f.startswith("gone:") for f in r.hkeys(listing)) >= 100
 
     status = run_cli("queue", "status", "--redis", url, "--json")
     assert status.returncode == 1, status.stderr  # a dead letter

@@ -93,11 +93,12 @@ class SharedListing:
         from redis.exceptions import RedisError
 
         while self._gone:
-            marks, self._gone = self._gone, {}
+            marks = [x for k, v in self._gone.items() for x in (f"gone:{k}", v)]
+            self._gone = {}
             try:
-                await self._redis.hset(
-                    self._key, mapping={f"gone:{k}": v for k, v in marks.items()}
-                )
+                # Only while the listing lives (it expires 2 x REFRESH_AFTER after it was
+                # put): marks never outlive it, nor pile up in a hash of no listing.
+                await self._redis.eval(_MARK, 1, self._key, *marks)
             except (RedisError, OSError) as exc:
                 log.debug("shared_listing_not_written", error=type(exc).__name__)
 
@@ -110,6 +111,11 @@ class SharedListing:
             log.debug("shared_listing_unavailable", error=type(exc).__name__)
             return None
         return raw
+
+
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+"""
 
 
 def _before(value: bytes, moment: float) -> bool:
