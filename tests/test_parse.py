@@ -426,3 +426,23 @@ async def test_several_keys_read_a_file_grouped_by_tenant_in_turns(tmp_path: Pat
     text = tmp_path / "ids.txt"
     text.write_text("1\n2\n3\n")
     assert [i.account_id for i in await _read_all(FileSource(text, fair=True))] == ["1", "2", "3"]
+
+
+async def test_a_file_cut_short_between_the_passes_loses_no_line(tmp_path: Path) -> None:
+    """Read in turns, a file truncated after it was indexed: every indexed line is still one
+    item (those that cannot be read back are invalid, naming their line), none is lost."""
+    path = tmp_path / "jobs.jsonl"
+    lines = [json.dumps({"account_id": f"t{t}-{i}", "tenant": f"t{t}"}) for t in range(3)
+             for i in range(400)]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    items: list[Item] = []
+    async for batch in FileSource(path, fair=True).batches():
+        if not items:
+            path.write_bytes(b"")  # after the first pass: what is not buffered yet is gone
+        items.extend(batch)
+    assert len(items) == 1200
+    assert sorted(int(i.source.rsplit(":", 1)[1]) for i in items) == list(range(1, 1201))
+    changed = [i for i in items if isinstance(i, Invalid)]
+    assert changed
+    assert {i.error for i in changed} == {"the line changed while the run was reading the file"}
+    assert all(isinstance(i, Job) for i in items[:512])
