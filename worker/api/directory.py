@@ -60,18 +60,15 @@ class SharedListing:
 
     async def put(self, accounts: list[dict[str, Any]], fetched: float) -> None:
         """A listing fetched from the API at `fetched`; the marks of accounts disconnected
-        before it go (the listing no longer has them), later ones stay."""
+        before it go (the listing no longer has them), later ones stay. One script: the
+        listing is not read back to find them, and no mark set meanwhile is lost."""
         from redis.exceptions import RedisError
 
-        raw = await self._read() or {}
-        older = [f for f, v in raw.items() if f.startswith(b"gone:") and _before(v, fetched)]
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(self._key, mapping={"at": repr(fetched), "accounts": json.dumps(accounts)})
-            if older:
-                pipe.hdel(self._key, *older)
-            pipe.pexpire(self._key, int(2 * REFRESH_AFTER * 1000))
-            await pipe.execute()
+            await self._redis.eval(
+                _PUT, 1, self._key, repr(fetched), json.dumps(accounts),
+                int(2 * REFRESH_AFTER * 1000),
+            )  # fmt: skip
         except (RedisError, OSError) as exc:
             log.debug("shared_listing_not_written", error=type(exc).__name__)
 
@@ -116,13 +113,19 @@ class SharedListing:
 _MARK = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
 """
-
-
-def _before(value: bytes, moment: float) -> bool:
-    try:
-        return float(value) <= moment
-    except ValueError:
-        return True  # not a time of ours: dropped
+# ARGV: the fetch time, the accounts (JSON), the expiry in ms. Marks that are no time, or
+# a time at or before the fetch, go with the listing that no longer has their accounts.
+_PUT = """
+local fetched = tonumber(ARGV[1])
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 5) == 'gone:' then
+    local at = tonumber(redis.call('HGET', KEYS[1], f))
+    if at == nil or at <= fetched then redis.call('HDEL', KEYS[1], f) end
+  end
+end
+redis.call('HSET', KEYS[1], 'at', ARGV[1], 'accounts', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+"""
 
 
 def listing(fetch: Callable[[], Awaitable[list[dict[str, Any]]]]) -> Request:

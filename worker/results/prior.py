@@ -105,7 +105,8 @@ def _our_time(ts: str) -> bool:
     known = _DAYS.get(day)
     if known is None:
         try:
-            known = date.fromisoformat(day) is not None
+            date.fromisoformat(day)
+            known = True
         except ValueError:
             known = False
         if len(_DAYS) < 1 << 12:
