@@ -274,7 +274,7 @@ def _sentinel_client(parsed: SentinelUrl, options: dict[str, Any]) -> Any:
     common = {**options, **tls}
     common.pop("max_connections", None)
     sentinel_auth = {"password": parsed.query.get("sentinel_password")}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
         list(parsed.hosts),
         sentinel_kwargs={**common, **sentinel_auth},
         **common,
@@ -506,6 +506,10 @@ class ScriptBatch:
     async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """`script` (from `register_script`) run with `keys` and `args`: its reply."""
         return await self._submit(script, keys, args)
+
+    def submit(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """`call` without waiting: the future of its reply (the caller retrieves its error)."""
+        return self._submit(script, keys, args)
 
     async def call_many(self, script: Any, keys: list[str], calls: list[list[Any]]) -> list[Any]:
         """`script` run once per args in `calls`, in one pipeline if nothing else waits: the
