@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -613,3 +613,88 @@ def test_a_second_consumer_takes_the_first_ones_account_listing(
     assert outcomes == {"disconnected": 20, "already_gone": 1}
     deletes = [p for m, p, _, _ in sb.requests() if m == "DELETE"]
     assert len(deletes) == 20  # none for 99, which no listing held
+
+
+def test_one_script_call_takes_slots_for_every_waiting_request_and_settles_a_tick_of_answers(
+    redis_server: RedisServer,
+) -> None:
+    """Several slots of one key per script call. 12 requests of one key waiting in one
+    process, 10 slots a window: a call takes a slot for each request waiting behind it, so
+    10 are sent after 2 calls, not 10, and never more than the limit (2 wait). The 10 answers
+    of one tick go in one call, each slot then held one window from its answer. Slots taken
+    for requests that went away before taking them go back (the next acquire gives them
+    back), so they hold nobody up."""
+
+    async def scenario() -> None:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+
+        async def calls() -> int:
+            stats = await r.info("commandstats")
+            return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+        key = "xquik:budget:many"
+        budget = RedisBudget(r, BudgetKeys.at(key), 10, 60.0)
+        await budget.release(await budget.acquire(), 200)  # the scripts are loaded
+        await r.delete(f"{key}:slots", f"{key}:accepted")
+        before = await calls()
+        slots: list[object] = []
+
+        async def take() -> None:
+            slots.append(await budget.acquire())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(take)
+            with anyio.fail_after(5):
+                while len(slots) < 10:
+                    await anyio.sleep(0.01)
+            assert await calls() - before <= 3  # not one per request
+            await anyio.sleep(0.2)
+            assert len(slots) == 10  # the limit: two wait
+            tg.cancel_scope.cancel()
+        assert len(set(map(str, slots))) == 10
+        assert await r.zcard(f"{key}:slots") == 10
+
+        before = await calls()
+        async with anyio.create_task_group() as tg:
+            for slot in slots:
+                tg.start_soon(budget.release, slot, 200)
+        assert await calls() - before == 1  # one call for the tick's 10 answers
+        seconds, micros = await r.time()
+        now = seconds * 1000 + micros / 1000
+        for slot in slots:
+            held = await r.zscore(f"{key}:slots", str(slot))
+            assert held is not None
+            assert 59_000 < held - now <= 60_000  # one window from the answer
+        assert await r.zcard(f"{key}:accepted") == 10
+        await r.aclose()
+
+    async def unused() -> None:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+        now = [0.0]
+        key = "xquik:budget:unused"
+        budget = RedisBudget(r, BudgetKeys.at(key), 10, 60.0, clock=lambda: now[0])
+        got: list[object] = []
+        # a request deciding while three wait behind it
+        async with anyio.create_task_group() as tg, budget._lock:
+            for _ in range(3):
+                tg.start_soon(lambda: budget.acquire())
+            await anyio.sleep(0.05)
+            got.append(await budget._try(block=True))
+            assert await r.zcard(f"{key}:slots") == 4  # its own and one for each waiter
+            tg.cancel_scope.cancel()  # the three go away before taking theirs
+        now[0] += 5.0  # later: the three are too old to send
+        got.append(await budget.acquire())
+        with anyio.fail_after(5):
+            while await r.zcard(f"{key}:slots") != 2:  # the three went back
+                await anyio.sleep(0.01)
+        members = {m.decode() for m in cast(list[bytes], await r.zrange(f"{key}:slots", 0, -1))}
+        assert members == set(map(str, got))
+        await r.aclose()
+
+    anyio.run(scenario)
+    anyio.run(unused)
