@@ -1,5 +1,5 @@
 import sys
 
-from worker.cli import main
+from worker.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -3,8 +3,8 @@
 structlog probes for rich when it is imported (its console renderer formats tracebacks with
 it), and rich brings pygments: a tenth of a second at every start for a renderer that JSON
 logs never use and our console logs never need (no traceback reaches a terminal). So structlog
-is imported here with that probe answered "not installed"; rich stays importable for the
-progress bar, which imports it itself on a terminal."""
+is imported here with that probe (and colorama's, off Windows) answered "not installed"; rich
+stays importable for the progress bar, which imports it itself on a terminal."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ from worker.redact import printable, redact
 def _import_structlog() -> Any:
     if "structlog" in sys.modules:
         return sys.modules["structlog"]
-    hidden = [name for name in ("rich", "better_exceptions") if name not in sys.modules]
+    # colorama (and the ctypes it loads: ~5 ms) only colours a Windows console; elsewhere
+    # structlog writes ANSI colours itself.
+    probed = ("rich", "better_exceptions") + (() if sys.platform == "win32" else ("colorama",))
+    hidden = [name for name in probed if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # `import rich` -> ImportError
     try:
