@@ -698,3 +698,27 @@ def test_one_script_call_takes_slots_for_every_waiting_request_and_settles_a_tic
 
     anyio.run(scenario)
     anyio.run(unused)
+
+
+def test_enqueue_puts_a_file_grouped_by_tenant_on_the_stream_in_turns(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Consumers take a stream in its order: a file grouped by tenant goes on in turns, one
+    job of each tenant per turn, each tenant's jobs in file order (the first tenant named
+    first); a line without a tenant is the no-tenant group's; an invalid line is reported
+    with its own line number. Enqueued again, the file adds nothing (the idempotency key
+    is the line's, whatever its place on the stream)."""
+    lines = [json.dumps({"account_id": f"{t}-{i}", "tenant": t}) for t in "abc" for i in (1, 2)]
+    lines.insert(3, "nope")
+    lines.append('{"account_id": "x-1"}')
+    jobs = write_jobs(tmp_path / "grouped.jsonl", lines)
+    proc = run_cli("enqueue", str(jobs), "--redis", redis_server.url)
+    assert proc.returncode == 1, proc.stderr
+    assert "enqueued 7 jobs" in proc.stdout
+    assert "grouped.jsonl:4" in proc.stderr
+    r = client(redis_server)
+    order = [f["account_id"] for _, f in r.xrange(STREAM)]
+    assert order == ["a-1", "b-1", "c-1", "x-1", "a-2", "b-2", "c-2"]
+    assert run_cli("enqueue", str(jobs), "--redis", redis_server.url).returncode == 1
+    assert r.xlen(STREAM) == 7
+    r.close()

@@ -3,7 +3,8 @@
 Each job line has an idempotency key (the file, the line, its fields), kept beside the stream
 for --dedupe-for: run again after a failure (Redis gone mid-way, an interruption), the same
 file adds none of the jobs it added already. Whatever happens, the command says how many jobs
-are surely on the stream."""
+are surely on the stream. A JSONL or CSV file's jobs go on in turns, one of each tenant per
+turn, each tenant's in file order (as `run --keys` reads a file)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ def main(args: argparse.Namespace) -> int:
             args.redis, within=args.redis_connect_timeout, min_replicas=args.min_replicas
         ) as redis:
             await enqueue(
-                FileSource(path).batches(),
+                # In turns, one job of each tenant per turn (a JSONL or CSV file): consumers
+                # take the stream in its order, so a file grouped by tenant would start its
+                # last tenants only when the first were done.
+                FileSource(path, fair=True).batches(),
                 redis=redis,
                 stream=args.stream,
                 origin=origin,

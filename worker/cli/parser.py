@@ -700,7 +700,9 @@ def enqueue(sub: Any) -> None:
         "enqueue",
         help="push a jobs file onto a Redis stream",
         description="Validate a jobs file and XADD each valid job to the "
-        "stream; invalid lines are reported, not enqueued (exit 1).",
+        "stream; invalid lines are reported, not enqueued (exit 1). A JSONL or CSV file's "
+        "jobs go on in turns, one of each tenant per turn (each tenant's in file order), so "
+        "consumers start every tenant early however the file is grouped.",
         epilog=examples(
             "xquik-disconnect enqueue jobs.csv --redis redis://127.0.0.1:6379/0",
             "XQUIK_REDIS_URL=redis://redis:6379/0 xquik-disconnect enqueue - < ids.txt",
