@@ -623,7 +623,7 @@ def test_one_script_call_takes_slots_for_every_waiting_request_and_settles_a_tic
     10 are sent after 2 calls, not 10, and never more than the limit (2 wait). The 10 answers
     of one tick go in one call, each slot then held one window from its answer. Slots taken
     for requests that went away before taking them go back (the next acquire gives them
-    back), so they hold nobody up."""
+    back), and so do those a 429 finds untaken: nothing is sent into a cooldown."""
 
     async def scenario() -> None:
         import redis.asyncio
@@ -696,8 +696,37 @@ def test_one_script_call_takes_slots_for_every_waiting_request_and_settles_a_tic
         assert members == set(map(str, got))
         await r.aclose()
 
+    async def cooled() -> None:
+        import redis.asyncio
+
+        r = redis.asyncio.from_url(redis_server.url)
+        key = "xquik:budget:cooled"
+        budget = RedisBudget(r, BudgetKeys.at(key), 10, 60.0)
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await budget.acquire())
+
+        async with anyio.create_task_group() as tg:
+            async with budget._lock:  # three wait behind a try; then a 429 closes the budget
+                for _ in range(3):
+                    tg.start_soon(wait)
+                await anyio.sleep(0.05)
+                mine = await budget._try(block=True)
+                assert await r.zcard(f"{key}:slots") == 4
+                await budget.hold(30)
+            await anyio.sleep(0.3)
+            assert got == []  # nothing is sent into the cooldown
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(5):
+            while await r.zcard(f"{key}:slots") != 1:  # theirs went back; the sent one stays
+                await anyio.sleep(0.01)
+        assert await r.zscore(f"{key}:slots", str(mine)) is not None
+        await r.aclose()
+
     anyio.run(scenario)
     anyio.run(unused)
+    anyio.run(cooled)
 
 
 def test_enqueue_puts_a_file_grouped_by_tenant_on_the_stream_in_turns(

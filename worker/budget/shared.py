@@ -113,9 +113,9 @@ return changed
 # KEYS: slots. ARGV: the member taken and never used.
 ZREM = "redis.call('ZREM', KEYS[1], ARGV[1])"
 
-# How long a slot taken for a request waiting in this process stays its to take (s): well
-# under any hold (the attempt's bound + a window), so it is sent long before it expires.
-SPARE_FOR = 1.0
+# How long a slot taken for a request waiting in this process stays its to take (s): the
+# waiter runs as soon as the lock passes to it; one that is not there by then went away.
+SPARE_FOR = 0.25
 
 log = get_logger()
 
@@ -181,7 +181,8 @@ class RedisBudget:
         self._hold = redis.register_script(HOLD)
         self._zrem = redis.register_script(ZREM)
         self._lock = anyio.Lock(fast_acquire=True)
-        self._spare: collections.deque[tuple[str, float]] = collections.deque()  # member, taken
+        # Taken for requests waiting behind a try: member, when, the limit then.
+        self._spare: collections.deque[tuple[str, float, int]] = collections.deque()
         self._answers: list[object] = []  # of this tick: member, answer, limit, ...
         self._answered: asyncio.Future[None] | None = None
         self._closed = False
@@ -207,14 +208,23 @@ class RedisBudget:
 
     def _spare_slot(self) -> str | None:
         """A slot the last script took for a request that was waiting behind it, if it was
-        taken just now. One taken longer ago goes back: its hold counts from when it was
-        taken, so it must be sent at once or not at all."""
+        taken just now, under the limit still in force, and no cooldown came since. Else
+        it goes back: its hold counts from when it was taken, so it is sent at once or not
+        at all, as a request in flight at a 429 would have been."""
         while self._spare:
-            member, taken = self._spare.popleft()
-            if self._clock() - taken < SPARE_FOR:
+            member, taken, limit = self._spare.popleft()
+            if (
+                self._clock() - taken < SPARE_FOR
+                and self.limit >= limit
+                and self.cooldown_remaining() <= 0
+            ):
                 return member
             self._give_back(member)
         return None
+
+    def _give_back_spares(self) -> None:
+        while self._spare:
+            self._give_back(self._spare.popleft()[0])
 
     async def _try(self, *, block: bool) -> str | None:
         """Take a slot if one is free now: its member. Else NoSlot (`block` False), or None
@@ -244,7 +254,7 @@ class RedisBudget:
             if self.auto:
                 self._under.update(dict.fromkeys(granted, self.limit))
             now = self._clock()
-            self._spare.extend((member, now) for member in granted[1:])
+            self._spare.extend((member, now, self.limit) for member in granted[1:])
             return granted[0]
         cooling = wait_ms > bound_ms  # only a cooldown is that long
         if not block:  # a cooldown whole, a full window at most a span at a time
@@ -317,6 +327,7 @@ class RedisBudget:
         seconds = cooldown_seconds(
             seconds, window=self.window, cap=self._max_cooldown, jitter=self._jitter
         )
+        self._give_back_spares()  # not sent into the cooldown
         left_ms = float(await self._script(self._hold, keys=[self._keys[1]], args=[seconds]))
         self._cooldown_until = self._clock() + left_ms / 1000
         return seconds
@@ -329,8 +340,7 @@ class RedisBudget:
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(RuntimeError):  # no loop running: they expire at their bound
-            while self._spare:
-                self._give_back(self._spare.popleft()[0])
+            self._give_back_spares()
         self._naps.wake_all()
 
     def cooldown_remaining(self) -> float:
