@@ -6,14 +6,17 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: demo test lint types pytest docs actionlint wheel-check bench lock container-check clean
 
-$(VENV)/.runtime: pyproject.toml
+# Installed at the versions of requirements-dev.lock (the image's, requirements.lock, for
+# everything the image has): a new release of a linter, a type checker or a library cannot
+# turn a clean checkout red. `make lock` moves them.
+$(VENV)/.runtime: pyproject.toml requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e .
+	$(PIP) install -e . -c requirements-dev.lock
 	touch $@
 
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: pyproject.toml requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev]' -c requirements-dev.lock
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
@@ -83,6 +86,11 @@ lock:
 	  pyproject.toml /tmp/xquik-lock/extra.in
 	sed -i 's|    # via -r /tmp/xquik-lock/extra.in|    # via redis on Python < 3.11.3 (Debian bookworm: 3.11.2)|' \
 	  requirements.lock
+	CUSTOM_COMPILE_COMMAND="make lock" /tmp/xquik-lock/bin/pip-compile -q --extra dev \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -c requirements.lock \
+	  --output-file requirements-dev.lock pyproject.toml /tmp/xquik-lock/extra.in
+	sed -i 's|-r /tmp/xquik-lock/extra.in|redis on Python < 3.11.3 (Debian bookworm: 3.11.2)|' \
+	  requirements-dev.lock
 
 # Build the image with podman and run it (root; installs podman if missing). CI runs it.
 container-check:

