@@ -505,23 +505,20 @@ class ScriptBatch:
 
     async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """`script` (from `register_script`) run with `keys` and `args`: its reply."""
-        return await self._submit(script, keys, args)
-
-    def submit(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """`call` without waiting: the future of its reply (the caller retrieves its error)."""
-        return self._submit(script, keys, args)
+        return await self.submit(script, keys, args)
 
     async def call_many(self, script: Any, keys: list[str], calls: list[list[Any]]) -> list[Any]:
         """`script` run once per args in `calls`, in one pipeline if nothing else waits: the
         replies in order; the first error is raised once every call is decided."""
-        futures = [self._submit(script, keys, args) for args in calls]
+        futures = [self.submit(script, keys, args) for args in calls]
         replies = await asyncio.gather(*futures, return_exceptions=True)
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
 
-    def _submit(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+    def submit(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """`call` without waiting: the future of its reply (the caller retrieves its error)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((script, keys, args, future))

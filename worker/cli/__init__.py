@@ -36,24 +36,21 @@ COMMANDS = {
 # with the collector off, as the command's module.
 PRELOAD = {"run": ("worker.run.options", "worker.run.assemble", "worker.outputs.standard")}
 
-_whole_process = False  # `console`: main is the process, and its exit follows
-
 
 def console() -> int:
-    """The `xquik-disconnect` program: `main`, then an exit that does not walk every object
-    the run left behind (the interpreter's last collection: ~25 ms of a 1-job run)."""
-    global _whole_process
-    _whole_process = True
-    code = main()
+    """The `xquik-disconnect` program: `main` as the whole process, then an exit that does
+    not walk every object the run left behind (the interpreter's last collection: ~25 ms of
+    a 1-job run)."""
+    code = main(whole_process=True)
     gc.freeze()
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> int:
     _limit_core_dumps()
     args = build_parser().parse_args(argv)
     try:
-        command = _load(args.command)
+        command = _load(args.command, freeze=whole_process)
         code: int = command.main(args)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED  # a signal before our own handlers were in place
@@ -69,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _load(name: str) -> Any:
+def _load(name: str, *, freeze: bool) -> Any:
     """The command's module and what it needs first, imported with the garbage collector off:
     importing builds ~100,000 objects, none of them garbage, and the collections they set off
-    cost a 1-job run 20-50 ms. As the whole process, they are then frozen: no collection in a
-    long run walks them again."""
+    cost a 1-job run 20-50 ms. `freeze` (the whole process): they are then frozen, so no
+    collection in a long run walks them again."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -84,7 +81,7 @@ def _load(name: str) -> Any:
         for module in PRELOAD.get(name, ()):
             importlib.import_module(module)
     finally:
-        if _whole_process:
+        if freeze:
             gc.freeze()
         if collecting:
             gc.enable()
