@@ -72,7 +72,7 @@ async def run_async(
     handle_signals: bool = True,
     **options: Unpack[RunOptions],
 ) -> Summary:
-    """The same, awaited in a running event loop (asyncio, or trio through anyio).
+    """The same, awaited in a running asyncio event loop (aiohttp, and so the run, needs asyncio).
     `handle_signals`: stop gracefully on SIGINT, SIGTERM and SIGHUP (in the main thread only;
     pass False where the caller handles its own signals)."""
     from worker.logs import configure_for_library

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,33 @@ def cooldown_seconds(
     (None: the budget's own window), capped at --max-cooldown, plus a jitter that only adds."""
     seconds = window if asked is None else asked
     return min(max(seconds, 0.0), cap) + (rng.uniform(0, jitter) if jitter else 0.0)
+
+
+class FifoLock:
+    """A lock whose waiters are served first come, first served, and that says how many
+    wait: asyncio's, with a count. anyio's Lock asked for the current task on every acquire
+    and release, ~4 % of a job's CPU on the default path; this one never suspends when free
+    (a non-blocking acquire of another job must find it locked only while a request really
+    waits)."""
+
+    __slots__ = ("_lock", "waiting")
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.waiting = 0  # tasks queued for it
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 class Naps:

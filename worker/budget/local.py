@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
+from worker.budget.base import Clock, FifoLock, Naps, Sleep, cooldown_seconds
 from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
 from worker.values import MAX_SECONDS
@@ -209,9 +209,7 @@ class LocalBudget:
         self._episode = float("-inf")
         self._episode_end = float("-inf")  # the last 429 of that window
         self._pending: set[str] = set()  # ours, in flight at that 429
-        # Taken without a checkpoint when free: a non-blocking acquire of another job of this
-        # key must find it locked only while a request really waits for a slot.
-        self._lock = anyio.Lock(fast_acquire=True)
+        self._lock = FifoLock()
         self._closed = False
         self._dirty: set[str] = set()  # our slots changed since the state file last saw them
         # Slots taken in one decision for the requests queued behind it (one state file
@@ -318,7 +316,7 @@ class LocalBudget:
                     if wait <= 0:
                         slot = self._take()
                         if self._state is not None:
-                            queued = self._lock.statistics().tasks_waiting
+                            queued = self._lock.waiting
                             while queued > len(self._reserved) and self.delay() <= 0:
                                 self._reserved.append(self._take())
                         return self._start(slot)

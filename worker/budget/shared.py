@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from worker.budget.base import Clock, Naps, Sleep, cooldown_seconds
+from worker.budget.base import Clock, FifoLock, Naps, Sleep, cooldown_seconds
 from worker.budget.local import RATE_LIMITED
 from worker.errors import BudgetClosed, NoSlot
 from worker.logs import get_logger
@@ -180,7 +180,7 @@ class RedisBudget:
         self._release = redis.register_script(RELEASE)
         self._hold = redis.register_script(HOLD)
         self._zrem = redis.register_script(ZREM)
-        self._lock = anyio.Lock(fast_acquire=True)
+        self._lock = FifoLock()
         # Taken for requests waiting behind a try: member, when, the limit then.
         self._spare: collections.deque[tuple[str, float, int]] = collections.deque()
         self._answers: list[object] = []  # of this tick: member, answer, limit, ...
@@ -233,7 +233,7 @@ class RedisBudget:
         if self._closed:
             raise BudgetClosed
         bound_ms = (self.attempt_bound + self.span) * 1000
-        wanted = 1 + (self._lock.statistics().tasks_waiting if block else 0)
+        wanted = 1 + (self._lock.waiting if block else 0)
         members = [f"{self._me}:{next(self._ids)}" for _ in range(wanted)]
         wait, limit, learned, taken = await self._script(
             self._acquire,
